@@ -1,0 +1,155 @@
+"""Console scripts. `mpisub-train` runs under mpirun (or alone, as one rank).
+
+Errors a user can cause end every rank with one line on rank 0 and exit code 2; any other exception
+on any rank aborts the whole job (MPI_Abort) instead of leaving the other ranks hung in a collective.
+"""
+import argparse
+import os
+import sys
+import time
+import traceback
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def threads_per_rank(ranks_on_node: int) -> int:
+    """Cores this rank may use: its CPU affinity when a launcher bound it to fewer cores than the
+    node has, else the node's cores shared evenly between the ranks on the node."""
+    node = os.cpu_count() or 1
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (not Linux)
+        allowed = node
+    return allowed if allowed < node else max(1, node // ranks_on_node)
+
+
+def set_threads(ranks_on_node: int) -> str:
+    """Must run before numpy/scipy load their BLAS. A user who set any of the usual variables decides."""
+    if any(v in os.environ for v in THREAD_VARS):
+        return "set by the environment"
+    n = str(threads_per_rank(ranks_on_node))
+    for var in THREAD_VARS:
+        os.environ[var] = n
+    return n
+
+
+class _Parser(argparse.ArgumentParser):
+    """Prints on rank 0 only, and reports a bad command line as a UserError (exit 2 on every rank)."""
+    rank = 0
+
+    def _print_message(self, message, file=None):
+        if self.rank == 0:
+            super()._print_message(message, file)
+
+    def error(self, message):
+        from .errors import UserError
+        raise UserError(f"{message} (see mpisub-train --help)")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+    p = _Parser(prog="mpisub-train", description=(
+        "Train a one-hidden-layer ReLU network by masked subnetworks (IST, dropout, multi-sample "
+        "dropout, or plain GD) over MPI. Run as: mpirun -n K mpisub-train [options]. With no "
+        "options: IST on built-in synthetic data."))
+    p.add_argument("--config", metavar="FILE", help="TOML file with [data] [model] [masks] [train] [output] sections")
+    p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
+                   help="override one config value (repeatable), e.g. --set train.lr=2.0")
+    p.add_argument("--preset", choices=list(PRESETS), help="start from a preset (default: the ist defaults)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
+    p.add_argument("--version", action="version", version=f"mpisub {_version()}")
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _train(argv, comm, threads: str) -> None:
+    from . import config, data, store, train
+    from .errors import UserError
+
+    parser = train_parser()
+    parser.rank = comm.rank
+    args = parser.parse_args(argv)
+    # every rank checks the same inputs the same way before the first collective
+    cfg = config.resolve(config.build(args.preset, args.config, args.overrides), comm.size)
+    if args.print_config:
+        if comm.rank == 0:
+            print(cfg.to_toml())
+        return
+    X, Y = data.load(cfg)
+
+    # only rank 0 touches the output folder; its verdict is shared so all ranks stop alike
+    run_file, error, folder = None, None, cfg.output.dir
+    if comm.rank == 0:
+        try:
+            folder = folder or store.new_run_dir()
+            cfg.output.dir = folder
+            run_file = store.RunFile(folder, config_json=cfg.to_json(), overwrite=cfg.output.overwrite,
+                                     subnets=cfg.masks.subnets, width=cfg.model.width,
+                                     record_masks=cfg.output.record_masks,
+                                     attrs={"mpisub_version": _version(), "ranks": comm.size,
+                                            "mpi_library": comm.library()})
+        except UserError as e:
+            error = str(e)
+    error, cfg.output.dir = comm.agree((error, folder))
+    if error:
+        raise UserError(error)
+
+    if comm.rank == 0:
+        print("# mpisub-train: resolved config\n" + cfg.to_toml(), flush=True)
+        print(f"# {comm.size} rank(s), {cfg.masks.subnets} subnetwork(s) of keep {cfg.masks.keep:g}, "
+              f"BLAS threads per rank: {threads}; writing {run_file.path}", flush=True)
+    t0 = time.perf_counter()
+    status = "failed"
+    try:
+        result = train.run(cfg, comm, X, Y, run_file, log=lambda s: print(s, flush=True))
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if run_file is not None:
+            run_file.close(status)
+    if comm.rank == 0:
+        m = result["metrics"]
+        first, last = result["loss_init"], m["loss"][-1]
+        print(f"done: {cfg.train.rounds} rounds in {time.perf_counter() - t0:.1f} s "
+              f"(compute {m['seconds_compute'].sum():.1f} s, comm {m['seconds_comm'].sum():.2f} s); "
+              f"loss {first:.3e} -> {last:.3e} ({first / last:.1f}x lower)")
+        print(f"run file: {run_file.path}")
+        print(f"look at it: mpisub-inspect {folder}   (or: h5dump -A {run_file.path})")
+
+
+def train_main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    from mpi4py import MPI  # initialises MPI; numpy and the BLAS are not loaded yet
+
+    world = MPI.COMM_WORLD
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    threads = set_threads(node.Get_size())
+    node.Free()
+
+    from .comm import Comm
+    from .errors import UserError
+
+    comm = Comm(world)
+    try:
+        _train(argv, comm, threads)
+    except UserError as e:
+        if "--debug" in argv:
+            traceback.print_exc()
+        if comm.rank == 0:
+            print(f"mpisub-train: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except BaseException as e:
+        # the other ranks may be waiting in a collective: end them all, now
+        traceback.print_exc()
+        print(f"mpisub-train: rank {comm.rank} failed: {type(e).__name__}: {e}; aborting all ranks",
+              file=sys.stderr, flush=True)
+        comm.abort(1)

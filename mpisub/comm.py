@@ -1,0 +1,56 @@
+"""Where the ranks meet: the MPI collectives of a run, timed and counted.
+
+Buffer (upper-case) mpi4py methods on contiguous numpy arrays, no pickling in the round loop.
+`seconds` and `bytes` accumulate what this rank spent in collectives and what it contributed to
+them; the round loop reads and resets them once per round.
+"""
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+
+class Comm:
+    def __init__(self, mpi_comm=None):
+        self.mpi = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
+        self.rank = self.mpi.Get_rank()
+        self.size = self.mpi.Get_size()
+        self.seconds = 0.0
+        self.bytes = 0
+
+    def library(self) -> str:
+        return MPI.Get_library_version().strip().splitlines()[0].strip()
+
+    def take_counters(self) -> tuple[float, int]:
+        """(seconds, bytes) since the last call."""
+        out = (self.seconds, self.bytes)
+        self.seconds, self.bytes = 0.0, 0
+        return out
+
+    def _count(self, t0: float, nbytes: int) -> None:
+        self.seconds += time.perf_counter() - t0
+        if self.size > 1:
+            self.bytes += int(nbytes)
+
+    def allgather_rows(self, mine: np.ndarray, counts: list[int], out: np.ndarray) -> None:
+        """Rank k contributes `counts[k]` rows; `out` receives all of them in rank order."""
+        t0 = time.perf_counter()
+        width = out.shape[1]
+        sizes = [c * width for c in counts]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+        self.mpi.Allgatherv(mine, [out, (sizes, offsets)])
+        self._count(t0, mine.nbytes)
+
+    def sum(self, buf: np.ndarray) -> None:
+        """In place: every rank's buf becomes the elementwise sum over ranks."""
+        t0 = time.perf_counter()
+        self.mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        self._count(t0, buf.nbytes)
+
+    def agree(self, message):
+        """Rank 0's error message (or None), on every rank: lets a check that only rank 0 can make
+        (e.g. the output folder) stop every rank the same way."""
+        return self.mpi.bcast(message, root=0)
+
+    def abort(self, code: int = 1) -> None:
+        self.mpi.Abort(code)

@@ -1,0 +1,274 @@
+"""The run's configuration: plain values in five sections, presets, TOML loading, validation.
+
+Order of precedence: defaults < --preset < --config FILE < --set section.key=value.
+Every check here runs identically on every rank, so a bad value stops all ranks the same way
+before any collective. Values that depend on the number of ranks (masks.subnets = 0, masks.keep
+= 0, output.dir = "") are resolved by `resolve`, and the resolved config is what a run stores.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import UserError
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"   # built-in: unit-sphere inputs, targets from a random teacher network
+    n: int = 512                # samples
+    d: int = 16                 # input dimension
+    outputs: int = 1            # c, outputs per sample
+    noise: float = 0.0          # std of Gaussian noise added to the teacher's targets
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    width: int = 4096           # m, hidden neurons
+    init_scale: float = 1.0     # kappa: w_r ~ N(0, kappa^2 I)
+    dtype: str = "float64"
+
+
+@dataclass
+class MasksConfig:
+    kind: str = "partition"     # bernoulli | categorical | partition | full
+    subnets: int = 0            # p; 0 = one per rank (1 for full)
+    keep: float = 0.0           # xi; 0 = 0.5 for bernoulli, 1/p for categorical/partition, 1 for full
+
+
+@dataclass
+class TrainConfig:
+    rounds: int = 60
+    local_steps: int = 5        # tau
+    lr: float = 8.0             # the loss carries 1/(2n), so the stable step grows with n
+    seed: int = 0
+    batch_size: int = 0         # 0 = full batch (the paper); >0 = minibatch SGD local steps
+
+
+@dataclass
+class OutputConfig:
+    dir: str = ""               # "" = runs/<timestamp>
+    log_every: int = 0          # 0 = about 20 progress lines per run
+    record_masks: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def to_toml(self) -> str:
+        lines = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {_toml_value(v)}" for key, v in values.items()]
+        return "\n".join(lines)
+
+
+MASK_KINDS = ("bernoulli", "categorical", "partition", "full")
+DTYPES = ("float64", "float32")
+
+PRESETS = {
+    # IST: a random balanced partition of the neurons, one part per subnetwork, tau local steps.
+    "ist": {"masks.kind": "partition", "masks.subnets": 0, "train.local_steps": 5},
+    "gd": {"masks.kind": "full", "masks.subnets": 1, "train.local_steps": 1},
+    "dropout": {"masks.kind": "bernoulli", "masks.subnets": 1, "masks.keep": 0.5, "train.local_steps": 1},
+    "multisample": {"masks.kind": "bernoulli", "masks.subnets": 4, "masks.keep": 0.5, "train.local_steps": 1},
+}
+
+
+# Declarative constraints, one per key: (low, high, low_open, high_open) for numbers, a tuple of
+# choices for strings. The type of each key is the type of its default.
+RULES = {
+    "data.source": ("synthetic",),
+    "data.n": (1, None, False, False),
+    "data.d": (1, None, False, False),
+    "data.outputs": (1, None, False, False),
+    "data.noise": (0.0, None, False, False),
+    "data.seed": (0, 2**63 - 1, False, False),
+    "model.width": (1, None, False, False),
+    "model.init_scale": (0.0, None, True, False),
+    "model.dtype": DTYPES,
+    "masks.kind": MASK_KINDS,
+    "masks.subnets": (0, None, False, False),
+    "masks.keep": (0.0, 1.0, False, False),
+    "train.rounds": (1, None, False, False),
+    "train.local_steps": (1, None, False, False),
+    "train.lr": (0.0, None, True, False),
+    "train.seed": (0, 2**63 - 1, False, False),
+    "train.batch_size": (0, None, False, False),
+    "output.log_every": (0, None, False, False),
+}
+
+HINTS = {
+    "data.source": "only the built-in 'synthetic' data is supported in this version",
+    "masks.keep": "use a value in (0, 1], or 0 for the kind's own keep",
+    "masks.subnets": "use 0 for one subnetwork per rank",
+}
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def _key_type(cfg: Config, key: str):
+    section, name = key.split(".")
+    return type(getattr(getattr(cfg, section), name))
+
+
+def _coerce(key: str, value, typ):
+    """The value as the key's type, or a UserError naming the key."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    raise UserError(f"{key} must be {names[typ]}, got {value!r}")
+
+
+def set_value(cfg: Config, key: str, value) -> None:
+    """Set `section.key` on cfg after checking the name and type."""
+    parts = key.split(".")
+    if len(parts) != 2 or not hasattr(cfg, parts[0]) or not hasattr(getattr(cfg, parts[0]), parts[1]):
+        known = ", ".join(f"{s}.{k}" for s, vals in cfg.to_dict().items() for k in vals)
+        raise UserError(f"unknown config key {key!r}; known keys: {known}")
+    setattr(getattr(cfg, parts[0]), parts[1], _coerce(key, value, _key_type(cfg, key)))
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """'train.lr=0.5' -> ('train.lr', 0.5). The value is read as TOML, else taken as a string."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected section.key=value, e.g. --set train.lr=0.5")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_toml(path: str) -> dict[str, object]:
+    """A config file as {section.key: value}."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file {path!r} not found; check the path given to --config") from None
+    except OSError as e:
+        raise UserError(f"config file {path!r} cannot be read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path!r} is not valid TOML: {e}") from None
+    flat = {}
+    for section, values in doc.items():
+        if not isinstance(values, dict):
+            raise UserError(f"config file {path!r}: {section!r} must be a [section] table, e.g. [train]")
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def build(preset: str | None = None, file: str | None = None, overrides: list[str] = ()) -> Config:
+    """defaults < preset < file < overrides, each key type-checked as it is set."""
+    cfg = Config()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        for key, value in PRESETS[preset].items():
+            set_value(cfg, key, value)
+    if file is not None:
+        for key, value in load_toml(file).items():
+            set_value(cfg, key, value)
+    for text in overrides:
+        set_value(cfg, *parse_assignment(text))
+    check_ranges(cfg)
+    return cfg
+
+
+def check_ranges(cfg: Config) -> None:
+    values = {f"{s}.{k}": v for s, vals in cfg.to_dict().items() for k, v in vals.items()}
+    for key, rule in RULES.items():
+        v = values[key]
+        hint = f"; {HINTS[key]}" if key in HINTS else ""
+        if isinstance(rule[0], str):
+            if v not in rule:
+                raise UserError(f"{key} = {v!r} is not one of {', '.join(rule)}{hint}")
+            continue
+        lo, hi, lo_open, hi_open = rule
+        ok = not (isinstance(v, float) and not math.isfinite(v))
+        ok = ok and (lo is None or (v > lo if lo_open else v >= lo))
+        ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+            raise UserError(f"{key} = {v!r} is out of range: must be in {span}{hint}")
+
+
+def resolve(cfg: Config, ranks: int) -> Config:
+    """Fill in the values that depend on the number of ranks and check the keys against each other."""
+    cfg = copy.deepcopy(cfg)
+    m = cfg.masks
+    if m.subnets == 0:
+        m.subnets = 1 if m.kind == "full" else ranks
+    p = m.subnets
+    if m.kind == "full" and p != 1:
+        raise UserError(f"masks.kind = 'full' means one subnetwork, but masks.subnets = {p}; set masks.subnets = 1")
+    if p % ranks:
+        raise UserError(f"masks.subnets = {p} is not a multiple of the {ranks} MPI ranks; "
+                        f"set masks.subnets to a multiple of {ranks} (0 = one per rank) or change mpirun -n")
+    if cfg.model.width < p:
+        raise UserError(f"model.width = {cfg.model.width} is smaller than masks.subnets = {p}; "
+                        f"every subnetwork needs neurons: raise model.width")
+    derived = {"bernoulli": 0.5, "categorical": 1.0 / p, "partition": 1.0 / p, "full": 1.0}[m.kind]
+    if m.keep == 0.0:
+        m.keep = derived
+    elif m.kind != "bernoulli" and not math.isclose(m.keep, derived):
+        raise UserError(f"masks.keep = {m.keep} does not apply to masks.kind = {m.kind!r} (its keep is "
+                        f"{derived:g}); remove masks.keep or use masks.kind = 'bernoulli'")
+    if cfg.train.batch_size > cfg.data.n:
+        raise UserError(f"train.batch_size = {cfg.train.batch_size} exceeds data.n = {cfg.data.n}; "
+                        f"use at most {cfg.data.n}, or 0 for full batch")
+    return cfg
+
+
+def from_dict(d: dict) -> Config:
+    """A Config from its to_dict() form (e.g. the JSON stored in a run file)."""
+    cfg = Config()
+    for section, values in d.items():
+        for key, value in values.items():
+            set_value(cfg, f"{section}.{key}", value)
+    return cfg
