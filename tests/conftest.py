@@ -1,0 +1,54 @@
+"""Helpers shared by the tests: launching mpisub-train under mpirun with a hard timeout."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+BIN = os.path.dirname(sys.executable)
+MPIRUN = shutil.which("mpirun", path=BIN + os.pathsep + os.environ.get("PATH", ""))
+TRAIN = os.path.join(BIN, "mpisub-train")
+
+
+def mpirun(ranks: int, *args: str, cwd, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run `mpirun -n ranks mpisub-train args...`; a hang fails the test (the whole process group
+    is killed at the timeout) instead of freezing the suite."""
+    assert MPIRUN, "mpirun not found: pip install -e '.[mpi]' (or put a system MPI on PATH)"
+    cmd = [MPIRUN, "-n", str(ranks), TRAIN, *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout}s: {' '.join(cmd)}\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def sets(**values) -> list[str]:
+    """sets(train__lr=0.5) -> ['--set', 'train.lr=0.5']"""
+    args = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, str):
+            value = f'"{value}"'
+        args += ["--set", f"{key.replace('__', '.')}={value}"]
+    return args
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels():
+    """Compile (or load from numba's cache) every kernel signature once, before any MPI run, so
+    that concurrent ranks find them cached instead of each compiling them."""
+    from mpisub import kernels
+    for dtype in (np.float64, np.float32):
+        X, Y = np.ones((3, 2), dtype), np.ones((3, 1), dtype)
+        W, a = np.ones((2, 2), dtype), np.ones((2, 1), dtype)
+        kernels.local_steps(W, a, X, Y, 1.0, 0.1, np.zeros((1, 0), np.int64))
+        kernels.local_steps(W, a, X, Y, 1.0, 0.1, np.zeros((1, 2), np.int64))
+        kernels.partial_output(W, a, X, 1.0)

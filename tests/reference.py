@@ -1,0 +1,51 @@
+"""A slow, plain-numpy statement of DESIGN.md's algorithm, written independently of mpisub's
+kernels: full-width matrices with the mask applied as a multiplication, the gradient from the
+chain rule, the aggregation as an explicit loop over neurons."""
+import numpy as np
+
+
+def surrogate_output(W, a, X, mask, keep):
+    """f_l(W, x) = (1/keep) (1/sqrt(m)) sum_r mask_r a_r relu(<w_r, x>), for all rows of X."""
+    m = W.shape[0]
+    return (np.maximum(X @ W.T, 0.0) * mask) @ a / (keep * np.sqrt(m))
+
+
+def surrogate_loss(W, a, X, Y, mask, keep):
+    return 0.5 * np.mean(np.sum((surrogate_output(W, a, X, mask, keep) - Y) ** 2, axis=1))
+
+
+def surrogate_grad(W, a, X, Y, mask, keep):
+    m, n = W.shape[0], X.shape[0]
+    Z = X @ W.T
+    R = surrogate_output(W, a, X, mask, keep) - Y                   # n x c
+    D = (R @ a.T) * (Z > 0) * mask / (keep * np.sqrt(m))            # n x m: d f-terms / d z
+    return D.T @ X / n
+
+
+def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None):
+    """Every round of a run from its recorded masks (rounds x p x m). Returns the final W and per
+    round (loss of the aggregated network, mean subnetwork loss after the local steps)."""
+    W = W_init.copy()
+    full = np.ones(W.shape[0])
+    losses, sub_losses = [], []
+    for k, M in enumerate(masks):
+        p, m = M.shape
+        trained = []
+        for l in range(p):
+            W_l = W.copy()
+            for t in range(local_steps):
+                if batches is None:
+                    Xb, Yb = X, Y
+                else:
+                    Xb, Yb = X[batches[k][l][t]], Y[batches[k][l][t]]
+                W_l = W_l - lr * surrogate_grad(W_l, a, Xb, Yb, M[l], keep)
+            trained.append(W_l)
+        sub_losses.append(np.mean([surrogate_loss(trained[l], a, X, Y, M[l], keep) for l in range(p)]))
+        W_next = W.copy()
+        for r in range(m):
+            holders = [l for l in range(p) if M[l, r]]
+            if holders:  # a neuron held by no subnetwork keeps its weights
+                W_next[r] = sum(trained[l][r] for l in holders) / len(holders)
+        W = W_next
+        losses.append(surrogate_loss(W, a, X, Y, full, 1.0))
+    return W, np.array(losses), np.array(sub_losses)

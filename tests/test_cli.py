@@ -1,0 +1,115 @@
+"""mpisub-train as a user runs it: the default job, the run file, errors, rank 0 alone printing."""
+import json
+import os
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import mpirun, sets
+from mpisub import cli
+
+
+@pytest.fixture(scope="module")
+def default_job(tmp_path_factory):
+    """`mpirun -n 4 mpisub-train` with no arguments, in a fresh folder."""
+    folder = tmp_path_factory.mktemp("default")
+    r = mpirun(4, cwd=folder)
+    return folder, r
+
+
+def test_default_job_trains_and_says_where_the_run_is(default_job):
+    folder, r = default_job
+    assert r.returncode == 0, r.stderr
+    path = re.search(r"^run file: (\S+)$", r.stdout, re.M).group(1)
+    assert re.fullmatch(r"runs/\d{8}-\d{6}(-\d+)?/run\.h5", path)
+    assert "mpisub-inspect" in r.stdout
+    with h5py.File(folder / path) as f:
+        assert f.attrs["status"] == "completed"
+        loss = f["metrics/loss"][()]
+        assert f["metrics"].attrs["loss_init"] / loss[-1] >= 10  # the loss fell at least 10x
+        cfg = json.loads(f.attrs["config"])
+        assert cfg["masks"]["kind"] == "partition" and cfg["masks"]["subnets"] == 4
+        assert cfg["output"]["dir"] == os.path.dirname(path)
+        rounds = cfg["train"]["rounds"]
+        assert f.attrs["ranks"] == 4 and "MPICH" in f.attrs["mpi_library"]
+        assert f.attrs["mpisub_version"] and f.attrs["created"]
+
+
+def test_run_file_layout(default_job):
+    folder, r = default_job
+    path = re.search(r"^run file: (\S+)$", r.stdout, re.M).group(1)
+    with h5py.File(folder / path) as f:
+        cfg = json.loads(f.attrs["config"])
+        n, d, m = cfg["data"]["n"], cfg["data"]["d"], cfg["model"]["width"]
+        rounds = cfg["train"]["rounds"]
+        assert f["data/X"].shape == (n, d) and f["data/Y"].shape == (n, 1)
+        np.testing.assert_allclose(np.linalg.norm(f["data/X"][()], axis=1), 1.0)  # unit sphere
+        assert f["model/a"].shape == (m, 1) and set(np.unique(f["model/a"][()])) == {-1.0, 1.0}
+        assert f["model/W_init"].shape == f["model/W"].shape == (m, d)
+        assert f["model/W"].attrs["round"] == rounds
+        names = {"round", "loss", "sub_loss", "seconds_compute", "seconds_comm", "seconds_wall", "bytes_comm"}
+        assert names <= set(f["metrics"])
+        for name in names:
+            assert f["metrics"][name].shape == (rounds,) and f["metrics"][name].maxshape == (None,)
+        np.testing.assert_array_equal(f["metrics/round"][()], np.arange(1, rounds + 1))
+        # partition over 4 ranks: each rank sends its quarter of the rows
+        np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0], m // 4 * d * 8 + 8 * (n + 1))
+        assert np.all(f["metrics/seconds_wall"][()] >= f["metrics/seconds_compute"][()])
+        assert "masks" not in f
+
+
+def test_only_rank_0_prints(default_job):
+    _, r = default_job
+    rounds = len(re.findall(r"^round +\d+/\d+ ", r.stdout, re.M))
+    assert rounds == len(set(re.findall(r"^round +\d+/\d+ ", r.stdout, re.M))) > 2
+    assert r.stdout.count("run file:") == 1 and r.stdout.count("[train]") == 1
+
+
+def test_user_error_is_one_line_exit_2_on_every_rank(tmp_path):
+    r = mpirun(2, "--set", "train.lr=-1", cwd=tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "mpisub-train: error: train.lr = -1.0 is out of range: must be in (0.0, inf]"
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_p_not_a_multiple_of_ranks(tmp_path):
+    r = mpirun(4, "--preset", "gd", cwd=tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert "masks.subnets = 1 is not a multiple of the 4 MPI ranks" in r.stderr
+    assert r.stderr.count("error") == 1 and "Traceback" not in r.stderr
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    args = sets(output__dir="out", train__rounds=2, model__width=64, data__n=32)
+    assert mpirun(2, *args, cwd=tmp_path).returncode == 0
+    before = (tmp_path / "out" / "run.h5").read_bytes()
+    r = mpirun(2, *args, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and "already holds a run" in r.stderr and "output.overwrite = true" in r.stderr
+    assert (tmp_path / "out" / "run.h5").read_bytes() == before
+    r = mpirun(2, *args, *sets(output__overwrite=True, train__rounds=3), cwd=tmp_path)
+    assert r.returncode == 0
+    with h5py.File(tmp_path / "out" / "run.h5") as f:
+        assert f["metrics/loss"].shape == (3,)
+
+
+def test_bad_command_line_is_a_user_error(tmp_path):
+    r = mpirun(2, "--bogus", cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("unrecognized arguments: --bogus") == 1
+
+
+def test_print_config_shows_the_resolved_values(tmp_path):
+    r = mpirun(2, "--preset", "multisample", "--print-config", cwd=tmp_path, timeout=60)
+    assert r.returncode == 0
+    assert 'kind = "bernoulli"' in r.stdout and "subnets = 4" in r.stdout and "keep = 0.5" in r.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_threads_per_rank(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert cli.threads_per_rank(4) == 4
+    assert cli.threads_per_rank(32) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})  # bound by the launcher
+    assert cli.threads_per_rank(4) == 3

@@ -1,0 +1,110 @@
+"""Config: precedence, types, presets, rank-dependent resolution, and one-line errors."""
+import json
+
+import pytest
+
+from mpisub import config
+from mpisub.errors import UserError
+
+
+def test_precedence_defaults_preset_file_set(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('[train]\nlr = 0.25\nrounds = 7\n[masks]\nkeep = 0.3\n')
+    cfg = config.build("dropout", str(f), ["train.rounds=9", "output.record_masks=true"])
+    assert cfg.masks.kind == "bernoulli" and cfg.masks.subnets == 1      # preset
+    assert cfg.masks.keep == 0.3 and cfg.train.lr == 0.25                 # file over preset
+    assert cfg.train.rounds == 9 and cfg.output.record_masks is True      # --set over file
+    assert cfg.model.width == config.ModelConfig().width                  # default
+
+
+def test_presets_are_what_design_md_says():
+    r = {name: config.resolve(config.build(name), ranks=4 if name in ("ist", "multisample") else 1)
+         for name in config.PRESETS}
+    assert (r["gd"].masks.kind, r["gd"].masks.subnets, r["gd"].masks.keep, r["gd"].train.local_steps) == ("full", 1, 1.0, 1)
+    assert (r["dropout"].masks.kind, r["dropout"].masks.subnets, r["dropout"].train.local_steps) == ("bernoulli", 1, 1)
+    assert r["multisample"].masks.subnets > 1 and r["multisample"].train.local_steps == 1
+    assert (r["ist"].masks.kind, r["ist"].masks.subnets, r["ist"].masks.keep) == ("partition", 4, 0.25)
+    assert r["ist"].train.local_steps > 1
+
+
+def test_defaults_are_the_ist_job():
+    assert config.Config() == config.build("ist")
+
+
+def test_resolve_fills_rank_dependent_values():
+    cfg = config.resolve(config.build(), ranks=2)
+    assert cfg.masks.subnets == 2 and cfg.masks.keep == 0.5
+    cfg = config.resolve(config.build(overrides=["masks.kind='bernoulli'", "masks.subnets=6"]), ranks=3)
+    assert cfg.masks.keep == 0.5
+    cfg = config.resolve(config.build(overrides=["masks.kind='categorical'", "masks.subnets=8"]), ranks=4)
+    assert cfg.masks.keep == 0.125
+
+
+def test_set_values_are_read_as_toml_and_type_checked():
+    assert config.parse_assignment("train.lr=0.5") == ("train.lr", 0.5)
+    assert config.parse_assignment("masks.kind=bernoulli") == ("masks.kind", "bernoulli")
+    assert config.build(overrides=["train.lr=3"]).train.lr == 3.0  # an int is a fine float
+    assert config.build(overrides=["train.rounds=4.0"]).train.rounds == 4
+
+
+def test_config_round_trips_through_json():
+    cfg = config.resolve(config.build("multisample"), ranks=2)
+    assert config.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+BAD = [
+    (["train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["nosection=1"], "unknown config key 'nosection'"),
+    (["train.lr"], "expected section.key=value"),
+    (["train.lr=fast"], "train.lr must be a number"),
+    (["train.rounds=2.5"], "train.rounds must be an integer"),
+    (["train.rounds=true"], "train.rounds must be an integer"),
+    (["output.overwrite=1"], "output.overwrite must be true or false"),
+    (["train.lr=0"], "train.lr = 0.0 is out of range"),
+    (["train.lr=-1"], "train.lr = -1.0 is out of range"),
+    (["train.lr=nan"], "train.lr = nan is out of range"),
+    (["train.lr=inf"], "train.lr = inf is out of range"),
+    (["train.rounds=0"], "train.rounds = 0 is out of range"),
+    (["train.local_steps=0"], "train.local_steps = 0 is out of range"),
+    (["masks.keep=1.5"], "masks.keep = 1.5 is out of range"),
+    (["masks.kind='bernouli'"], "masks.kind = 'bernouli' is not one of"),
+    (["model.dtype='float16'"], "model.dtype = 'float16' is not one of"),
+    (["model.init_scale=0"], "model.init_scale = 0.0 is out of range"),
+    (["data.n=0"], "data.n = 0 is out of range"),
+    (["data.source='data.csv'"], "data.source = 'data.csv' is not one of"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")) as e:
+        config.build(overrides=overrides)
+    assert "\n" not in str(e.value)
+
+
+BAD_RESOLVE = [
+    (["masks.subnets=3"], 2, "masks.subnets = 3 is not a multiple of the 2 MPI ranks"),
+    (["model.width=3", "masks.subnets=4"], 4, "model.width = 3 is smaller than masks.subnets = 4"),
+    (["masks.kind='full'", "masks.subnets=2"], 2, "masks.kind = 'full' means one subnetwork"),
+    (["masks.keep=0.3"], 2, "masks.keep = 0.3 does not apply to masks.kind = 'partition'"),
+    (["train.batch_size=1000", "data.n=100"], 1, "train.batch_size = 1000 exceeds data.n = 100"),
+]
+
+
+@pytest.mark.parametrize("overrides,ranks,message", BAD_RESOLVE)
+def test_inconsistent_values_are_refused(overrides, ranks, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        config.resolve(config.build(overrides=overrides), ranks)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(UserError, match="config file .*missing.toml.* not found"):
+        config.build(file=str(tmp_path / "missing.toml"))
+    (tmp_path / "broken.toml").write_text("[train\nlr = 1\n")
+    with pytest.raises(UserError, match="is not valid TOML"):
+        config.build(file=str(tmp_path / "broken.toml"))
+    (tmp_path / "flat.toml").write_text("lr = 1\n")
+    with pytest.raises(UserError, match="'lr' must be a \\[section\\] table"):
+        config.build(file=str(tmp_path / "flat.toml"))
+    with pytest.raises(UserError, match="unknown preset 'sgd'"):
+        config.build("sgd")

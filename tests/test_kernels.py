@@ -1,0 +1,92 @@
+"""The compiled local steps against central finite differences of an independent numpy loss."""
+import numpy as np
+import pytest
+
+from mpisub import kernels
+from reference import surrogate_loss
+
+FULL_BATCH = np.zeros((1, 0), np.int64)
+
+
+def problem(seed=0, n=30, d=6, c=2, m=20, keep=0.5):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    Y = rng.standard_normal((n, c))
+    W = rng.standard_normal((m, d))
+    a = rng.choice([-1.0, 1.0], size=(m, c))
+    mask = (rng.random(m) < keep).astype(float)
+    return X, Y, W, a, mask, keep
+
+
+def kernel_grad(W, a, X, Y, mask, keep, batches=FULL_BATCH):
+    """The gradient the kernel applies, read off one step with lr = 1 on the active rows."""
+    rows = np.flatnonzero(mask)
+    W_l = W[rows].copy()
+    kernels.local_steps(W_l, a[rows].copy(), X, Y, 1.0 / (keep * np.sqrt(W.shape[0])), 1.0, batches)
+    G = np.zeros_like(W)
+    G[rows] = W[rows] - W_l
+    return G
+
+
+def fd_grad(W, a, X, Y, mask, keep, h=1e-6):
+    G = np.zeros_like(W)
+    for r in range(W.shape[0]):
+        for q in range(W.shape[1]):
+            E = np.zeros_like(W)
+            E[r, q] = h
+            G[r, q] = (surrogate_loss(W + E, a, X, Y, mask, keep) - surrogate_loss(W - E, a, X, Y, mask, keep)) / (2 * h)
+    return G
+
+
+@pytest.mark.parametrize("seed,keep", [(0, 0.5), (1, 0.25), (2, 1.0)])
+def test_masked_gradient_matches_finite_differences(seed, keep):
+    X, Y, W, a, mask, keep = problem(seed, keep=keep)
+    G = kernel_grad(W, a, X, Y, mask, keep)
+    G_fd = fd_grad(W, a, X, Y, mask, keep)
+    assert np.abs(G).max() > 1e-3  # a real gradient, not a vacuous zero
+    np.testing.assert_allclose(G, G_fd, rtol=1e-6, atol=1e-8)
+    assert np.all(G[mask == 0] == 0)  # inactive neurons are untouched
+
+
+def test_minibatch_gradient_matches_finite_differences_on_the_batch():
+    X, Y, W, a, mask, keep = problem(3)
+    batch = np.array([[1, 4, 5, 11, 20, 29]])
+    G = kernel_grad(W, a, X, Y, mask, keep, batch)
+    G_fd = fd_grad(W, a, X[batch[0]], Y[batch[0]], mask, keep)
+    np.testing.assert_allclose(G, G_fd, rtol=1e-6, atol=1e-8)
+
+
+def test_local_steps_return_the_subnetwork_loss_after_the_last_step():
+    X, Y, W, a, mask, keep = problem(4)
+    rows = np.flatnonzero(mask)
+    W_l = W[rows].copy()
+    got = kernels.local_steps(W_l, a[rows].copy(), X, Y, 1 / (keep * np.sqrt(20)), 0.3, np.zeros((4, 0), np.int64))
+    W_after = W.copy()
+    W_after[rows] = W_l
+    assert got == pytest.approx(surrogate_loss(W_after, a, X, Y, mask, keep), rel=1e-12)
+    assert got < surrogate_loss(W, a, X, Y, mask, keep)  # four small steps went downhill
+
+
+def test_empty_subnetwork_outputs_zero():
+    X, Y, W, a, _, _ = problem(5)
+    W_l = np.empty((0, W.shape[1]))
+    got = kernels.local_steps(W_l, np.empty((0, 2)), X, Y, 1.0, 0.1, np.zeros((2, 0), np.int64))
+    assert got == pytest.approx(0.5 * np.mean(np.sum(Y**2, axis=1)), rel=1e-14)
+
+
+def test_row_blocks_of_the_output_add_up_to_the_network():
+    X, Y, W, a, _, _ = problem(6)
+    whole = kernels.partial_output(W, a, X, 0.2)
+    parts = kernels.partial_output(W[:7].copy(), a[:7].copy(), X, 0.2) + kernels.partial_output(W[7:].copy(), a[7:].copy(), X, 0.2)
+    np.testing.assert_allclose(whole, parts, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(whole, np.maximum(X @ W.T, 0) @ a * 0.2, rtol=1e-12, atol=1e-14)
+
+
+def test_float32_step_agrees_with_float64():
+    X, Y, W, a, mask, keep = problem(7)
+    G64 = kernel_grad(W, a, X, Y, mask, keep)
+    f32 = [v.astype(np.float32) for v in (W, a, X, Y)]
+    G32 = kernel_grad(f32[0], f32[1], f32[2], f32[3], mask, keep)
+    assert G32.dtype == np.float32
+    np.testing.assert_allclose(G32, G64, rtol=2e-3, atol=2e-4)

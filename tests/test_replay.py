@@ -1,0 +1,95 @@
+"""Whole runs under mpirun (K = 1, 2, 4) against the plain-numpy replay, and K-invariance."""
+import numpy as np
+import pytest
+
+from conftest import mpirun, sets
+from mpisub import masks as mpisub_masks
+from mpisub.store import read_run
+from reference import replay
+
+SMALL = dict(data__n=40, data__d=5, data__outputs=2, model__width=24, train__rounds=4,
+             train__local_steps=3, train__lr=1.5, output__record_masks=True)
+KINDS = {
+    "partition": dict(masks__kind="partition", masks__subnets=4),
+    "categorical": dict(masks__kind="categorical", masks__subnets=4),
+    "bernoulli": dict(masks__kind="bernoulli", masks__subnets=4, masks__keep=0.6),
+    "full": dict(masks__kind="full", masks__subnets=1),
+}
+CASES = [(kind, K) for kind in KINDS for K in (1, 2, 4) if kind != "full" or K == 1]
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """Each (kind, K) trained once for the whole session."""
+    done = {}
+
+    def get(kind, K, **extra):
+        key = (kind, K, tuple(sorted(extra.items())))
+        if key not in done:
+            folder = tmp_path_factory.mktemp(f"{kind}-K{K}")
+            r = mpirun(K, *sets(**SMALL, **KINDS[kind], **extra, output__dir=str(folder / "run")), cwd=folder)
+            assert r.returncode == 0, r.stderr
+            done[key] = read_run(str(folder / "run"))
+        return done[key]
+    return get
+
+
+def rel_diff(x, y):
+    return np.abs(x - y).max() / np.abs(y).max()
+
+
+@pytest.mark.parametrize("kind,K", CASES)
+def test_run_matches_numpy_replay(runs, kind, K):
+    run = runs(kind, K)
+    assert run["attrs"]["status"] == "completed"
+    assert run["attrs"]["ranks"] == K
+    keep = {"bernoulli": 0.6, "full": 1.0}.get(kind, 0.25)
+    W, losses, sub_losses = replay(run["model/W_init"], run["model/a"], run["data/X"], run["data/Y"],
+                                   run["masks"].astype(float), keep, lr=1.5, local_steps=3)
+    assert rel_diff(W, run["model/W_init"]) > 1e-3  # training moved the weights
+    assert rel_diff(run["model/W"], W) <= 1e-10
+    assert rel_diff(run["metrics"]["loss"], losses) <= 1e-10
+    assert rel_diff(run["metrics"]["sub_loss"], sub_losses) <= 1e-10
+    np.testing.assert_array_equal(run["metrics"]["round"], [1, 2, 3, 4])
+
+
+def test_recorded_masks_follow_their_kind(runs):
+    part = runs("partition", 2)["masks"]
+    assert part.shape == (4, 4, 24)
+    assert np.all(part.sum(axis=1) == 1) and np.all(part.sum(axis=2) == 6)  # disjoint, covering, balanced
+    cat = runs("categorical", 2)["masks"]
+    assert np.all(cat.sum(axis=1) == 1)
+    assert len({m.tobytes() for m in cat}) == 4  # fresh every round
+    bern = runs("bernoulli", 2)["masks"]
+    assert 0.4 < bern.mean() < 0.8 and set(np.unique(bern)) == {0, 1}
+    assert np.all(runs("full", 1)["masks"] == 1)
+
+
+@pytest.mark.parametrize("kind", ["partition", "categorical", "bernoulli"])
+def test_same_seed_same_weights_for_any_number_of_ranks(runs, kind):
+    W1, W2, W4 = (runs(kind, K)["model/W"] for K in (1, 2, 4))
+    for K in (2, 4):
+        np.testing.assert_array_equal(runs(kind, K)["masks"], runs(kind, 1)["masks"])
+    if kind == "bernoulli":  # overlapping masks are summed across ranks: equal to rounding
+        assert rel_diff(W2, W1) <= 1e-13 and rel_diff(W4, W1) <= 1e-13
+    else:  # disjoint masks: identical bits
+        assert W2.tobytes() == W1.tobytes() and W4.tobytes() == W1.tobytes()
+
+
+def test_minibatch_local_steps_match_replay(runs):
+    run = runs("partition", 2, train__batch_size=16)
+    batches = [[mpisub_masks.minibatches(40, 16, 3, 0, k, l) for l in range(4)] for k in range(4)]
+    W, losses, _ = replay(run["model/W_init"], run["model/a"], run["data/X"], run["data/Y"],
+                          run["masks"].astype(float), 0.25, lr=1.5, local_steps=3, batches=batches)
+    assert rel_diff(run["model/W"], W) <= 1e-10
+    assert rel_diff(run["metrics"]["loss"], losses) <= 1e-10
+
+
+def test_float32_run_tracks_the_float64_replay(runs):
+    run = runs("bernoulli", 2, model__dtype="float32")
+    assert run["model/W"].dtype == np.float32 and run["data/X"].dtype == np.float32
+    W, losses, _ = replay(run["model/W_init"].astype(float), run["model/a"].astype(float),
+                          run["data/X"].astype(float), run["data/Y"].astype(float),
+                          run["masks"].astype(float), 0.6, lr=1.5, local_steps=3)
+    assert rel_diff(run["model/W"], W) <= 1e-4
+    assert rel_diff(run["metrics"]["loss"], losses) <= 1e-3
