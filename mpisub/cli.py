@@ -148,8 +148,10 @@ def train_main(argv=None) -> None:
     except SystemExit:
         raise
     except BaseException as e:
-        # the other ranks may be waiting in a collective: end them all, now
-        traceback.print_exc()
+        # the other ranks may be waiting in a collective: end them all, now. The one-line cause
+        # goes first: the launcher may cut this rank's output short when the abort lands.
         print(f"mpisub-train: rank {comm.rank} failed: {type(e).__name__}: {e}; aborting all ranks",
               file=sys.stderr, flush=True)
+        traceback.print_exc()
+        sys.stderr.flush()
         comm.abort(1)

@@ -19,7 +19,7 @@ class Comm:
         self.bytes = 0
 
     def library(self) -> str:
-        return MPI.Get_library_version().strip().splitlines()[0].strip()
+        return " ".join(MPI.Get_library_version().split("\n")[0].split())
 
     def take_counters(self) -> tuple[float, int]:
         """(seconds, bytes) since the last call."""

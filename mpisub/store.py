@@ -89,6 +89,7 @@ class RunFile:
             self.f["masks"].resize((i + 1,) + self.f["masks"].shape[1:])
             self.f["masks"][i] = masks
         self.rows = i + 1
+        self.f.flush()  # a killed job leaves every finished round on disk
 
     def write_weights(self, W, rounds_done: int) -> None:
         self.f["model/W"][...] = W
@@ -107,6 +108,7 @@ def read_run(path: str) -> dict:
     with h5py.File(path, "r") as f:
         run = {"attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}}
         run["metrics"] = {k: f["metrics"][k][()] for k in f["metrics"]}
+        run["metrics"].update(f["metrics"].attrs)
         for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W", "masks"):
             if name in f:
                 run[name] = f[name][()]

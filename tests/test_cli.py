@@ -113,3 +113,22 @@ def test_threads_per_rank(monkeypatch):
     assert cli.threads_per_rank(32) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})  # bound by the launcher
     assert cli.threads_per_rank(4) == 3
+
+
+def test_inspect_reports_the_run(default_job):
+    import subprocess
+    import sys
+    folder, r = default_job
+    path = re.search(r"^run file: (\S+)$", r.stdout, re.M).group(1)
+    run_dir = str(folder / os.path.dirname(path))
+    inspect = os.path.join(os.path.dirname(sys.executable), "mpisub-inspect")
+    text = subprocess.run([inspect, run_dir], capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0 and "completed" in text.stdout and "partition" in text.stdout
+    js = json.loads(subprocess.run([inspect, run_dir, "--json"], capture_output=True, text=True, timeout=60).stdout)
+    with h5py.File(folder / path) as f:
+        assert js["loss_final"] == f["metrics/loss"][-1]
+        assert js["loss_init"] == f["metrics"].attrs["loss_init"]
+        assert js["rounds_done"] == len(f["metrics/loss"])
+        assert js["bytes_comm"] == f["metrics/bytes_comm"][()].sum()
+    missing = subprocess.run([inspect, str(folder / "nope")], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

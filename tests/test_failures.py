@@ -1,0 +1,37 @@
+"""A failure on one rank ends the whole job quickly; importing mpisub needs no MPI."""
+import subprocess
+import sys
+import time
+
+import h5py
+
+from conftest import MPIRUN, sets
+
+
+def test_exception_on_one_rank_aborts_every_rank(tmp_path):
+    script = str(__import__("pathlib").Path(__file__).with_name("fail_on_one_rank.py"))
+    args = sets(output__dir="out", train__rounds=50, masks__subnets=4, model__width=256, data__n=64)
+    t0 = time.monotonic()
+    r = subprocess.run([MPIRUN, "-n", "4", sys.executable, script, "2", "3", *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert r.returncode != 0
+    assert "rank 2 failed: RuntimeError: injected failure; aborting all ranks" in r.stderr
+    # rank 0 was killed mid-run and the file still opens (once the killed process is gone: mpirun
+    # may return while the kill is still being delivered, and the file lock goes with the process)
+    for _ in range(50):
+        try:
+            with h5py.File(tmp_path / "out" / "run.h5", "r") as f:
+                assert f.attrs["status"] == "running" and f["metrics/loss"].shape[0] >= 1
+            break
+        except BlockingIOError:
+            time.sleep(0.1)
+    else:
+        raise AssertionError("run.h5 stayed locked after the job ended")
+
+
+def test_import_and_read_without_mpi_or_numba():
+    code = ("import sys, mpisub, mpisub.analysis, mpisub.config, mpisub.store; "
+            "assert 'mpi4py' not in sys.modules and 'numba' not in sys.modules, sorted(sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
