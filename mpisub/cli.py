@@ -154,4 +154,5 @@ def train_main(argv=None) -> None:
               file=sys.stderr, flush=True)
         traceback.print_exc()
         sys.stderr.flush()
+        time.sleep(0.5)  # let the launcher forward this output before the abort tears it down
         comm.abort(1)
