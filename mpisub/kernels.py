@@ -1,77 +1,77 @@
 """The numba-compiled hot path: a subnetwork's local gradient steps and the network's forward pass.
 
 A subnetwork is given as its compact active rows only (W_l: k x d, a_l: k x c), so the cost of a
-local step scales with keep. Each step is two BLAS products, Z = X W_l^T and G = D^T X, with the
-element-wise work (ReLU, output sum, residual, ReLU derivative) fused into two loops between them.
-`scale` is the network's output scale: 1/sqrt(m) for the full network, 1/(keep sqrt(m)) for a
-subnetwork's surrogate f_l.
+local step scales with keep. Each step is two BLAS products, Z = X W_l^T and G = D^T X, plus the
+small product relu(Z) a_l; the element-wise work (ReLU, residual, ReLU derivative, update) runs in
+flat loops between them that LLVM vectorizes. `scale` is the network's output scale: 1/sqrt(m)
+for the full network, 1/(keep sqrt(m)) for a subnetwork's surrogate f_l.
 """
 import numpy as np
 from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def _forward(X, W, a, scale, Z, out):
-    """Z = X W^T (pre-activations, kept for the backward pass); out = scale * relu(Z) a."""
-    n, k = Z.shape
-    c = a.shape[1]
-    out[:] = 0.0
-    if k == 0:  # a subnetwork that holds no neuron outputs 0 (BLAS rejects empty operands)
+def _forward(X, W, a, scale, A, out):
+    """A = relu(X W^T) (kept: relu'(z) = [A > 0] for the backward pass); out = scale * A a."""
+    if W.shape[0] == 0:  # a subnetwork that holds no neuron outputs 0 (BLAS rejects empty operands)
+        out[:] = 0.0
         return
-    np.dot(X, W.T, Z)
-    for i in range(n):
-        for r in range(k):
-            z = Z[i, r]
-            if z > 0.0:
-                for j in range(c):
-                    out[i, j] += z * a[r, j]
-    for i in range(n):
-        for j in range(c):
-            out[i, j] *= scale
+    np.dot(X, W.T, A)
+    flat = A.ravel()
+    for t in range(flat.size):
+        flat[t] = max(flat[t], 0.0)
+    np.dot(A, a, out)
+    flat = out.ravel()
+    for t in range(flat.size):
+        flat[t] *= scale
 
 
 @njit(cache=True, nogil=True)
 def _loss(out, Y):
     """1/(2n) sum_i ||out_i - y_i||^2, accumulated in float64."""
     s = 0.0
-    n, c = out.shape
-    for i in range(n):
-        for j in range(c):
-            e = np.float64(out[i, j]) - np.float64(Y[i, j])
-            s += e * e
-    return s / (2.0 * n)
+    o, y = out.ravel(), Y.ravel()
+    for t in range(o.size):
+        e = np.float64(o[t]) - np.float64(y[t])
+        s += e * e
+    return s / (2.0 * out.shape[0])
 
 
 @njit(cache=True, nogil=True)
-def _step(X, Y, W, a, scale, lr, Z, out, G):
-    """One gradient step W <- W - lr * grad L(W) for L = 1/(2n) sum ||scale relu(X W^T) a - Y||^2.
-    Returns the loss before the step."""
-    _forward(X, W, a, scale, Z, out)
+def _step(X, Y, W, a, aT, scale, lr, A, out, G):
+    """One gradient step W <- W - lr * grad L(W) for L = 1/(2n) sum ||scale relu(X W^T) a - Y||^2,
+    in place. aT = a^T, contiguous (c x k). Returns the loss before the step."""
+    _forward(X, W, a, scale, A, out)
     loss = _loss(out, Y)
-    n, k = Z.shape
+    n, k = A.shape
     c = a.shape[1]
     if k == 0:
         return loss
-    # residual, then D = (R a^T) * relu'(Z), written over Z
+    R = out  # the residual, in place
     for i in range(n):
         for j in range(c):
-            out[i, j] -= Y[i, j]
+            R[i, j] -= Y[i, j]
+    # D[i, r] = [z_ir > 0] * sum_j R[i, j] a[r, j], written over A
     for i in range(n):
-        for r in range(k):
-            if Z[i, r] > 0.0:
-                s = 0.0
-                for j in range(c):
-                    s += out[i, j] * a[r, j]
-                Z[i, r] = s
-            else:
-                Z[i, r] = 0.0
-    np.dot(Z.T, X, G)
+        Ai = A[i]
+        if c == 1:
+            e = R[i, 0]
+            a0 = aT[0]
+            for r in range(k):
+                Ai[r] = e * a0[r] if Ai[r] > 0.0 else 0.0
+        else:
+            for r in range(k):
+                if Ai[r] > 0.0:
+                    s = 0.0
+                    for j in range(c):
+                        s += R[i, j] * aT[j, r]
+                    Ai[r] = s
+    np.dot(A.T, X, G)
     # d/dw_r of 1/(2n) sum ||f - y||^2 = (scale/n) sum_i D[i, r] x_i
     step = lr * scale / n
-    d = W.shape[1]
-    for r in range(k):
-        for q in range(d):
-            W[r, q] -= step * G[r, q]
+    w, g = W.ravel(), G.ravel()
+    for t in range(w.size):
+        w[t] -= step * g[t]
     return loss
 
 
@@ -85,28 +85,30 @@ def local_steps(W, a, X, Y, scale, lr, batches):
     n, c = Y.shape
     tau, b = batches.shape
     nb = n if b == 0 else b
-    Z = np.empty((nb, k), dtype=W.dtype)
+    # one set of workspaces for all tau steps
+    A = np.empty((nb, k), dtype=W.dtype)
     out = np.empty((nb, c), dtype=W.dtype)
     G = np.empty((k, d), dtype=W.dtype)
-    Xb = np.empty((nb, d), dtype=W.dtype)
-    Yb = np.empty((nb, c), dtype=W.dtype)
+    aT = np.ascontiguousarray(a.T)
+    Xb = np.empty((nb if b else 0, d), dtype=W.dtype)
+    Yb = np.empty((nb if b else 0, c), dtype=W.dtype)
     for t in range(tau):
         if b == 0:
-            _step(X, Y, W, a, scale, lr, Z, out, G)
+            _step(X, Y, W, a, aT, scale, lr, A, out, G)
         else:
             for i in range(b):
                 Xb[i] = X[batches[t, i]]
                 Yb[i] = Y[batches[t, i]]
-            _step(Xb, Yb, W, a, scale, lr, Z, out, G)
+            _step(Xb, Yb, W, a, aT, scale, lr, A, out, G)
     return loss(W, a, X, Y, scale)
 
 
 @njit(cache=True, nogil=True)
 def partial_output(W, a, X, scale):
     """scale * relu(X W^T) a for a block of rows: the blocks' outputs sum to the network's output."""
-    Z = np.empty((X.shape[0], W.shape[0]), dtype=W.dtype)
+    A = np.empty((X.shape[0], W.shape[0]), dtype=W.dtype)
     out = np.empty((X.shape[0], a.shape[1]), dtype=W.dtype)
-    _forward(X, W, a, scale, Z, out)
+    _forward(X, W, a, scale, A, out)
     return out
 
 

@@ -64,8 +64,7 @@ def network_loss(W, a, X, Y, comm, extra: float = 0.0) -> tuple[float, float]:
     Allreduce. Each rank evaluates a contiguous block of neurons; the blocks' outputs add up."""
     m = W.shape[0]
     lo, hi = comm.rank * m // comm.size, (comm.rank + 1) * m // comm.size
-    out = kernels.partial_output(np.ascontiguousarray(W[lo:hi]), np.ascontiguousarray(a[lo:hi]),
-                                 X, 1.0 / math.sqrt(m))
+    out = kernels.partial_output(W[lo:hi], a[lo:hi], X, W.dtype.type(1.0 / math.sqrt(m)))
     buf = np.append(out.astype(np.float64).ravel(), extra)
     comm.sum(buf)
     loss = float(np.sum((buf[:-1].reshape(Y.shape) - Y) ** 2) / (2 * Y.shape[0]))
@@ -84,7 +83,9 @@ def run(cfg, comm, X, Y, store=None, log=print) -> dict:
     tau, rounds = cfg.train.local_steps, cfg.train.rounds
     disjoint = cfg.masks.kind != "bernoulli"
     my_subnets = subnets_of_rank(p, comm.size, comm.rank)
-    sub_scale = 1.0 / (keep * math.sqrt(m))      # the surrogate f_l's 1/xi times the NTK 1/sqrt(m)
+    real = np.dtype(cfg.model.dtype).type   # scalars in the model's dtype keep float32 kernels in float32
+    sub_scale = real(1.0 / (keep * math.sqrt(m)))  # the surrogate f_l's 1/xi times the NTK 1/sqrt(m)
+    lr = real(lr)
     log_every = cfg.output.log_every or max(1, rounds // 20)
     history = {name: [] for name in ("round", "loss", "sub_loss", "seconds_compute", "seconds_comm",
                                       "seconds_wall", "bytes_comm")}

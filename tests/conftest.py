@@ -49,6 +49,7 @@ def compiled_kernels():
     for dtype in (np.float64, np.float32):
         X, Y = np.ones((3, 2), dtype), np.ones((3, 1), dtype)
         W, a = np.ones((2, 2), dtype), np.ones((2, 1), dtype)
-        kernels.local_steps(W, a, X, Y, 1.0, 0.1, np.zeros((1, 0), np.int64))
-        kernels.local_steps(W, a, X, Y, 1.0, 0.1, np.zeros((1, 2), np.int64))
-        kernels.partial_output(W, a, X, 1.0)
+        one = dtype(1.0)  # train.run passes scalars in the model's dtype
+        kernels.local_steps(W, a, X, Y, one, one, np.zeros((1, 0), np.int64))
+        kernels.local_steps(W, a, X, Y, one, one, np.zeros((1, 2), np.int64))
+        kernels.partial_output(W, a, X, one)
