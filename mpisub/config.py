@@ -80,7 +80,7 @@ class Config:
     def to_toml(self) -> str:
         lines = []
         for section, values in self.to_dict().items():
-            lines.append(f"[{section}]")
+            lines.append(f"\n[{section}]" if lines else f"[{section}]")
             lines += [f"{key} = {_toml_value(v)}" for key, v in values.items()]
         return "\n".join(lines)
 
@@ -169,6 +169,10 @@ def set_value(cfg: Config, key: str, value) -> None:
     setattr(getattr(cfg, parts[0]), parts[1], _coerce(key, value, _key_type(cfg, key)))
 
 
+def _string_keys(cfg: Config) -> set[str]:
+    return {f"{s}.{k}" for s, vals in cfg.to_dict().items() for k, v in vals.items() if isinstance(v, str)}
+
+
 def parse_assignment(text: str) -> tuple[str, object]:
     """'train.lr=0.5' -> ('train.lr', 0.5). The value is read as TOML, else taken as a string."""
     if "=" not in text:
@@ -213,7 +217,10 @@ def build(preset: str | None = None, file: str | None = None, overrides: list[st
         for key, value in load_toml(file).items():
             set_value(cfg, key, value)
     for text in overrides:
-        set_value(cfg, *parse_assignment(text))
+        key, value = parse_assignment(text)
+        if isinstance(value, (int, float)) and key in _string_keys(cfg):
+            value = text.split("=", 1)[1].strip()  # --set output.dir=2024 means the folder "2024"
+        set_value(cfg, key, value)
     check_ranges(cfg)
     return cfg
 

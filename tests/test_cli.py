@@ -132,3 +132,16 @@ def test_inspect_reports_the_run(default_job):
         assert js["bytes_comm"] == f["metrics/bytes_comm"][()].sum()
     missing = subprocess.run([inspect, str(folder / "nope")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize("preset,ranks", [("gd", 1), ("dropout", 1), ("multisample", 2), ("ist", 2)])
+def test_every_preset_trains(tmp_path, preset, ranks):
+    r = mpirun(ranks, "--preset", preset, *sets(output__dir="out", model__width=512, data__n=128,
+                                                 train__rounds=15), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "out" / "run.h5") as f:
+        cfg = json.loads(f.attrs["config"])
+        assert cfg["masks"]["kind"] == {"gd": "full", "dropout": "bernoulli", "multisample": "bernoulli",
+                                        "ist": "partition"}[preset]
+        loss = f["metrics/loss"][()]
+        assert loss[-1] < f["metrics"].attrs["loss_init"] / 3 and loss[-1] < loss[0]

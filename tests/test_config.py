@@ -45,6 +45,13 @@ def test_set_values_are_read_as_toml_and_type_checked():
     assert config.parse_assignment("masks.kind=bernoulli") == ("masks.kind", "bernoulli")
     assert config.build(overrides=["train.lr=3"]).train.lr == 3.0  # an int is a fine float
     assert config.build(overrides=["train.rounds=4.0"]).train.rounds == 4
+    assert config.build(overrides=["output.dir=2024"]).output.dir == "2024"  # a string key takes the text
+
+
+def test_printed_toml_reads_back_as_the_same_config():
+    cfg = config.resolve(config.build("dropout", overrides=["output.dir=runs/x y"]), ranks=1)
+    parsed = config.tomllib.loads(cfg.to_toml())
+    assert config.from_dict(parsed) == cfg
 
 
 def test_config_round_trips_through_json():
