@@ -67,7 +67,8 @@ def network_loss(W, a, X, Y, comm, extra: float = 0.0) -> tuple[float, float]:
     out = kernels.partial_output(W[lo:hi], a[lo:hi], X, W.dtype.type(1.0 / math.sqrt(m)))
     buf = np.append(out.astype(np.float64).ravel(), extra)
     comm.sum(buf)
-    loss = float(np.sum((buf[:-1].reshape(Y.shape) - Y) ** 2) / (2 * Y.shape[0]))
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the caller
+        loss = float(np.sum((buf[:-1].reshape(Y.shape) - Y) ** 2) / (2 * Y.shape[0]))
     return loss, float(buf[-1])
 
 

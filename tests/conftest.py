@@ -13,13 +13,13 @@ MPIRUN = shutil.which("mpirun", path=BIN + os.pathsep + os.environ.get("PATH", "
 TRAIN = os.path.join(BIN, "mpisub-train")
 
 
-def mpirun(ranks: int, *args: str, cwd, timeout: float = 180) -> subprocess.CompletedProcess:
+def mpirun(ranks: int, *args: str, cwd, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `mpirun -n ranks mpisub-train args...`; a hang fails the test (the whole process group
-    is killed at the timeout) instead of freezing the suite."""
+    is killed at the timeout) instead of freezing the suite. `env` adds environment variables."""
     assert MPIRUN, "mpirun not found: pip install -e '.[mpi]' (or put a system MPI on PATH)"
     cmd = [MPIRUN, "-n", str(ranks), TRAIN, *args]
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **(env or {})})
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -27,6 +27,11 @@ def mpirun(ranks: int, *args: str, cwd, timeout: float = 180) -> subprocess.Comp
         out, err = proc.communicate()
         pytest.fail(f"timed out after {timeout}s: {' '.join(cmd)}\n{out}\n{err}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+# BLAS (OpenBLAS included) rounds differently with a different number of threads, so runs whose
+# bits are compared across K give every rank the same thread count
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def sets(**values) -> list[str]:

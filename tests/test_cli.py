@@ -145,3 +145,12 @@ def test_every_preset_trains(tmp_path, preset, ranks):
                                         "ist": "partition"}[preset]
         loss = f["metrics/loss"][()]
         assert loss[-1] < f["metrics"].attrs["loss_init"] / 3 and loss[-1] < loss[0]
+
+
+def test_divergence_stops_with_a_hint_and_status_failed(tmp_path):
+    r = mpirun(2, *sets(output__dir="out", train__lr=1e6, model__width=256, data__n=64), cwd=tmp_path)
+    assert r.returncode == 2
+    assert re.fullmatch(r"mpisub-train: error: the loss became (nan|inf) in round \d+: training diverged; "
+                        r"lower train.lr \(now 1e\+06\)\n", r.stderr)
+    with h5py.File(tmp_path / "out" / "run.h5") as f:
+        assert f.attrs["status"] == "failed"
