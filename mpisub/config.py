@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 import math
 import sys
@@ -164,8 +165,10 @@ def set_value(cfg: Config, key: str, value) -> None:
     """Set `section.key` on cfg after checking the name and type."""
     parts = key.split(".")
     if len(parts) != 2 or not hasattr(cfg, parts[0]) or not hasattr(getattr(cfg, parts[0]), parts[1]):
-        known = ", ".join(f"{s}.{k}" for s, vals in cfg.to_dict().items() for k in vals)
-        raise UserError(f"unknown config key {key!r}; known keys: {known}")
+        known = [f"{s}.{k}" for s, vals in cfg.to_dict().items() for k in vals]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        raise UserError(f"unknown config key {key!r}; {hint}")
     setattr(getattr(cfg, parts[0]), parts[1], _coerce(key, value, _key_type(cfg, key)))
 
 
