@@ -12,22 +12,24 @@ import traceback
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def threads_per_rank(ranks_on_node: int) -> int:
-    """Cores this rank may use: its CPU affinity when a launcher bound it to fewer cores than the
-    node has, else the node's cores shared evenly between the ranks on the node."""
-    node = os.cpu_count() or 1
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover (not Linux)
-        allowed = node
-    return allowed if allowed < node else max(1, node // ranks_on_node)
+def threads_per_rank(mine: set, on_node: list) -> int:
+    """The cores this rank may run on (its CPU affinity), shared evenly between the ranks of the
+    node that may run on them too: unbound ranks split the node (or the job's cgroup), ranks bound
+    to their own cores use all of them."""
+    sharing = sum(1 for cores in on_node if cores & mine)
+    return max(1, len(mine) // max(1, sharing))
 
 
-def set_threads(ranks_on_node: int) -> str:
+def set_threads(node_comm) -> str:
     """Must run before numpy/scipy load their BLAS. A user who set any of the usual variables decides."""
+    try:
+        mine = set(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (not Linux)
+        mine = set(range(os.cpu_count() or 1))
+    on_node = node_comm.allgather(mine)  # collective: every rank calls it, whatever the environment
     if any(v in os.environ for v in THREAD_VARS):
         return "set by the environment"
-    n = str(threads_per_rank(ranks_on_node))
+    n = str(threads_per_rank(mine, on_node))
     for var in THREAD_VARS:
         os.environ[var] = n
     return n
@@ -130,7 +132,7 @@ def train_main(argv=None) -> None:
 
     world = MPI.COMM_WORLD
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
-    threads = set_threads(node.Get_size())
+    threads = set_threads(node)
     node.Free()
 
     from .comm import Comm

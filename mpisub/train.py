@@ -42,7 +42,7 @@ def aggregate(W, M, updated, comm, disjoint: bool) -> np.ndarray:
         rows = [np.flatnonzero(M[l]) for l in range(p)]
         counts = [sum(len(rows[l]) for l in subnets_of_rank(p, comm.size, k)) for k in range(comm.size)]
         mine = np.concatenate([W_l for _, W_l in updated]) if updated else np.empty((0, d), W.dtype)
-        gathered = np.empty((m if p else 0, d), dtype=W.dtype)
+        gathered = np.empty((m, d), dtype=W.dtype)
         comm.allgather_rows(np.ascontiguousarray(mine), counts, gathered)
         W_next = np.empty_like(W)
         W_next[np.concatenate(rows)] = gathered
@@ -88,8 +88,7 @@ def run(cfg, comm, X, Y, store=None, log=print) -> dict:
     sub_scale = real(1.0 / (keep * math.sqrt(m)))  # the surrogate f_l's 1/xi times the NTK 1/sqrt(m)
     lr = real(lr)
     log_every = cfg.output.log_every or max(1, rounds // 20)
-    history = {name: [] for name in ("round", "loss", "sub_loss", "seconds_compute", "seconds_comm",
-                                      "seconds_wall", "bytes_comm")}
+    history = {}
 
     loss_init, _ = network_loss(W, a, X, Y, comm)
     comm.take_counters()
@@ -132,7 +131,7 @@ def run(cfg, comm, X, Y, store=None, log=print) -> dict:
             if done or (round + 1) % log_every == 0:
                 store.write_weights(W, round + 1)
         for name, value in row.items():
-            history[name].append(value)
+            history.setdefault(name, []).append(value)
         if comm.rank == 0 and (done or round == 0 or (round + 1) % log_every == 0):
             log(f"round {round + 1:>{len(str(rounds))}}/{rounds}  loss {loss:.4e}  sub_loss {sub_loss:.4e}  "
                 f"compute {seconds_compute:.3f}s  comm {seconds_comm:.3f}s  "

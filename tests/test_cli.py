@@ -106,13 +106,14 @@ def test_print_config_shows_the_resolved_values(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_threads_per_rank(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-    assert cli.threads_per_rank(4) == 4
-    assert cli.threads_per_rank(32) == 1
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})  # bound by the launcher
-    assert cli.threads_per_rank(4) == 3
+def test_threads_per_rank():
+    node = set(range(16))
+    assert cli.threads_per_rank(node, [node] * 4) == 4                 # 4 unbound ranks share 16 cores
+    assert cli.threads_per_rank(node, [node] * 32) == 1                # oversubscribed: one each
+    cgroup = {4, 5, 6, 7}
+    assert cli.threads_per_rank(cgroup, [cgroup] * 4) == 1             # 4 ranks in a 4-core allocation
+    bound = [{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9, 10, 11}]
+    assert cli.threads_per_rank(bound[1], bound) == 4                  # each bound to its own 4 cores
 
 
 def test_inspect_reports_the_run(default_job):
