@@ -70,7 +70,7 @@ def _version() -> str:
 
 
 def _train(argv, comm, threads: str) -> None:
-    from . import config, data, store, train
+    from . import config, data, kernels, store, train
     from .errors import UserError
 
     parser = train_parser()
@@ -83,6 +83,11 @@ def _train(argv, comm, threads: str) -> None:
             print(cfg.to_toml())
         return
     X, Y = data.load(cfg)
+    # rank 0 compiles the kernels into numba's on-disk cache while the others wait, then they load
+    # it: one compile per job instead of one per rank competing for the same cores
+    if comm.rank == 0:
+        kernels.compile_for(cfg.model.dtype)
+    comm.barrier()
 
     # only rank 0 touches the output folder; its verdict is shared so all ranks stop alike
     run_file, error, folder = None, None, cfg.output.dir

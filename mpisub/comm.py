@@ -47,6 +47,13 @@ class Comm:
         self.mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         self._count(t0, buf.nbytes)
 
+    def barrier(self, poll_seconds: float = 0.01) -> None:
+        """A barrier that sleeps while it waits: MPI_Barrier spins, and spinning ranks would take
+        the cores from the rank they wait for (e.g. rank 0 compiling kernels)."""
+        request = self.mpi.Ibarrier()
+        while not request.Test():
+            time.sleep(poll_seconds)
+
     def agree(self, message):
         """Rank 0's error message (or None), on every rank: lets a check that only rank 0 can make
         (e.g. the output folder) stop every rank the same way."""

@@ -116,3 +116,13 @@ def partial_output(W, a, X, scale):
 def loss(W, a, X, Y, scale):
     """L(W) = 1/(2n) sum_i ||scale relu(X W^T) a - y_i||^2."""
     return _loss(partial_output(W, a, X, scale), Y)
+
+
+def compile_for(dtype) -> None:
+    """Compile (or load from numba's on-disk cache) every kernel signature a run of this dtype uses."""
+    one = np.dtype(dtype).type(1.0)  # the round loop passes scalars in the model's dtype
+    X, Y = np.ones((3, 2), dtype), np.ones((3, 1), dtype)
+    W, a = np.ones((2, 2), dtype), np.ones((2, 1), dtype)
+    for batches in (np.zeros((1, 0), np.int64), np.zeros((1, 2), np.int64)):
+        local_steps(W.copy(), a, X, Y, one, one, batches)
+    partial_output(W, a, X, one)
