@@ -154,6 +154,10 @@ def train_main(argv=None) -> None:
         sys.exit(2)
     except SystemExit:
         raise
+    except KeyboardInterrupt:
+        print(f"mpisub-train: rank {comm.rank} interrupted; aborting all ranks", file=sys.stderr, flush=True)
+        time.sleep(0.5)  # rank 0, if not blocked in a collective, marks the run file 'interrupted'
+        comm.abort(130)
     except BaseException as e:
         # the other ranks may be waiting in a collective: end them all, now. The one-line cause
         # goes first: the launcher may cut this rank's output short when the abort lands.
