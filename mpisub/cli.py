@@ -9,6 +9,11 @@ import sys
 import time
 import traceback
 
+from . import __version__, config
+from .errors import UserError
+
+# numpy, scipy and numba are imported only inside functions, after set_threads: their BLAS reads
+# the thread variables once, when it loads.
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -44,12 +49,10 @@ class _Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
     def error(self, message):
-        from .errors import UserError
         raise UserError(f"{message} (see mpisub-train --help)")
 
 
 def train_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS
     p = _Parser(prog="mpisub-train", description=(
         "Train a one-hidden-layer ReLU network by masked subnetworks (IST, dropout, multi-sample "
         "dropout, or plain GD) over MPI. Run as: mpirun -n K mpisub-train [options]. With no "
@@ -57,21 +60,15 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="TOML file with [data] [model] [masks] [train] [output] sections")
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config value (repeatable), e.g. --set train.lr=2.0")
-    p.add_argument("--preset", choices=list(PRESETS), help="start from a preset (default: the ist defaults)")
+    p.add_argument("--preset", choices=list(config.PRESETS), help="start from a preset (default: the ist defaults)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
-    p.add_argument("--version", action="version", version=f"mpisub {_version()}")
+    p.add_argument("--version", action="version", version=f"mpisub {__version__}")
     return p
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
-
-
 def _train(argv, comm, threads: str) -> None:
-    from . import config, data, kernels, store, train
-    from .errors import UserError
+    from . import data, kernels, train
 
     parser = train_parser()
     parser.rank = comm.rank
@@ -83,28 +80,7 @@ def _train(argv, comm, threads: str) -> None:
             print(cfg.to_toml())
         return
     X, Y = data.load(cfg)
-    # rank 0 compiles the kernels into numba's on-disk cache while the others wait, then they load
-    # it: one compile per job instead of one per rank competing for the same cores
-    if comm.rank == 0:
-        kernels.compile_for(cfg.model.dtype)
-    comm.barrier()
-
-    # only rank 0 touches the output folder; its verdict is shared so all ranks stop alike
-    run_file, error, folder = None, None, cfg.output.dir
-    if comm.rank == 0:
-        try:
-            folder = folder or store.new_run_dir()
-            cfg.output.dir = folder
-            run_file = store.RunFile(folder, config_json=cfg.to_json(), overwrite=cfg.output.overwrite,
-                                     subnets=cfg.masks.subnets, width=cfg.model.width,
-                                     record_masks=cfg.output.record_masks,
-                                     attrs={"mpisub_version": _version(), "ranks": comm.size,
-                                            "mpi_library": comm.library()})
-        except UserError as e:
-            error = str(e)
-    error, cfg.output.dir = comm.agree((error, folder))
-    if error:
-        raise UserError(error)
+    run_file = _open_run_file(cfg, comm)
 
     if comm.rank == 0:
         print("# mpisub-train: resolved config\n" + cfg.to_toml(), flush=True)
@@ -113,6 +89,11 @@ def _train(argv, comm, threads: str) -> None:
     t0 = time.perf_counter()
     status = "failed"
     try:
+        # rank 0 compiles the kernels into numba's on-disk cache while the others wait, then they
+        # load it: one compile per job instead of one per rank competing for the same cores
+        if comm.rank == 0:
+            kernels.compile_for(cfg.model.dtype)
+        comm.barrier()
         result = train.run(cfg, comm, X, Y, run_file, log=lambda s: print(s, flush=True))
         status = "completed"
     except KeyboardInterrupt:
@@ -126,9 +107,32 @@ def _train(argv, comm, threads: str) -> None:
         first, last = result["loss_init"], m["loss"][-1]
         print(f"done: {cfg.train.rounds} rounds in {time.perf_counter() - t0:.1f} s "
               f"(compute {m['seconds_compute'].sum():.1f} s, comm {m['seconds_comm'].sum():.2f} s); "
-              f"loss {first:.3e} -> {last:.3e} ({first / last:.1f}x lower)")
+              f"loss {first:.3e} -> {last:.3e} ({first / max(last, 1e-300):.1f}x lower)")
         print(f"run file: {run_file.path}")
-        print(f"look at it: mpisub-inspect {folder}   (or: h5dump -A {run_file.path})")
+        print(f"look at it: mpisub-inspect {cfg.output.dir}   (or: h5dump -A {run_file.path})")
+
+
+def _open_run_file(cfg, comm):
+    """Rank 0 creates the run file (None on the other ranks). Only rank 0 touches the output
+    folder, and its verdict is shared, so a bad folder stops every rank the same way."""
+    from . import store
+
+    run_file, error, folder = None, None, cfg.output.dir
+    if comm.rank == 0:
+        try:
+            folder = folder or store.new_run_dir()
+            cfg.output.dir = folder
+            run_file = store.RunFile(folder, config_json=cfg.to_json(), overwrite=cfg.output.overwrite,
+                                     subnets=cfg.masks.subnets, width=cfg.model.width,
+                                     record_masks=cfg.output.record_masks,
+                                     attrs={"mpisub_version": __version__, "ranks": comm.size,
+                                            "mpi_library": comm.library()})
+        except UserError as e:
+            error = str(e)
+    error, cfg.output.dir = comm.agree((error, folder))
+    if error:
+        raise UserError(error)
+    return run_file
 
 
 def train_main(argv=None) -> None:
@@ -141,13 +145,12 @@ def train_main(argv=None) -> None:
     node.Free()
 
     from .comm import Comm
-    from .errors import UserError
 
     comm = Comm(world)
     try:
         _train(argv, comm, threads)
     except UserError as e:
-        if "--debug" in argv:
+        if "--debug" in argv and comm.rank == 0:
             traceback.print_exc()
         if comm.rank == 0:
             print(f"mpisub-train: error: {e}", file=sys.stderr, flush=True)

@@ -32,7 +32,7 @@ def test_default_job_trains_and_says_where_the_run_is(default_job):
         cfg = json.loads(f.attrs["config"])
         assert cfg["masks"]["kind"] == "partition" and cfg["masks"]["subnets"] == 4
         assert cfg["output"]["dir"] == os.path.dirname(path)
-        rounds = cfg["train"]["rounds"]
+        assert f["metrics/loss"].shape == (cfg["train"]["rounds"],)
         assert f.attrs["ranks"] == 4 and "MPICH" in f.attrs["mpi_library"]
         assert f.attrs["mpisub_version"] and f.attrs["created"]
 
