@@ -2,7 +2,6 @@
 import json
 import os
 
-
 from .store import read_run
 
 
