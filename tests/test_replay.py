@@ -106,3 +106,16 @@ def test_float32_run_tracks_the_float64_replay(runs):
                           run["masks"].astype(float), 0.6, lr=1.5, local_steps=3)
     assert rel_diff(run["model/W"], W) <= 1e-4
     assert rel_diff(run["metrics"]["loss"], losses) <= 1e-3
+
+
+@pytest.mark.parametrize("kind,K", [("partition", 1), ("partition", 2), ("partition", 4),
+                                    ("bernoulli", 2), ("bernoulli", 4)])
+def test_bytes_show_which_collective_combined_the_rows(runs, kind, K):
+    """Disjoint masks: Allgatherv of this rank's updated rows; bernoulli: Allreduce of all m rows.
+    Both plus the Allreduce of the n x c output block and the subnetwork loss sum."""
+    run = runs(kind, K)
+    n, c, m, d = 40, 2, 24, 5
+    metrics = (n * c + 1) * 8
+    rows = m if kind == "bernoulli" else run["masks"][:, : 4 // K].sum(axis=(1, 2))  # rank 0's subnets
+    expected = 0 if K == 1 else rows * d * 8 + metrics
+    np.testing.assert_array_equal(run["metrics"]["bytes_comm"], np.broadcast_to(expected, (4,)))
