@@ -51,7 +51,7 @@ class MasksConfig:
 class TrainConfig:
     rounds: int = 60
     local_steps: int = 5        # tau
-    lr: float = 8.0             # the loss carries 1/(2n), so the stable step grows with n
+    lr: float = 4.0             # the loss carries 1/(2n), so the stable step grows with n
     seed: int = 0
     batch_size: int = 0         # 0 = full batch (the paper); >0 = minibatch SGD local steps
 

@@ -16,6 +16,10 @@ import numpy as np
 from . import kernels, masks
 from .errors import UserError
 
+# a loss this many times the initial one means the steps are too large: stop rather than burn the
+# allocation on overflowing weights
+DIVERGED = 1e3
+
 
 def init_model(cfg) -> tuple[np.ndarray, np.ndarray]:
     """W (m x d): w_r ~ N(0, kappa^2 I); a (m x c): entries uniform in {+1, -1}; from train.seed."""
@@ -118,9 +122,10 @@ def run(cfg, comm, X, Y, store=None, log=print) -> dict:
         seconds_comm, bytes_comm = comm.take_counters()
         seconds_compute = time.perf_counter() - t_start - seconds_comm
 
-        if not math.isfinite(loss):
-            raise UserError(f"the loss became {loss} in round {round + 1}: training diverged; "
-                            f"lower train.lr (now {lr:g})")
+        if not math.isfinite(loss) or loss > DIVERGED * loss_init:
+            raise UserError(f"the loss became {loss:.4g} in round {round + 1} (initial {loss_init:.4g}): "
+                            f"training diverged; lower train.lr (now {lr:g}): a subnetwork's step is "
+                            f"about 1/keep times stronger, so small masks.keep needs a small lr")
         now = time.perf_counter()
         row = {"round": round + 1, "loss": loss, "sub_loss": sub_loss, "seconds_compute": seconds_compute,
                "seconds_comm": seconds_comm, "seconds_wall": now - t_mark, "bytes_comm": bytes_comm}
