@@ -40,13 +40,12 @@ def _loss(out, Y):
 @njit(cache=True, nogil=True)
 def _step(X, Y, W, a, aT, scale, lr, A, out, G):
     """One gradient step W <- W - lr * grad L(W) for L = 1/(2n) sum ||scale relu(X W^T) a - Y||^2,
-    in place. aT = a^T, contiguous (c x k). Returns the loss before the step."""
-    _forward(X, W, a, scale, A, out)
-    loss = _loss(out, Y)
+    in place. aT = a^T, contiguous (c x k)."""
     n, k = A.shape
     c = a.shape[1]
     if k == 0:
-        return loss
+        return
+    _forward(X, W, a, scale, A, out)
     R = out  # the residual, in place
     for i in range(n):
         for j in range(c):
@@ -72,7 +71,6 @@ def _step(X, Y, W, a, aT, scale, lr, A, out, G):
     w, g = W.ravel(), G.ravel()
     for t in range(w.size):
         w[t] -= step * g[t]
-    return loss
 
 
 @njit(cache=True, nogil=True)

@@ -36,25 +36,23 @@ def subnets_of_rank(p: int, ranks: int, rank: int) -> range:
     return range(rank * p // ranks, (rank + 1) * p // ranks)
 
 
-def aggregate(W, M, updated, comm, disjoint: bool) -> np.ndarray:
-    """W_{k+1} from the subnetworks' updated rows. `updated` holds this rank's (rows, W_l) pairs."""
+def aggregate(W, M, rows, updated, comm, disjoint: bool) -> np.ndarray:
+    """W_{k+1} from the subnetworks' updated rows: rows[l] are subnetwork l's active neurons (all l),
+    updated[l] its trained rows W^l_{k,tau} (the subnetworks of this rank)."""
     p, m = M.shape
-    d = W.shape[1]
     if disjoint:
         # categorical / partition / full: each neuron is held by exactly one subnetwork, so the
         # average is that subnetwork's row; gather every rank's rows (N_r = 1 for all r)
-        rows = [np.flatnonzero(M[l]) for l in range(p)]
         counts = [sum(len(rows[l]) for l in subnets_of_rank(p, comm.size, k)) for k in range(comm.size)]
-        mine = np.concatenate([W_l for _, W_l in updated]) if updated else np.empty((0, d), W.dtype)
-        gathered = np.empty((m, d), dtype=W.dtype)
-        comm.allgather_rows(np.ascontiguousarray(mine), counts, gathered)
+        gathered = np.empty_like(W)
+        comm.allgather_rows(np.concatenate(list(updated.values())), counts, gathered)
         W_next = np.empty_like(W)
         W_next[np.concatenate(rows)] = gathered
         return W_next
     # bernoulli: sum the masked rows over all subnetworks, divide by N_r where N_r > 0
     S = np.zeros_like(W)
-    for rows, W_l in updated:
-        S[rows] += W_l
+    for l, W_l in updated.items():
+        S[rows[l]] += W_l
     comm.sum(S)
     N = M.sum(axis=0, dtype=np.int64)
     held = N > 0
@@ -105,17 +103,18 @@ def run(cfg, comm, X, Y, store=None, log=print) -> dict:
         t_start = time.perf_counter()
         M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, round)
 
+        rows = [np.flatnonzero(M[l]) for l in range(p)]
+
         # 1. every subnetwork on this rank: tau local steps from W_k, on its active rows only
-        updated, sub_loss_sum = [], 0.0
+        updated, sub_loss_sum = {}, 0.0
         for l in my_subnets:
-            rows = np.flatnonzero(M[l])
-            W_l = W[rows]
+            W_l = W[rows[l]]
             batches = masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, round, l)
-            sub_loss_sum += kernels.local_steps(W_l, a[rows], X, Y, sub_scale, lr, batches)
-            updated.append((rows, W_l))
+            sub_loss_sum += kernels.local_steps(W_l, a[rows[l]], X, Y, sub_scale, lr, batches)
+            updated[l] = W_l
 
         # 2. aggregate per neuron over the subnetworks that hold it
-        W = aggregate(W, M, updated, comm, disjoint)
+        W = aggregate(W, M, rows, updated, comm, disjoint)
 
         loss, sub_loss_sum = network_loss(W, a, X, Y, comm, sub_loss_sum)
         sub_loss = sub_loss_sum / p
