@@ -82,13 +82,13 @@ def run(cfg, comm, X, Y, store=None, log=print) -> dict:
         store.write_start(X, Y, a, W)
 
     p, m = cfg.masks.subnets, cfg.model.width
-    keep, lr = cfg.masks.keep, cfg.train.lr
+    keep = cfg.masks.keep
     tau, rounds = cfg.train.local_steps, cfg.train.rounds
     disjoint = cfg.masks.kind != "bernoulli"
     my_subnets = subnets_of_rank(p, comm.size, comm.rank)
     real = np.dtype(cfg.model.dtype).type   # scalars in the model's dtype keep float32 kernels in float32
     sub_scale = real(1.0 / (keep * math.sqrt(m)))  # the surrogate f_l's 1/xi times the NTK 1/sqrt(m)
-    lr = real(lr)
+    lr = real(cfg.train.lr)
     log_every = cfg.output.log_every or max(1, rounds // 20)
     history = {}
 
@@ -102,8 +102,7 @@ def run(cfg, comm, X, Y, store=None, log=print) -> dict:
     for round in range(rounds):
         t_start = time.perf_counter()
         M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, round)
-
-        rows = [np.flatnonzero(M[l]) for l in range(p)]
+        rows = [np.flatnonzero(M[l]) for l in range(p)]  # each subnetwork's active neurons
 
         # 1. every subnetwork on this rank: tau local steps from W_k, on its active rows only
         updated, sub_loss_sum = {}, 0.0
