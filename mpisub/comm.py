@@ -54,10 +54,10 @@ class Comm:
         while not request.Test():
             time.sleep(poll_seconds)
 
-    def agree(self, message):
-        """Rank 0's error message (or None), on every rank: lets a check that only rank 0 can make
-        (e.g. the output folder) stop every rank the same way."""
-        return self.mpi.bcast(message, root=0)
+    def agree(self, value):
+        """Rank 0's value on every rank (a small Python object, before training): lets a check that
+        only rank 0 can make (the output folder) stop every rank the same way."""
+        return self.mpi.bcast(value, root=0)
 
     def abort(self, code: int = 1) -> None:
         self.mpi.Abort(code)
