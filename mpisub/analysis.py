@@ -7,7 +7,7 @@ from .store import read_run
 
 def summary(path: str) -> dict:
     """The facts a user checks first about a run, as plain values."""
-    run = read_run(path)
+    run = read_run(path, arrays=False)  # a summary needs no weights or masks
     attrs, m = run["attrs"], run["metrics"]
     cfg = json.loads(attrs["config"])
     loss = m["loss"]

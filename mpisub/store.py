@@ -101,8 +101,9 @@ class RunFile:
         self.f.close()
 
 
-def read_run(path: str) -> dict:
-    """A run file's attributes, arrays and metrics as plain Python and numpy values."""
+def read_run(path: str, arrays: bool = True) -> dict:
+    """A run file's attributes and metrics (and, with `arrays`, its data, weights and masks) as
+    plain Python and numpy values."""
     if os.path.isdir(path):
         path = os.path.join(path, FILENAME)
     with h5py.File(path, "r") as f:
@@ -110,6 +111,6 @@ def read_run(path: str) -> dict:
         run["metrics"] = {k: f["metrics"][k][()] for k in f["metrics"]}
         run["metrics"].update(f["metrics"].attrs)
         for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W", "masks"):
-            if name in f:
+            if arrays and name in f:
                 run[name] = f[name][()]
     return run
