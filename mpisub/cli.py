@@ -5,6 +5,7 @@ on any rank aborts the whole job (MPI_Abort) instead of leaving the other ranks 
 """
 import argparse
 import os
+import signal
 import sys
 import time
 import traceback
@@ -61,31 +62,77 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config value (repeatable), e.g. --set train.lr=2.0")
     p.add_argument("--preset", choices=list(config.PRESETS), help="start from a preset (default: the ist defaults)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (any K "
+                   "dividing its subnets); --set may change only " + ", ".join(config.RESUME_KEYS))
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
     p.add_argument("--version", action="version", version=f"mpisub {__version__}")
     return p
 
 
+# exit codes: 2 = a user error or divergence, 3 = stopped by SIGTERM/SIGUSR1 with a checkpoint
+# written (continue with --resume), 1 = aborted after an exception, 130 = Ctrl-C
+EXIT_USER, EXIT_INTERRUPTED = 2, 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _prepare(args, comm):
+    """Every check a user's input can fail, local to this rank (no collective): the config, the
+    checkpoint to resume from, the data. Returns (cfg, X, Y, data_sha256, checkpoint or None)."""
+    from . import data, store
+
+    checkpoint = None
+    if args.resume:
+        if args.config or args.preset:
+            raise UserError("--resume continues a run with its stored config; leave out --config and --preset")
+        checkpoint = store.read_checkpoint(args.resume)
+        cfg = config.for_resume(checkpoint["config"], args.overrides)
+        cfg.output.dir = args.resume
+    else:
+        cfg = config.build(args.preset, args.config, args.overrides)
+    cfg = config.resolve(cfg, comm.size)
+    X, Y, digest = data.load(cfg)
+    cfg = config.fit_data(cfg, X.shape[0], X.shape[1], Y.shape[1])
+    if checkpoint is not None:
+        if digest != checkpoint["data_sha256"]:
+            raise UserError(f"--resume {args.resume!r}: data.source {cfg.data.source!r} changed since the run "
+                            f"started (sha256 differs); restore the original file or start a new run")
+        if checkpoint["round"] >= cfg.train.rounds:
+            raise UserError(f"--resume {args.resume!r}: the run has done all {checkpoint['round']} rounds; "
+                            f"to train longer add --set train.rounds=N with N > {checkpoint['round']}")
+    return cfg, X, Y, digest, checkpoint
+
+
 def _train(argv, comm, threads: str) -> None:
-    from . import data, kernels, train
+    from . import kernels, train
 
     parser = train_parser()
     parser.rank = comm.rank
     args = parser.parse_args(argv)
-    # every rank checks the same inputs the same way before the first collective
-    cfg = config.resolve(config.build(args.preset, args.config, args.overrides), comm.size)
+    # every rank checks its inputs before the first collective; then all agree on the first error,
+    # so a file one node cannot read stops every rank the same way instead of hanging the others
+    error = None
+    try:
+        cfg, X, Y, digest, checkpoint = _prepare(args, comm)
+    except UserError as e:
+        error = e
+    first = comm.first_error(str(error) if error else None)
+    if first:
+        raise UserError(first) from error
     if args.print_config:
         if comm.rank == 0:
             print(cfg.to_toml())
         return
-    X, Y = data.load(cfg)
-    run_file = _open_run_file(cfg, comm)
+    run_file = _open_run_file(cfg, comm, digest, checkpoint)
 
+    stop = []
+    for sig in STOP_SIGNALS:  # the scheduler's warning before a time limit: finish the round, checkpoint
+        signal.signal(sig, lambda number, frame: stop.append(number))
     if comm.rank == 0:
         print("# mpisub-train: resolved config\n" + cfg.to_toml(), flush=True)
+        resumed = f"; resuming after round {checkpoint['round']}" if checkpoint else ""
         print(f"# {comm.size} rank(s), {cfg.masks.subnets} subnetwork(s) of keep {cfg.masks.keep:g}, "
-              f"BLAS threads per rank: {threads}; writing {run_file.path}", flush=True)
+              f"BLAS threads per rank: {threads}; writing {run_file.path}{resumed}", flush=True)
     t0 = time.perf_counter()
     status = "failed"
     try:
@@ -94,8 +141,16 @@ def _train(argv, comm, threads: str) -> None:
         if comm.rank == 0:
             kernels.compile_for(cfg.model.dtype)
         comm.barrier()
-        result = train.run(cfg, comm, X, Y, run_file, log=lambda s: print(s, flush=True))
+        result = train.run(cfg, comm, X, Y, run_file, log=lambda s: print(s, flush=True),
+                           start=checkpoint, stop_requested=lambda: bool(stop))
         status = "completed"
+    except train.Interrupted as e:
+        status = "interrupted"
+        if comm.rank == 0:
+            name = signal.Signals(stop[0]).name if stop else "a signal on another rank"
+            print(f"mpisub-train: {name}: {e}, checkpoint written; continue with: "
+                  f"mpirun -n {comm.size} mpisub-train --resume {cfg.output.dir}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -103,18 +158,20 @@ def _train(argv, comm, threads: str) -> None:
         if run_file is not None:
             run_file.close(status)
     if comm.rank == 0:
-        m = result["metrics"]
+        done = cfg.train.rounds - (checkpoint["round"] if checkpoint else 0)  # rounds of this launch
+        m = {name: values[-done:] for name, values in result["metrics"].items()}
         first, last = result["loss_init"], m["loss"][-1]
-        print(f"done: {cfg.train.rounds} rounds in {time.perf_counter() - t0:.1f} s "
+        print(f"done: {done} rounds in {time.perf_counter() - t0:.1f} s "
               f"(compute {m['seconds_compute'].sum():.1f} s, comm {m['seconds_comm'].sum():.2f} s); "
               f"loss {first:.3e} -> {last:.3e} ({first / max(last, 1e-300):.1f}x lower)")
         print(f"run file: {run_file.path}")
         print(f"look at it: mpisub-inspect {cfg.output.dir}   (or: h5dump -A {run_file.path})")
 
 
-def _open_run_file(cfg, comm):
+def _open_run_file(cfg, comm, digest: str, checkpoint):
     """Rank 0 creates the run file (None on the other ranks). Only rank 0 touches the output
-    folder, and its verdict is shared, so a bad folder stops every rank the same way."""
+    folder, and its verdict is shared, so a bad folder stops every rank the same way. A resumed
+    run's file is rebuilt from its checkpoint (rows after it are redone exactly)."""
     from . import store
 
     run_file, error, folder = None, None, cfg.output.dir
@@ -122,9 +179,11 @@ def _open_run_file(cfg, comm):
         try:
             folder = folder or store.new_run_dir()
             cfg.output.dir = folder
-            run_file = store.RunFile(folder, config_json=cfg.to_json(), overwrite=cfg.output.overwrite,
+            run_file = store.RunFile(folder, config_json=cfg.to_json(),
+                                     overwrite=cfg.output.overwrite or checkpoint is not None,
                                      subnets=cfg.masks.subnets, width=cfg.model.width,
-                                     record_masks=cfg.output.record_masks,
+                                     record_masks=cfg.output.record_masks, data_sha256=digest,
+                                     created=checkpoint["created"] if checkpoint else "",
                                      attrs={"mpisub_version": __version__, "ranks": comm.size,
                                             "mpi_library": comm.library()})
         except UserError as e:

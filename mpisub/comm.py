@@ -59,5 +59,10 @@ class Comm:
         only rank 0 can make (the output folder) stop every rank the same way."""
         return self.mpi.bcast(value, root=0)
 
+    def first_error(self, error: str | None) -> str | None:
+        """The lowest rank's error message, or None when no rank has one (a small allgather,
+        before training): lets every rank stop the same way on a check that failed on some."""
+        return next((e for e in self.mpi.allgather(error) if e), None)
+
     def abort(self, code: int = 1) -> None:
         self.mpi.Abort(code)

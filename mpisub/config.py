@@ -25,10 +25,14 @@ from .errors import UserError
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"   # built-in: unit-sphere inputs, targets from a random teacher network
-    n: int = 512                # samples
+    source: str = "synthetic"   # built-in (unit-sphere inputs, random teacher), or a .h5/.npz/.csv path
+    n: int = 512                # samples      } for a file: taken from the file
     d: int = 16                 # input dimension
     outputs: int = 1            # c, outputs per sample
+    x_name: str = "X"           # .h5/.npz: names of the input and target arrays
+    y_name: str = "Y"
+    target: str = ""            # .csv: target column names, comma-separated ("" = the last column)
+    normalize: str = "none"     # none | standardize (columns: mean 0, std 1) | unit (rows: norm 1)
     noise: float = 0.0          # std of Gaussian noise added to the teacher's targets
     seed: int = 0
 
@@ -60,6 +64,7 @@ class TrainConfig:
 class OutputConfig:
     dir: str = ""               # "" = runs/<timestamp>
     log_every: int = 0          # 0 = about 20 progress lines per run
+    checkpoint_every: int = 10  # rounds between checkpoints (and one at the end, or on SIGTERM/SIGUSR1)
     record_masks: bool = False
     overwrite: bool = False
 
@@ -88,6 +93,7 @@ class Config:
 
 MASK_KINDS = ("bernoulli", "categorical", "partition", "full")
 DTYPES = ("float64", "float32")
+NORMALIZE = ("none", "standardize", "unit")
 
 PRESETS = {
     # IST: a random balanced partition of the neurons, one part per subnetwork, tau local steps.
@@ -101,12 +107,12 @@ PRESETS = {
 # Declarative constraints, one per key: (low, high, low_open, high_open) for numbers, a tuple of
 # choices for strings. The type of each key is the type of its default.
 RULES = {
-    "data.source": ("synthetic",),
     "data.n": (1, None, False, False),
     "data.d": (1, None, False, False),
     "data.outputs": (1, None, False, False),
     "data.noise": (0.0, None, False, False),
     "data.seed": (0, 2**63 - 1, False, False),
+    "data.normalize": NORMALIZE,
     "model.width": (1, None, False, False),
     "model.init_scale": (0.0, None, True, False),
     "model.dtype": DTYPES,
@@ -119,10 +125,10 @@ RULES = {
     "train.seed": (0, 2**63 - 1, False, False),
     "train.batch_size": (0, None, False, False),
     "output.log_every": (0, None, False, False),
+    "output.checkpoint_every": (1, None, False, False),
 }
 
 HINTS = {
-    "data.source": "only the built-in 'synthetic' data is supported in this version",
     "masks.keep": "use a value in (0, 1], or 0 for the kind's own keep",
     "masks.subnets": "use 0 for one subnetwork per rank",
 }
@@ -219,13 +225,32 @@ def build(preset: str | None = None, file: str | None = None, overrides: list[st
     if file is not None:
         for key, value in load_toml(file).items():
             set_value(cfg, key, value)
+    apply_overrides(cfg, overrides)
+    check_ranges(cfg)
+    return cfg
+
+
+# a resumed run continues the stored config; these may change without changing its results
+RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every")
+
+
+def for_resume(stored: dict, overrides: list[str] = ()) -> Config:
+    """The stored (resolved) config of a run being resumed, with `--set` allowed on RESUME_KEYS."""
+    cfg = from_dict(stored)
+    apply_overrides(cfg, overrides, allowed=RESUME_KEYS)
+    check_ranges(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str], allowed: tuple[str, ...] | None = None) -> None:
     for text in overrides:
         key, value = parse_assignment(text)
+        if allowed is not None and key not in allowed:
+            raise UserError(f"--set {key}: a resumed run keeps its config (its results depend on it); "
+                            f"only {', '.join(allowed)} may change with --resume")
         if isinstance(value, (int, float)) and key in _string_keys(cfg):
             value = text.split("=", 1)[1].strip()  # --set output.dir=2024 means the folder "2024"
         set_value(cfg, key, value)
-    check_ranges(cfg)
-    return cfg
 
 
 def check_ranges(cfg: Config) -> None:
@@ -248,9 +273,16 @@ def check_ranges(cfg: Config) -> None:
             raise UserError(f"{key} = {v!r} is out of range: must be in {span}{hint}")
 
 
+DATA_SUFFIXES = (".h5", ".hdf5", ".npz", ".csv")
+
+
 def resolve(cfg: Config, ranks: int) -> Config:
     """Fill in the values that depend on the number of ranks and check the keys against each other."""
     cfg = copy.deepcopy(cfg)
+    source = cfg.data.source
+    if source != "synthetic" and not source.lower().endswith(DATA_SUFFIXES):
+        raise UserError(f"data.source = {source!r} is neither 'synthetic' nor a data file; give a path "
+                        f"ending in {', '.join(DATA_SUFFIXES)}")
     m = cfg.masks
     if m.subnets == 0:
         m.subnets = 1 if m.kind == "full" else ranks
@@ -269,9 +301,17 @@ def resolve(cfg: Config, ranks: int) -> Config:
     elif m.kind != "bernoulli" and not math.isclose(m.keep, derived):
         raise UserError(f"masks.keep = {m.keep} does not apply to masks.kind = {m.kind!r} (its keep is "
                         f"{derived:g}); remove masks.keep or use masks.kind = 'bernoulli'")
-    if cfg.train.batch_size > cfg.data.n:
-        raise UserError(f"train.batch_size = {cfg.train.batch_size} exceeds data.n = {cfg.data.n}; "
-                        f"use at most {cfg.data.n}, or 0 for full batch")
+    return cfg
+
+
+def fit_data(cfg: Config, n: int, d: int, outputs: int) -> Config:
+    """The loaded data's shape in the config (a data file decides n, d and outputs, and the stored
+    config then says what was trained), checked against the keys that depend on it."""
+    cfg = copy.deepcopy(cfg)
+    cfg.data.n, cfg.data.d, cfg.data.outputs = n, d, outputs
+    if cfg.train.batch_size > n:
+        raise UserError(f"train.batch_size = {cfg.train.batch_size} exceeds the {n} samples of the data; "
+                        f"use at most {n}, or 0 for full batch")
     return cfg
 
 

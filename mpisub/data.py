@@ -1,6 +1,16 @@
-"""Training data. Built in: points on the unit sphere, targets from a random teacher network."""
+"""Training data: the built-in synthetic set, or a user file (.h5, .npz, .csv).
+
+User files are data only: HDF5 datasets, npz arrays loaded with allow_pickle=False, CSV numbers.
+Every problem with a file (missing, unreadable, corrupt, wrong shapes, NaN/Inf, text where a
+number belongs, empty) is a UserError naming the file, what is wrong and the fix.
+"""
+import csv
+import hashlib
+import os
+
 import numpy as np
 
+from .errors import UserError
 from .masks import DATA, stream
 
 TEACHER_WIDTH = 8
@@ -20,9 +30,142 @@ def synthetic(n: int, d: int, outputs: int, noise: float, seed: int) -> tuple[np
     return X, Y
 
 
-def load(cfg) -> tuple[np.ndarray, np.ndarray]:
-    """X, Y for the run, in the model's dtype, C-contiguous."""
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_h5(path, x_name, y_name):
+    import h5py
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise UserError(f"data.source {path!r} is not a readable HDF5 file (corrupt or another format); "
+                        f"check the file") from None
+    with f:
+        arrays = []
+        for key, name in (("data.x_name", x_name), ("data.y_name", y_name)):
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                have = ", ".join(k for k in f if isinstance(f[k], h5py.Dataset)) or "none"
+                raise UserError(f"data.source {path!r} has no dataset {name!r} (datasets: {have}); "
+                                f"set {key} to the right name")
+            arrays.append(f[name][()])
+    return arrays
+
+
+def _read_npz(path, x_name, y_name):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = []
+            for key, name in (("data.x_name", x_name), ("data.y_name", y_name)):
+                if name not in z.files:
+                    raise UserError(f"data.source {path!r} has no array {name!r} (arrays: "
+                                    f"{', '.join(z.files) or 'none'}); set {key} to the right name")
+                arrays.append(z[name])
+    except ValueError as e:  # object arrays need pickle, which user data never gets
+        raise UserError(f"data.source {path!r}: cannot load it as numeric arrays ({e}); save plain "
+                        f"numeric arrays with numpy.savez") from None
+    except (OSError, EOFError) as e:
+        raise UserError(f"data.source {path!r} is not a readable .npz file ({e}); check the file") from None
+    return arrays
+
+
+def _read_csv(path, target):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise UserError(f"data.source {path!r} is empty; a CSV needs a header row and one row per sample")
+    header = [h.strip() for h in rows[0]]
+    wanted = [t.strip() for t in target.split(",")] if target else [header[-1]]
+    missing = [t for t in wanted if t not in header]
+    if missing:
+        raise UserError(f"data.source {path!r} has no column {missing[0]!r} (columns: {', '.join(header)}); "
+                        f"set data.target to target column names, comma-separated")
+    if len(wanted) == len(header):
+        raise UserError(f"data.source {path!r}: data.target takes every column; leave at least one input column")
+    values = np.empty((len(rows) - 1, len(header)))
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise UserError(f"data.source {path!r} line {i} has {len(row)} fields, the header has "
+                            f"{len(header)}; fix the file")
+        for j, cell in enumerate(row):
+            try:
+                values[i - 2, j] = float(cell)
+            except ValueError:
+                raise UserError(f"data.source {path!r} line {i}, column {header[j]!r}: {cell!r} is not a "
+                                f"number; CSV data must be numeric (encode categories as numbers)") from None
+    y_cols = [header.index(t) for t in wanted]
+    x_cols = [j for j in range(len(header)) if j not in y_cols]
+    return values[:, x_cols], values[:, y_cols]
+
+
+def read_file(path: str, x_name: str = "X", y_name: str = "Y", target: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """X (n x d), Y (n x c) as float64 from a user file, checked."""
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "not found"
+        raise UserError(f"data.source {path!r}: {what}; give the path of a .h5, .npz or .csv file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"data.source {path!r} is not readable (permission denied); fix its permissions")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".csv":
+        X, Y = _read_csv(path, target)
+    elif suffix == ".npz":
+        X, Y = _read_npz(path, x_name, y_name)
+    else:
+        X, Y = _read_h5(path, x_name, y_name)
+    out = []
+    for name, A in (("X", X), ("Y", Y)):
+        A = np.asarray(A)
+        if A.dtype.kind not in "biuf":
+            raise UserError(f"data.source {path!r}: {name} has dtype {A.dtype}, not numbers; store numeric arrays")
+        if A.ndim == 1:
+            A = A[:, None]
+        if A.ndim != 2:
+            raise UserError(f"data.source {path!r}: {name} has shape {A.shape}; it must be 2-D (samples x features)")
+        out.append(A.astype(np.float64))
+    X, Y = out
+    if X.shape[0] == 0 or X.shape[1] == 0 or Y.shape[1] == 0:
+        raise UserError(f"data.source {path!r} holds no data (X {X.shape}, Y {Y.shape}); check the file")
+    if X.shape[0] != Y.shape[0]:
+        raise UserError(f"data.source {path!r}: X has {X.shape[0]} samples but Y has {Y.shape[0]}; "
+                        f"they must have one row per sample each")
+    for name, A in (("X", X), ("Y", Y)):
+        bad = ~np.isfinite(A)
+        if bad.any():
+            i = int(np.argwhere(bad)[0][0])
+            raise UserError(f"data.source {path!r}: {name} has {int(bad.sum())} NaN/Inf value(s), the first "
+                            f"in sample {i}; clean or drop those samples")
+    return X, Y
+
+
+def normalize(X: np.ndarray, how: str) -> np.ndarray:
+    """'standardize': every column to mean 0, std 1 (constant columns left at 0); 'unit': every row
+    to norm 1, as the theory assumes (||x_i|| = 1); 'none'."""
+    if how == "standardize":
+        std = X.std(axis=0)
+        return (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    if how == "unit":
+        norm = np.linalg.norm(X, axis=1, keepdims=True)
+        if np.any(norm == 0):
+            raise UserError("data.normalize = 'unit': some samples are all zeros and have no direction; "
+                            "drop them or use data.normalize = 'standardize'")
+        return X / norm
+    return X
+
+
+def load(cfg) -> tuple[np.ndarray, np.ndarray, str]:
+    """X, Y for the run, in the model's dtype, C-contiguous, and the source file's sha256 ("" for
+    built-in data)."""
     c = cfg.data
-    X, Y = synthetic(c.n, c.d, c.outputs, c.noise, c.seed)
+    if c.source == "synthetic":
+        X, Y = synthetic(c.n, c.d, c.outputs, c.noise, c.seed)
+        digest = ""
+    else:
+        X, Y = read_file(c.source, c.x_name, c.y_name, c.target)
+        digest = sha256(c.source)
+    X = normalize(X, c.normalize)
     dtype = np.dtype(cfg.model.dtype)
-    return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(Y, dtype=dtype)
+    return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(Y, dtype=dtype), digest

@@ -1,15 +1,23 @@
-"""The run file `<output.dir>/run.h5`, written by rank 0 alone. The layout is a contract (README):
+"""The run file `<output.dir>/run.h5` and the checkpoint `<output.dir>/checkpoint.h5`, written by
+rank 0 alone. The run file's layout is a contract (README):
 
   attrs   config (resolved config, JSON), mpisub_version, ranks, mpi_library, status, created
-  /data/X, /data/Y            the built-in training data
+  /data/X, /data/Y            the built-in training data (a data file: attrs source, sha256 of /data)
   /model/a, /model/W_init     fixed output weights, initial input weights
   /model/W                    latest aggregated input weights (attr `round`: rounds done)
   /metrics/<name>             one row per round, resizable: round, loss, sub_loss,
                               seconds_compute, seconds_comm, seconds_wall, bytes_comm;
                               attr `loss_init`: the loss at W_init
   /masks                      uint8 (rounds x p x m), only with output.record_masks
+
+The run file is flushed every round and held without an HDF5 file lock, so other processes (h5py,
+h5dump) can read it while training runs. The checkpoint is the run's source of truth: W, rounds
+done, the metrics so far and the config, replaced atomically (temp file, fsync, rename), so a crash
+at any instant leaves the previous one loadable; `--resume` rebuilds run.h5 from it. Masks and
+minibatches need no saved random state: they are functions of (seed, round, subnet).
 """
 import datetime
+import json
 import os
 
 import h5py
@@ -27,6 +35,8 @@ METRICS = {
     "bytes_comm": np.int64,
 }
 FILENAME = "run.h5"
+CHECKPOINT = "checkpoint.h5"
+CHECKPOINT_FORMAT = 1   # bump when the checkpoint's layout changes
 
 
 def new_run_dir(root: str = "runs") -> str:
@@ -41,23 +51,28 @@ def new_run_dir(root: str = "runs") -> str:
 
 class RunFile:
     def __init__(self, folder: str, *, config_json: str, attrs: dict, overwrite: bool,
-                 subnets: int, width: int, record_masks: bool):
+                 subnets: int, width: int, record_masks: bool, data_sha256: str = "", created: str = ""):
+        self.folder, self.config_json, self.data_sha256 = folder, config_json, data_sha256
         self.path = os.path.join(folder, FILENAME)
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise UserError(f"output.dir {folder!r} is a file, not a folder; choose another output.dir")
-        if os.path.exists(self.path) and not overwrite:
-            raise UserError(f"output.dir {folder!r} already holds a run ({FILENAME}); choose another "
-                            f"output.dir, or set output.overwrite = true to replace it")
+        held = [name for name in (FILENAME, CHECKPOINT) if os.path.exists(os.path.join(folder, name))]
+        if held and not overwrite:
+            raise UserError(f"output.dir {folder!r} already holds a run ({held[0]}); choose another "
+                            f"output.dir, continue it with --resume {folder}, or set output.overwrite = true "
+                            f"to replace it")
         try:
             os.makedirs(folder, exist_ok=True)
-            self.f = h5py.File(self.path, "w")
+            # no file lock: readers may open the file while training runs
+            self.f = h5py.File(self.path, "w", locking=False)
         except OSError as e:
             raise UserError(f"output.dir {folder!r}: cannot write {FILENAME} there ({e.strerror or e}); "
                             f"choose a writable output.dir") from None
         self.f.attrs.update(attrs)
         self.f.attrs["config"] = config_json
         self.f.attrs["status"] = "running"
-        self.f.attrs["created"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        self.created = created or datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        self.f.attrs["created"] = self.created
         g = self.f.create_group("metrics")
         for name, dtype in METRICS.items():
             g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
@@ -66,9 +81,13 @@ class RunFile:
                                   dtype=np.uint8, chunks=(1, subnets, width))
         self.rows = 0
 
-    def write_start(self, X, Y, a, W_init) -> None:
-        self.f["data/X"] = X
-        self.f["data/Y"] = Y
+    def write_start(self, X, Y, a, W_init, source: str = "synthetic") -> None:
+        if self.data_sha256:  # a user's file: say which one, rather than copy it
+            g = self.f.create_group("data")
+            g.attrs["source"], g.attrs["sha256"] = source, self.data_sha256
+        else:
+            self.f["data/X"] = X
+            self.f["data/Y"] = Y
         self.f["model/a"] = a
         self.f["model/W_init"] = W_init
         self.f["model/W"] = W_init
@@ -78,7 +97,7 @@ class RunFile:
     def write_loss_init(self, loss: float) -> None:
         self.f["metrics"].attrs["loss_init"] = loss
 
-    def append(self, metrics: dict, masks=None) -> None:
+    def append(self, metrics: dict, masks=None, flush: bool = True) -> None:
         """One row per round; masks (p x m) when recorded."""
         i = self.rows
         for name in METRICS:
@@ -89,16 +108,78 @@ class RunFile:
             self.f["masks"].resize((i + 1,) + self.f["masks"].shape[1:])
             self.f["masks"][i] = masks
         self.rows = i + 1
-        self.f.flush()  # a killed job leaves every finished round on disk
+        if flush:
+            self.f.flush()  # a killed job leaves every finished round on disk
 
     def write_weights(self, W, rounds_done: int) -> None:
         self.f["model/W"][...] = W
         self.f["model/W"].attrs["round"] = rounds_done
         self.f.flush()
 
+    def checkpoint(self, W, rounds_done: int, metrics: dict, loss_init: float) -> None:
+        write_checkpoint(self.folder, W=W, rounds_done=rounds_done, metrics=metrics, loss_init=loss_init,
+                         config_json=self.config_json, data_sha256=self.data_sha256, created=self.created)
+
     def close(self, status: str) -> None:
         self.f.attrs["status"] = status
         self.f.close()
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(folder: str, *, W, rounds_done: int, metrics: dict, loss_init: float,
+                     config_json: str, data_sha256: str, created: str) -> None:
+    """Everything a run needs to continue, replacing the previous checkpoint atomically: a crash at
+    any instant leaves either the old or the new one, whole."""
+    from . import __version__
+
+    path = os.path.join(folder, CHECKPOINT)
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w", locking=False) as f:
+        f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__, "config": config_json,
+                        "round": rounds_done, "loss_init": loss_init, "data_sha256": data_sha256,
+                        "created": created})
+        f["W"] = W
+        for name, dtype in METRICS.items():
+            f[f"metrics/{name}"] = np.asarray(metrics.get(name, []), dtype=dtype)
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(folder)  # the rename itself reaches the disk
+
+
+def read_checkpoint(folder: str) -> dict:
+    """The checkpoint of the run in `folder`, checked: a UserError says what is wrong and what to do."""
+    from . import __version__
+
+    path = os.path.join(folder, CHECKPOINT)
+    if not os.path.isdir(folder):
+        raise UserError(f"--resume {folder!r}: no such folder; give the output.dir of the run to continue")
+    if not os.path.exists(path):
+        raise UserError(f"--resume {folder!r} holds no checkpoint ({CHECKPOINT}): the run stopped before "
+                        f"its first one; start it again (with output.overwrite = true in that folder)")
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            ck = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            if ck.get("format") != CHECKPOINT_FORMAT or ck.get("mpisub_version") != __version__:
+                raise UserError(
+                    f"--resume {folder!r}: its checkpoint was written by mpisub {ck.get('mpisub_version')} "
+                    f"(format {ck.get('format')}), this is mpisub {__version__} (format {CHECKPOINT_FORMAT}); "
+                    f"a run continues bit-exactly only with the version that started it: resume with that "
+                    f"version, or start a new run")
+            ck["W"] = f["W"][()]
+            ck["metrics"] = {name: f[f"metrics/{name}"][()] for name in METRICS}
+            ck["config"] = json.loads(ck["config"])
+            ck["round"] = int(ck["round"])
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"--resume {folder!r}: {CHECKPOINT} is not a readable mpisub checkpoint ({e}); "
+                        f"the run cannot continue from it") from None
+    return ck
 
 
 def read_run(path: str, arrays: bool = True) -> dict:
@@ -106,7 +187,7 @@ def read_run(path: str, arrays: bool = True) -> dict:
     plain Python and numpy values."""
     if os.path.isdir(path):
         path = os.path.join(path, FILENAME)
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r", locking=False) as f:
         run = {"attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}}
         run["metrics"] = {k: f["metrics"][k][()] for k in f["metrics"]}
         run["metrics"].update(f["metrics"].attrs)

@@ -61,25 +61,37 @@ def aggregate(W, M, rows, updated, comm, disjoint: bool) -> np.ndarray:
     return W_next
 
 
-def network_loss(W, a, X, Y, comm, extra: float = 0.0) -> tuple[float, float]:
-    """The full network's loss L(W), with the sum over ranks of `extra` riding along in the same
-    Allreduce. Each rank evaluates a contiguous block of neurons; the blocks' outputs add up."""
+def network_loss(W, a, X, Y, comm, extra=()) -> tuple[float, np.ndarray]:
+    """The full network's loss L(W), with the sums over ranks of the numbers in `extra` riding
+    along in the same Allreduce. Each rank evaluates a contiguous block of neurons; the blocks'
+    outputs add up."""
     m = W.shape[0]
     lo, hi = comm.rank * m // comm.size, (comm.rank + 1) * m // comm.size
     out = kernels.partial_output(W[lo:hi], a[lo:hi], X, W.dtype.type(1.0 / math.sqrt(m)))
-    buf = np.append(out.astype(np.float64).ravel(), extra)
+    buf = np.concatenate([out.astype(np.float64).ravel(), np.asarray(extra, dtype=np.float64)])
     comm.sum(buf)
+    outputs = buf[:out.size].reshape(Y.shape)
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the caller
-        loss = float(np.sum((buf[:-1].reshape(Y.shape) - Y) ** 2) / (2 * Y.shape[0]))
-    return loss, float(buf[-1])
+        loss = float(np.sum((outputs - Y) ** 2) / (2 * Y.shape[0]))
+    return loss, buf[out.size:]
 
 
-def run(cfg, comm, X, Y, store=None, log=print) -> dict:
+class Interrupted(Exception):
+    """A rank was asked to stop (SIGTERM/SIGUSR1): the round finished and a checkpoint was written."""
+
+    def __init__(self, rounds_done: int):
+        super().__init__(f"stopped after round {rounds_done}")
+        self.rounds_done = rounds_done
+
+
+def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambda: False) -> dict:
     """Train with a resolved config on data X (n x d), Y (n x c). Every rank calls this; `store`
-    (the run file) is rank 0's alone. Returns the final weights and the per-round metrics."""
+    (the run file) is rank 0's alone. `start`: a checkpoint to continue from. `stop_requested`:
+    polled once a round; when it is true on any rank, every rank stops after the round together.
+    Returns the final weights and the per-round metrics."""
     W, a = init_model(cfg)
     if store is not None:
-        store.write_start(X, Y, a, W)
+        store.write_start(X, Y, a, W, cfg.data.source)
 
     p, m = cfg.masks.subnets, cfg.model.width
     keep = cfg.masks.keep
@@ -90,16 +102,35 @@ def run(cfg, comm, X, Y, store=None, log=print) -> dict:
     sub_scale = real(1.0 / (keep * math.sqrt(m)))  # the surrogate f_l's 1/xi times the NTK 1/sqrt(m)
     lr = real(cfg.train.lr)
     log_every = cfg.output.log_every or max(1, rounds // 20)
-    history = {}
+    checkpoint_every = cfg.output.checkpoint_every
+    width = len(str(rounds))
 
-    loss_init, _ = network_loss(W, a, X, Y, comm)
+    if start is None:
+        first, history = 0, {}
+        loss_init, _ = network_loss(W, a, X, Y, comm)
+        if comm.rank == 0:
+            log(f"round {0:>{width}}/{rounds}  loss {loss_init:.4e}  (initial weights)")
+    else:
+        # the checkpoint's W and rounds are all the state there is: masks and minibatches are
+        # functions of (seed, round, subnet), so the rounds ahead are the ones an unbroken run takes
+        first, loss_init, W = start["round"], start["loss_init"], start["W"].astype(W.dtype)
+        history = {name: list(values) for name, values in start["metrics"].items()}
+        if store is not None:
+            for i in range(first):
+                M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, i) if cfg.output.record_masks else None
+                store.append({name: values[i] for name, values in history.items()}, M, flush=False)
+            store.write_weights(W, first)
+        if comm.rank == 0:
+            log(f"round {first:>{width}}/{rounds}  loss {history['loss'][-1]:.4e}  (resumed from the checkpoint)")
     comm.take_counters()
     if store is not None:
         store.write_loss_init(loss_init)
-    if comm.rank == 0:
-        log(f"round {0:>{len(str(rounds))}}/{rounds}  loss {loss_init:.4e}  (initial weights)")
+        if start is None:
+            store.checkpoint(W, 0, history, loss_init)  # --resume works from the first second on
+    last_checkpoint = first
+
     t_mark = time.perf_counter()   # seconds_wall: from one round's row to the next, store writes included
-    for round in range(rounds):
+    for round in range(first, rounds):
         t_start = time.perf_counter()
         M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, round)
         rows = [np.flatnonzero(M[l]) for l in range(p)]  # each subnetwork's active neurons
@@ -115,7 +146,8 @@ def run(cfg, comm, X, Y, store=None, log=print) -> dict:
         # 2. aggregate per neuron over the subnetworks that hold it
         W = aggregate(W, M, rows, updated, comm, disjoint)
 
-        loss, sub_loss_sum = network_loss(W, a, X, Y, comm, sub_loss_sum)
+        # the loss, the subnetworks' losses and any rank's stop request, in one Allreduce
+        loss, (sub_loss_sum, stops) = network_loss(W, a, X, Y, comm, (sub_loss_sum, float(stop_requested())))
         sub_loss = sub_loss_sum / p
         seconds_comm, bytes_comm = comm.take_counters()
         seconds_compute = time.perf_counter() - t_start - seconds_comm
@@ -123,20 +155,28 @@ def run(cfg, comm, X, Y, store=None, log=print) -> dict:
         if not math.isfinite(loss) or loss > DIVERGED * loss_init:
             raise UserError(f"the loss became {loss:.4g} in round {round + 1} (initial {loss_init:.4g}): "
                             f"training diverged; lower train.lr (now {lr:g}): a subnetwork's step is "
-                            f"about 1/keep times stronger, so small masks.keep needs a small lr")
+                            f"about 1/keep times stronger, so small masks.keep needs a small lr "
+                            f"(the last good checkpoint, round {last_checkpoint}, is kept)")
         now = time.perf_counter()
         row = {"round": round + 1, "loss": loss, "sub_loss": sub_loss, "seconds_compute": seconds_compute,
                "seconds_comm": seconds_comm, "seconds_wall": now - t_mark, "bytes_comm": bytes_comm}
         t_mark = now
-        done = round + 1 == rounds
-        if store is not None:
-            store.append(row, M if cfg.output.record_masks else None)
-            if done or (round + 1) % log_every == 0:
-                store.write_weights(W, round + 1)
         for name, value in row.items():
             history.setdefault(name, []).append(value)
-        if comm.rank == 0 and (done or round == 0 or (round + 1) % log_every == 0):
-            log(f"round {round + 1:>{len(str(rounds))}}/{rounds}  loss {loss:.4e}  sub_loss {sub_loss:.4e}  "
+        done, stop = round + 1 == rounds, stops > 0
+        save = done or stop or (round + 1) % checkpoint_every == 0
+        if store is not None:
+            store.append(row, M if cfg.output.record_masks else None)
+            if done or stop or (round + 1) % log_every == 0:
+                store.write_weights(W, round + 1)
+            if save:
+                store.checkpoint(W, round + 1, history, loss_init)
+        if save:
+            last_checkpoint = round + 1
+        if comm.rank == 0 and (done or stop or round == first or (round + 1) % log_every == 0):
+            log(f"round {round + 1:>{width}}/{rounds}  loss {loss:.4e}  sub_loss {sub_loss:.4e}  "
                 f"compute {seconds_compute:.3f}s  comm {seconds_comm:.3f}s  "
                 f"sent {bytes_comm / 1e6:.2f} MB")
+        if stop and not done:
+            raise Interrupted(round + 1)
     return {"W": W, "loss_init": loss_init, "metrics": {k: np.array(v) for k, v in history.items()}}

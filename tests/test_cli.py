@@ -55,7 +55,7 @@ def test_run_file_layout(default_job):
             assert f["metrics"][name].shape == (rounds,) and f["metrics"][name].maxshape == (None,)
         np.testing.assert_array_equal(f["metrics/round"][()], np.arange(1, rounds + 1))
         # partition over 4 ranks: each rank sends its quarter of the rows
-        np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0], m // 4 * d * 8 + 8 * (n + 1))
+        np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0], m // 4 * d * 8 + 8 * (n + 2))  # + loss buffer, sub-loss sum, stop flag
         assert np.all(f["metrics/seconds_wall"][()] >= f["metrics/seconds_compute"][()])
         assert "masks" not in f
 
