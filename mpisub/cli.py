@@ -76,6 +76,11 @@ EXIT_USER, EXIT_INTERRUPTED = 2, 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
+class _Exit(SystemExit):
+    """An exit every rank takes together (help, a user error, a stop after a checkpoint). Any other
+    SystemExit, e.g. a stray sys.exit on one rank, aborts the job: the others would wait forever."""
+
+
 def _prepare(args, comm):
     """Every check a user's input can fail, local to this rank (no collective): the config, the
     checkpoint to resume from, the data. Returns (cfg, X, Y, data_sha256, checkpoint or None)."""
@@ -108,7 +113,10 @@ def _train(argv, comm, threads: str) -> None:
 
     parser = train_parser()
     parser.rank = comm.rank
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)  # --help, --version: the same on every rank
+    except SystemExit as e:
+        raise _Exit(e.code) from None
     # every rank checks its inputs before the first collective; then all agree on the first error,
     # so a file one node cannot read stops every rank the same way instead of hanging the others
     error = None
@@ -150,7 +158,7 @@ def _train(argv, comm, threads: str) -> None:
             name = signal.Signals(stop[0]).name if stop else "a signal on another rank"
             print(f"mpisub-train: {name}: {e}, checkpoint written; continue with: "
                   f"mpirun -n {comm.size} mpisub-train --resume {cfg.output.dir}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
+        raise _Exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -213,8 +221,8 @@ def train_main(argv=None) -> None:
             traceback.print_exc()
         if comm.rank == 0:
             print(f"mpisub-train: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except SystemExit:
+        raise _Exit(EXIT_USER) from None
+    except _Exit:
         raise
     except KeyboardInterrupt:
         print(f"mpisub-train: rank {comm.rank} interrupted; aborting all ranks", file=sys.stderr, flush=True)

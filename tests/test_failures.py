@@ -4,19 +4,21 @@ import sys
 import time
 
 import h5py
+import pytest
 
 from conftest import MPIRUN, sets
 
 
-def test_exception_on_one_rank_aborts_every_rank(tmp_path):
+@pytest.mark.parametrize("how,cause", [("raise", "RuntimeError: injected failure"), ("exit", "SystemExit: 5")])
+def test_exception_or_exit_on_one_rank_aborts_every_rank(tmp_path, how, cause):
     script = str(__import__("pathlib").Path(__file__).with_name("fail_on_one_rank.py"))
     args = sets(output__dir="out", train__rounds=50, masks__subnets=4, model__width=256, data__n=64)
     t0 = time.monotonic()
-    r = subprocess.run([MPIRUN, "-n", "4", sys.executable, script, "2", "3", *args], cwd=tmp_path,
+    r = subprocess.run([MPIRUN, "-n", "4", sys.executable, script, "2", "3", how, *args], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert time.monotonic() - t0 < 30
     assert r.returncode != 0
-    assert "rank 2 failed: RuntimeError: injected failure; aborting all ranks" in r.stderr
+    assert f"rank 2 failed: {cause}; aborting all ranks" in r.stderr
     # rank 0 was killed mid-run and the file still opens (once the killed process is gone: mpirun
     # may return while the kill is still being delivered, and the file lock goes with the process)
     for _ in range(50):

@@ -1,0 +1,208 @@
+"""Runs survive stops, kills and crashes: checkpoints, bit-exact --resume, a readable run file."""
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import MPIRUN, ONE_THREAD, TRAIN, mpirun, sets
+from mpisub import store
+
+# partition masks are K-invariant to the bit (with one BLAS thread per rank), so a run stopped at
+# K = 2 and resumed at K = 1 or 4 must end on exactly the weights of an unbroken run
+ROUNDS = 150
+JOB = dict(masks__subnets=4, train__rounds=ROUNDS, output__checkpoint_every=7, output__log_every=10)
+
+
+def _start(ranks: int, folder, *args: str) -> subprocess.Popen:
+    log = os.path.join(folder, f"log-{len(os.listdir(folder))}.txt")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([MPIRUN, "-n", str(ranks), TRAIN, *args], cwd=folder, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env={**os.environ, **ONE_THREAD})
+    proc.log = log
+    return proc
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"mpirun did not end within {timeout} s")
+
+
+def _log(proc) -> str:
+    with open(proc.log) as f:
+        return f.read()
+
+
+def _rows(path) -> int:
+    """Rounds on disk, read the way another user's process would while the run goes on."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f["metrics/round"].shape[0]
+    except (OSError, KeyError):
+        return 0
+
+
+def _wait_for_rows(proc, path, rows: int, timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    while _rows(path) < rows:
+        assert proc.poll() is None, _log(proc)
+        assert time.monotonic() - t0 < timeout, f"no {rows} rounds after {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("unbroken")
+    r = mpirun(2, *sets(output__dir="out", **JOB), cwd=folder, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    return store.read_run(str(folder / "out"))
+
+
+def _check_resumed_equals_unbroken(run_dir, unbroken, ranks: int):
+    r = mpirun(ranks, "--resume", str(run_dir), cwd=run_dir.parent, env=ONE_THREAD)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = store.read_run(str(run_dir))
+    assert run["attrs"]["status"] == "completed" and run["attrs"]["ranks"] == ranks
+    np.testing.assert_array_equal(run["model/W"], unbroken["model/W"])   # every bit
+    np.testing.assert_array_equal(run["metrics"]["round"], np.arange(1, ROUNDS + 1))  # no holes, no repeats
+    # the loss is summed over the ranks' row blocks: equal to rounding when K differs
+    np.testing.assert_allclose(run["metrics"]["loss"], unbroken["metrics"]["loss"], rtol=1e-12)
+    ck = store.read_checkpoint(str(run_dir))
+    assert ck["round"] == ROUNDS
+    np.testing.assert_array_equal(ck["W"], unbroken["model/W"])
+
+
+@pytest.mark.parametrize("sig,resume_ranks", [(signal.SIGTERM, 1), (signal.SIGUSR1, 4)])
+def test_stop_signal_checkpoints_then_resume_is_bit_identical(tmp_path, unbroken, sig, resume_ranks):
+    proc = _start(2, tmp_path, *sets(output__dir="out", **JOB))
+    _wait_for_rows(proc, tmp_path / "out" / "run.h5", 20)
+    proc.send_signal(sig)  # to mpirun, which forwards it to every rank, as Slurm does
+    assert _wait(proc, 30) == 3
+    log = _log(proc)
+    stopped = int(__import__("re").search(rf"{sig.name}: stopped after round (\d+), checkpoint written; "
+                                          r"continue with: mpirun -n 2 mpisub-train --resume out", log).group(1))
+    assert 20 <= stopped < ROUNDS
+    run = store.read_run(str(tmp_path / "out"))
+    assert run["attrs"]["status"] == "interrupted"
+    np.testing.assert_array_equal(run["metrics"]["round"], np.arange(1, stopped + 1))
+    assert store.read_checkpoint(str(tmp_path / "out"))["round"] == stopped
+    _check_resumed_equals_unbroken(tmp_path / "out", unbroken, resume_ranks)
+
+
+def _rank_pids(marker: str) -> list[int]:
+    """The mpisub-train processes (not mpirun, not the launcher's proxy) whose command line has marker."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if marker in " ".join(cmd) and any(c.endswith("mpisub-train") for c in cmd[:2]) and \
+                not any(os.path.basename(c) in ("mpirun", "mpiexec", "mpiexec.hydra") for c in cmd[:1]):
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_sigkill_of_a_random_rank_at_a_random_moment_then_resume(tmp_path, unbroken, attempt):
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    marker = f"kill{seed}"
+    proc = _start(2, tmp_path, *sets(output__dir=marker, **JOB))
+    _wait_for_rows(proc, tmp_path / marker / "run.h5", 1)
+    time.sleep(rng.uniform(0.0, 1.5))
+    pids = _rank_pids(marker)
+    assert len(pids) == 2, pids
+    victim = rng.choice(pids)
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
+    assert _wait(proc, 30) != 0, f"seed {seed}"
+    assert time.monotonic() - t0 < 30
+    with h5py.File(tmp_path / marker / "run.h5", "r") as f:   # readable after the kill
+        assert f.attrs["status"] == "running" and f["metrics/loss"].shape[0] >= 1
+    ck = store.read_checkpoint(str(tmp_path / marker))
+    assert 0 <= ck["round"] < ROUNDS, f"seed {seed}: the kill came after the end"
+    _check_resumed_equals_unbroken(tmp_path / marker, unbroken, 2)
+
+
+WRITER = """
+import sys, numpy as np
+from mpisub import store
+folder = sys.argv[1]
+W = np.empty((1000, 1000))
+for k in range(1, 10**6):
+    W.fill(k)
+    store.write_checkpoint(folder, W=W, rounds_done=k, metrics={"round": np.arange(1, k + 1)}, loss_init=1.0,
+                           config_json="{}", data_sha256="", created="now")
+"""
+
+
+def test_killing_the_writer_during_checkpoint_writes_leaves_the_last_one_whole(tmp_path):
+    """SIGKILL a process that does nothing but write 8 MB checkpoints, at random moments: the
+    checkpoint on disk is always a whole one (W all equal to its round, metrics one row per round)."""
+    torn = 0
+    for i in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
+        deadline = time.monotonic() + 30
+        while not os.path.exists(tmp_path / store.CHECKPOINT):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        time.sleep(random.uniform(0.05, 0.4))
+        proc.kill()
+        proc.wait()
+        torn += os.path.exists(tmp_path / (store.CHECKPOINT + ".tmp"))  # killed mid-write
+        ck = store.read_checkpoint(str(tmp_path))
+        assert ck["round"] >= 1
+        assert np.all(ck["W"] == ck["round"])
+        np.testing.assert_array_equal(ck["metrics"]["round"], np.arange(1, ck["round"] + 1))
+    assert torn >= 3, "the kills should mostly land inside a write"
+
+
+def test_run_file_is_readable_while_training(tmp_path):
+    proc = _start(2, tmp_path, *sets(output__dir="out", train__rounds=400, output__log_every=50))
+    path = tmp_path / "out" / "run.h5"
+    _wait_for_rows(proc, path, 1)
+    h5dump, seen = shutil.which("h5dump"), []
+    try:
+        while proc.poll() is None and len(seen) < 20:
+            with h5py.File(path, "r") as f:   # a plain h5py open, as any user would
+                rounds = f["metrics/round"][()]
+                loss = f["metrics/loss"][: len(rounds)]
+                assert f.attrs["status"] == "running" and f["model/W"].shape == f["model/W_init"].shape
+            np.testing.assert_array_equal(rounds, np.arange(1, len(rounds) + 1))
+            assert np.all(np.isfinite(loss))
+            seen.append(len(rounds))
+            if h5dump:
+                r = subprocess.run([h5dump, "-A", str(path)], capture_output=True, text=True, timeout=30)
+                assert r.returncode == 0 and "status" in r.stdout, r.stderr
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _wait(proc, 30)
+    assert len(seen) >= 5 and seen == sorted(seen) and seen[-1] > seen[0]
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    # p = 16 subnetworks of keep 1/16 at an lr that full GD takes: the loss grows for some rounds
+    r = mpirun(2, *sets(output__dir="out", train__lr=8.0, masks__subnets=16, model__width=1024, data__n=128,
+                        output__checkpoint_every=2), cwd=tmp_path)
+    assert r.returncode == 2
+    m = __import__("re").search(r"in round (\d+) .*the last good checkpoint, round (\d+), is kept", r.stderr)
+    failed, kept = int(m.group(1)), int(m.group(2))
+    ck = store.read_checkpoint(str(tmp_path / "out"))
+    assert ck["round"] == kept == (failed - 1) // 2 * 2
+    assert np.all(np.isfinite(ck["W"])) and np.all(np.isfinite(ck["metrics"]["loss"]))
+    with h5py.File(tmp_path / "out" / "run.h5") as f:
+        assert f.attrs["status"] == "failed"
