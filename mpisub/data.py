@@ -7,6 +7,7 @@ number belongs, empty) is a UserError naming the file, what is wrong and the fix
 import csv
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 
@@ -57,6 +58,8 @@ def _read_h5(path, x_name, y_name):
 
 
 def _read_npz(path, x_name, y_name):
+    if not zipfile.is_zipfile(path):  # else numpy takes it for a pickle
+        raise UserError(f"data.source {path!r} is not a readable .npz file (not a zip archive); check the file")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = []

@@ -1,0 +1,164 @@
+"""Every mistake a user can make with config, data or paths: one line on stderr (rank 0 only)
+naming the key or file, what is wrong and the fix; exit code 2; no traceback; nothing on disk lost.
+
+Each case runs `mpirun -n 2 mpisub-train` for real, so the line must come out once from two ranks.
+"""
+import hashlib
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import mpirun
+from mpisub import store
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+
+
+def _h5(path, **arrays):
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            f[k] = v
+
+
+def _text(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _checkpoint(folder, version=None):
+    os.makedirs(folder, exist_ok=True)
+    store.write_checkpoint(folder, W=np.zeros((4, 2)), rounds_done=1, metrics={}, loss_init=1.0,
+                           config_json="{}", data_sha256="", created="now")
+    if version:
+        with h5py.File(os.path.join(folder, store.CHECKPOINT), "r+") as f:
+            f.attrs["mpisub_version"] = version
+
+
+def _finished_run(folder):
+    os.makedirs(folder)
+    _text(os.path.join(folder, "run.h5"), "a finished run, to be kept as it is")
+
+
+X3 = np.random.default_rng(0).standard_normal((10, 3))
+Y1 = np.ones((10, 1))
+NAN = X3.copy()
+NAN[4, 1] = np.nan
+INF = X3.copy()
+INF[7, 0] = np.inf
+S = "--set"
+
+# (id, arguments, setup(tmp folder), fragments the one error line must contain)
+CASES = [
+    ("unknown key", [S, "train.lrr=1"], None, ["unknown config key 'train.lrr'", "did you mean 'train.lr'"]),
+    ("unknown section", [S, "optim.lr=1"], None, ["unknown config key 'optim.lr'"]),
+    ("wrong type int", [S, "train.rounds=many"], None, ["train.rounds must be an integer", "'many'"]),
+    ("wrong type bool", [S, "output.overwrite=3"], None, ["output.overwrite must be true or false"]),
+    ("wrong type float", [S, "train.lr=fast"], None, ["train.lr must be a number"]),
+    ("bad --set syntax", [S, "train.lr"], None, ["expected section.key=value"]),
+    ("keep above 1", [S, "masks.kind=bernoulli", S, "masks.keep=1.5"], None, ["masks.keep = 1.5 is out of range", "(0, 1]"]),
+    ("keep negative", [S, "masks.kind=bernoulli", S, "masks.keep=-0.2"], None, ["masks.keep = -0.2 is out of range"]),
+    ("keep for partition", [S, "masks.keep=0.3"], None, ["masks.keep = 0.3 does not apply to masks.kind = 'partition'"]),
+    ("lr zero", [S, "train.lr=0"], None, ["train.lr = 0.0 is out of range"]),
+    ("lr negative", [S, "train.lr=-1"], None, ["train.lr = -1.0 is out of range"]),
+    ("lr nan", [S, "train.lr=nan"], None, ["train.lr = nan is out of range"]),
+    ("zero rounds", [S, "train.rounds=0"], None, ["train.rounds = 0 is out of range"]),
+    ("zero local steps", [S, "train.local_steps=0"], None, ["train.local_steps = 0 is out of range"]),
+    ("width below p", [S, "model.width=3", S, "masks.subnets=4"], None, ["model.width = 3 is smaller than masks.subnets = 4"]),
+    ("p not a multiple of K", [S, "masks.subnets=3"], None, ["masks.subnets = 3 is not a multiple of the 2 MPI ranks"]),
+    ("full with p > 1", [S, "masks.kind=full", S, "masks.subnets=2"], None, ["masks.kind = 'full' means one subnetwork"]),
+    ("unknown mask kind", [S, "masks.kind=bernouli"], None, ["masks.kind = 'bernouli' is not one of"]),
+    ("unknown dtype", [S, "model.dtype=float16"], None, ["model.dtype = 'float16' is not one of", "float32"]),
+    ("unknown normalize", [S, "data.normalize=zscore"], None, ["data.normalize = 'zscore' is not one of"]),
+    ("batch larger than data", [S, "train.batch_size=600"], None, ["train.batch_size = 600 exceeds the 512 samples"]),
+    ("unknown preset", ["--preset", "sgd"], None, ["argument --preset: invalid choice: 'sgd'"]),
+    ("unknown flag", ["--rounds", "5"], None, ["unrecognized arguments: --rounds 5"]),
+    ("missing config file", ["--config", "nope.toml"], None, ["config file 'nope.toml' not found"]),
+    ("malformed config file", ["--config", "bad.toml"], lambda d: _text(d / "bad.toml", "[train\nlr = 1\n"),
+     ["config file 'bad.toml' is not valid TOML"]),
+    ("config value outside a section", ["--config", "flat.toml"], lambda d: _text(d / "flat.toml", "lr = 1\n"),
+     ["'lr' must be a [section] table"]),
+    ("config file with wrong type", ["--config", "t.toml"], lambda d: _text(d / "t.toml", "[train]\nrounds = '9'\n"),
+     ["train.rounds must be an integer, got '9'"]),
+    ("data file of unknown type", [S, "data.source=data.txt"], None, ["data.source = 'data.txt' is neither"]),
+    ("missing data file", [S, "data.source=gone.npz"], None, ["data.source 'gone.npz': not found"]),
+    ("data path is a folder", [S, "data.source=dir.h5"], lambda d: os.mkdir(d / "dir.h5"), ["data.source 'dir.h5': is a folder"]),
+    ("corrupt HDF5", [S, "data.source=bad.h5"], lambda d: _text(d / "bad.h5", "not hdf5 at all"),
+     ["data.source 'bad.h5' is not a readable HDF5 file"]),
+    ("HDF5 without X", [S, "data.source=d.h5"], lambda d: _h5(d / "d.h5", inputs=X3, Y=Y1),
+     ["has no dataset 'X' (datasets: Y, inputs); set data.x_name"]),
+    ("corrupt npz", [S, "data.source=bad.npz"], lambda d: _text(d / "bad.npz", "PK garbage"),
+     ["data.source 'bad.npz' is not a readable .npz file"]),
+    ("npz needing pickle", [S, "data.source=obj.npz"],
+     lambda d: np.savez(d / "obj.npz", X=np.array([{"a": 1}] * 3, dtype=object), Y=Y1[:3]),
+     ["cannot load it as numeric arrays"]),
+    ("NaN in data", [S, "data.source=nan.npz"], lambda d: _npz(d / "nan.npz", X=NAN, Y=Y1),
+     ["X has 1 NaN/Inf value(s), the first in sample 4"]),
+    ("Inf in data", [S, "data.source=inf.h5"], lambda d: _h5(d / "inf.h5", X=INF, Y=Y1),
+     ["X has 1 NaN/Inf value(s), the first in sample 7"]),
+    ("X and Y of different lengths", [S, "data.source=len.npz"], lambda d: _npz(d / "len.npz", X=X3, Y=Y1[:9]),
+     ["X has 10 samples but Y has 9"]),
+    ("empty data", [S, "data.source=empty.npz"], lambda d: _npz(d / "empty.npz", X=np.zeros((0, 3)), Y=np.zeros((0, 1))),
+     ["holds no data"]),
+    ("3-D data", [S, "data.source=cube.npz"], lambda d: _npz(d / "cube.npz", X=np.zeros((10, 2, 2)), Y=Y1),
+     ["X has shape (10, 2, 2); it must be 2-D"]),
+    ("text in a CSV", [S, "data.source=t.csv"], lambda d: _text(d / "t.csv", "a,b,y\n1,2,3\n4,five,6\n"),
+     ["line 3, column 'b': 'five' is not a number"]),
+    ("CSV without the target column", [S, "data.source=t.csv", S, "data.target=price"],
+     lambda d: _text(d / "t.csv", "a,b,y\n1,2,3\n"), ["has no column 'price' (columns: a, b, y); set data.target"]),
+    ("empty CSV", [S, "data.source=e.csv"], lambda d: _text(d / "e.csv", ""), ["data.source 'e.csv' is empty"]),
+    ("CSV with a short line", [S, "data.source=r.csv"], lambda d: _text(d / "r.csv", "a,b,y\n1,2,3\n1,2\n"),
+     ["line 3 has 2 fields, the header has 3"]),
+    ("output.dir is a file", [S, "output.dir=taken"], lambda d: _text(d / "taken", "x"), ["output.dir 'taken' is a file"]),
+    ("output.dir holds a run", [S, "output.dir=old"], lambda d: _finished_run(d / "old"),
+     ["output.dir 'old' already holds a run (run.h5)", "--resume old", "output.overwrite = true"]),
+    ("resume from a missing folder", ["--resume", "nowhere"], None, ["--resume 'nowhere': no such folder"]),
+    ("resume without a checkpoint", ["--resume", "old"], lambda d: _finished_run(d / "old"),
+     ["--resume 'old' holds no checkpoint (checkpoint.h5)"]),
+    ("resume a corrupt checkpoint", ["--resume", "c"],
+     lambda d: (os.mkdir(d / "c"), _text(d / "c" / "checkpoint.h5", "torn")),
+     ["checkpoint.h5 is not a readable mpisub checkpoint"]),
+    ("resume from another version", ["--resume", "v"], lambda d: _checkpoint(str(d / "v"), version="0.0.1"),
+     ["written by mpisub 0.0.1", "resume with that version"]),
+    ("resume with a changed key", ["--resume", "r", S, "train.lr=1"], lambda d: _checkpoint(str(d / "r")),
+     ["--set train.lr: a resumed run keeps its config"]),
+    ("resume with --config", ["--resume", "r", "--config", "x.toml"], lambda d: _checkpoint(str(d / "r")),
+     ["--resume continues a run with its stored config; leave out --config"]),
+]
+
+
+def _snapshot(folder):
+    """Every file under folder and its content hash: what must survive a refused run."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def test_the_table_is_large_and_distinct():
+    assert len(CASES) >= 25
+    assert len({c[0] for c in CASES}) == len(CASES)
+    assert len({tuple(c[1]) for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("name,args,setup,fragments", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, name, args, setup, fragments):
+    if setup:
+        setup(tmp_path)
+    before = _snapshot(tmp_path)
+    r = mpirun(2, *args, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr           # once, from rank 0, no traceback
+    assert lines[0].startswith("mpisub-train: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "round" not in r.stdout             # nothing trained
+    after = _snapshot(tmp_path)
+    assert after == before, "a refused run changed files on disk"
