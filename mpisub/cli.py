@@ -152,8 +152,10 @@ def _train(argv, comm, threads: str) -> None:
         result = train.run(cfg, comm, X, Y, run_file, log=lambda s: print(s, flush=True),
                            start=checkpoint, stop_requested=lambda: bool(stop))
         status = "completed"
+        _record_peak_memory(comm, run_file)
     except train.Interrupted as e:
         status = "interrupted"
+        _record_peak_memory(comm, run_file)
         if comm.rank == 0:
             name = signal.Signals(stop[0]).name if stop else "a signal on another rank"
             print(f"mpisub-train: {name}: {e}, checkpoint written; continue with: "
@@ -174,6 +176,14 @@ def _train(argv, comm, threads: str) -> None:
               f"loss {first:.3e} -> {last:.3e} ({first / max(last, 1e-300):.1f}x lower)")
         print(f"run file: {run_file.path}")
         print(f"look at it: mpisub-inspect {cfg.output.dir}   (or: h5dump -A {run_file.path})")
+
+
+def _record_peak_memory(comm, run_file) -> None:
+    import resource
+
+    peaks = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
+    if run_file is not None:
+        run_file.write_peak_memory(peaks)
 
 
 def _open_run_file(cfg, comm, digest: str, checkpoint):

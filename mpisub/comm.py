@@ -17,6 +17,7 @@ class Comm:
         self.size = self.mpi.Get_size()
         self.seconds = 0.0
         self.bytes = 0
+        self.last_seconds = 0.0  # of the latest collective
 
     def library(self) -> str:
         return " ".join(MPI.Get_library_version().split("\n")[0].split())
@@ -28,7 +29,8 @@ class Comm:
         return out
 
     def _count(self, t0: float, nbytes: int) -> None:
-        self.seconds += time.perf_counter() - t0
+        self.last_seconds = time.perf_counter() - t0
+        self.seconds += self.last_seconds
         if self.size > 1:
             self.bytes += int(nbytes)
 
@@ -58,6 +60,10 @@ class Comm:
         """Rank 0's value on every rank (a small Python object, before training): lets a check that
         only rank 0 can make (the output folder) stop every rank the same way."""
         return self.mpi.bcast(value, root=0)
+
+    def gather(self, value) -> list | None:
+        """Every rank's small Python value, in rank order, on rank 0 (None elsewhere)."""
+        return self.mpi.gather(value, root=0)
 
     def first_error(self, error: str | None) -> str | None:
         """The lowest rank's error message, or None when no rank has one (a small allgather,

@@ -1,16 +1,18 @@
 """The run file `<output.dir>/run.h5` and the checkpoint `<output.dir>/checkpoint.h5`, written by
 rank 0 alone. The run file's layout is a contract (README):
 
-  attrs   config (resolved config, JSON), mpisub_version, ranks, mpi_library, status, created
+  attrs   config (resolved config, JSON), mpisub_version, ranks, mpi_library, status, created,
+          peak_rss_mb (per rank, at the end)
   /data/X, /data/Y            the built-in training data (a data file: attrs source, sha256 of /data)
   /model/a, /model/W_init     fixed output weights, initial input weights
   /model/W                    latest aggregated input weights (attr `round`: rounds done)
   /metrics/<name>             one row per round, resizable: round, loss, sub_loss,
-                              seconds_compute, seconds_comm, seconds_wall, bytes_comm;
+                              seconds_compute, seconds_comm, seconds_wall, bytes_comm,
+                              seconds_local, seconds_loss (parts of seconds_compute);
                               attr `loss_init`: the loss at W_init
   /masks                      uint8 (rounds x p x m), only with output.record_masks
 
-The run file is flushed every round and held without an HDF5 file lock, so other processes (h5py,
+The run file gets new metrics rows at least every WRITE_SECONDS and is held without an HDF5 file lock, so other processes (h5py,
 h5dump) can read it while training runs. The checkpoint is the run's source of truth: W, rounds
 done, the metrics so far and the config, replaced atomically (temp file, fsync, rename), so a crash
 at any instant leaves the previous one loadable; `--resume` rebuilds run.h5 from it. Masks and
@@ -19,6 +21,7 @@ minibatches need no saved random state: they are functions of (seed, round, subn
 import datetime
 import json
 import os
+import time
 
 import h5py
 import numpy as np
@@ -33,10 +36,13 @@ METRICS = {
     "seconds_comm": np.float64,
     "seconds_wall": np.float64,
     "bytes_comm": np.int64,
+    "seconds_local": np.float64,
+    "seconds_loss": np.float64,
 }
 FILENAME = "run.h5"
 CHECKPOINT = "checkpoint.h5"
 CHECKPOINT_FORMAT = 1   # bump when the checkpoint's layout changes
+WRITE_SECONDS = 1.0     # metrics rows reach run.h5 at most this late (the first at once)
 
 
 def new_run_dir(root: str = "runs") -> str:
@@ -79,7 +85,7 @@ class RunFile:
         if record_masks:
             self.f.create_dataset("masks", shape=(0, subnets, width), maxshape=(None, subnets, width),
                                   dtype=np.uint8, chunks=(1, subnets, width))
-        self.rows = 0
+        self.rows, self.pending, self.written_at = 0, [], 0.0
 
     def write_start(self, X, Y, a, W_init, source: str = "synthetic") -> None:
         if self.data_sha256:  # a user's file: say which one, rather than copy it
@@ -97,30 +103,44 @@ class RunFile:
     def write_loss_init(self, loss: float) -> None:
         self.f["metrics"].attrs["loss_init"] = loss
 
-    def append(self, metrics: dict, masks=None, flush: bool = True) -> None:
-        """One row per round; masks (p x m) when recorded."""
-        i = self.rows
-        for name in METRICS:
-            ds = self.f["metrics"][name]
-            ds.resize((i + 1,))
-            ds[i] = metrics[name]
-        if masks is not None:
-            self.f["masks"].resize((i + 1,) + self.f["masks"].shape[1:])
-            self.f["masks"][i] = masks
-        self.rows = i + 1
-        if flush:
-            self.f.flush()  # a killed job leaves every finished round on disk
+    def append(self, metrics: dict, masks=None) -> None:
+        """One row per round; masks (p x m) when recorded. Rows reach the file at most
+        WRITE_SECONDS late (and at every weights write, checkpoint and close): writing and
+        flushing every round would cost more than a small round itself."""
+        self.pending.append((metrics, masks))
+        if time.monotonic() - self.written_at >= WRITE_SECONDS:
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        if self.pending:
+            i, k = self.rows, len(self.pending)
+            for name in METRICS:
+                ds = self.f["metrics"][name]
+                ds.resize((i + k,))
+                ds[i:] = [row[name] for row, _ in self.pending]
+            if self.pending[0][1] is not None:
+                ds = self.f["masks"]
+                ds.resize((i + k,) + ds.shape[1:])
+                ds[i:] = np.stack([M for _, M in self.pending])
+            self.rows, self.pending = i + k, []
+        self.f.flush()  # what is written stays on disk if the job is killed
+        self.written_at = time.monotonic()
 
     def write_weights(self, W, rounds_done: int) -> None:
         self.f["model/W"][...] = W
         self.f["model/W"].attrs["round"] = rounds_done
-        self.f.flush()
+        self.write_pending()
+
+    def write_peak_memory(self, megabytes: list) -> None:
+        self.f.attrs["peak_rss_mb"] = np.asarray(megabytes, dtype=np.float64)
 
     def checkpoint(self, W, rounds_done: int, metrics: dict, loss_init: float) -> None:
+        self.write_pending()
         write_checkpoint(self.folder, W=W, rounds_done=rounds_done, metrics=metrics, loss_init=loss_init,
                          config_json=self.config_json, data_sha256=self.data_sha256, created=self.created)
 
     def close(self, status: str) -> None:
+        self.write_pending()
         self.f.attrs["status"] = status
         self.f.close()
 

@@ -118,7 +118,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
         if store is not None:
             for i in range(first):
                 M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, i) if cfg.output.record_masks else None
-                store.append({name: values[i] for name, values in history.items()}, M, flush=False)
+                store.append({name: values[i] for name, values in history.items()}, M)
             store.write_weights(W, first)
         if comm.rank == 0:
             log(f"round {first:>{width}}/{rounds}  loss {history['loss'][-1]:.4e}  (resumed from the checkpoint)")
@@ -136,20 +136,25 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
         rows = [np.flatnonzero(M[l]) for l in range(p)]  # each subnetwork's active neurons
 
         # 1. every subnetwork on this rank: tau local steps from W_k, on its active rows only
-        updated, sub_loss_sum = {}, 0.0
+        updated, sub_loss_sum, seconds_local = {}, 0.0, 0.0
         for l in my_subnets:
             W_l = W[rows[l]]
             batches = masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, round, l)
+            t = time.perf_counter()
             sub_loss_sum += kernels.local_steps(W_l, a[rows[l]], X, Y, sub_scale, lr, batches)
+            seconds_local += time.perf_counter() - t
             updated[l] = W_l
 
         # 2. aggregate per neuron over the subnetworks that hold it
         W = aggregate(W, M, rows, updated, comm, disjoint)
 
         # the loss, the subnetworks' losses and any rank's stop request, in one Allreduce
+        t = time.perf_counter()
         loss, (sub_loss_sum, stops) = network_loss(W, a, X, Y, comm, (sub_loss_sum, float(stop_requested())))
+        seconds_loss = time.perf_counter() - t
         sub_loss = sub_loss_sum / p
         seconds_comm, bytes_comm = comm.take_counters()
+        seconds_loss -= comm.last_seconds  # its Allreduce counts as comm
         seconds_compute = time.perf_counter() - t_start - seconds_comm
 
         if not math.isfinite(loss) or loss > DIVERGED * loss_init:
@@ -159,7 +164,8 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
                             f"(the last good checkpoint, round {last_checkpoint}, is kept)")
         now = time.perf_counter()
         row = {"round": round + 1, "loss": loss, "sub_loss": sub_loss, "seconds_compute": seconds_compute,
-               "seconds_comm": seconds_comm, "seconds_wall": now - t_mark, "bytes_comm": bytes_comm}
+               "seconds_comm": seconds_comm, "seconds_wall": now - t_mark, "bytes_comm": bytes_comm,
+               "seconds_local": seconds_local, "seconds_loss": seconds_loss}
         t_mark = now
         for name, value in row.items():
             history.setdefault(name, []).append(value)
