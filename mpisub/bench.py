@@ -37,14 +37,16 @@ QUICK = {  # the same cases, small enough for the test suite
     "paper": dict(n=100, d=128, m=64, p=2, tau=3, kind="bernoulli", keep=0.5),
     "wide-ist": dict(n=100, d=16, m=1024, p=4, tau=2, kind="partition", keep=0.25),
 }
-# (row name, shape, K, dtype, compare with, target ratio, which way)
+# (row name, shape, K, dtype, BLAS threads per rank (0 = auto), compared with, target ratio)
 ROWS = [
-    ("theory-small", "theory-small", 1, "float64", "torch", 0.33, "<="),
-    ("theory-small", "theory-small", 1, "float64", "numpy", 0.5, "<="),
-    ("paper (Fig. 2a)", "paper", 1, "float64", "numpy", 1.0, "<="),
-    ("wide IST", "wide-ist", 1, "float64", "torch", 0.6, "<="),
-    ("wide IST, K=2 vs K=1", "wide-ist", 2, "float64", "mpisub K=1", 1 / 1.6, "<="),
-    ("paper, float32 vs float64", "paper", 1, "float32", "mpisub float64", 1 / 1.4, "<="),
+    ("theory-small", "theory-small", 1, "float64", 0, "torch", 0.33),
+    ("theory-small", "theory-small", 1, "float64", 0, "numpy", 0.5),
+    ("theory-small, one rank per core", "theory-small", 2, "float64", 0, "torch", 0.33),
+    ("paper (Fig. 2a)", "paper", 1, "float64", 0, "numpy", 1.0),
+    ("wide IST", "wide-ist", 1, "float64", 0, "torch", 0.6),
+    ("wide IST, K=2 vs K=1", "wide-ist", 2, "float64", 0, "mpisub K=1", 1 / 1.6),
+    ("wide IST, K=2 vs K=1 on one thread", "wide-ist", 2, "float64", 0, "mpisub K=1 1 thread", 1 / 1.6),
+    ("paper, float32 vs float64", "paper", 1, "float32", 0, "mpisub float64", 1 / 1.4),
 ]
 LR = 0.5
 
@@ -55,7 +57,7 @@ def cores() -> int:
 
 # ---- mpisub, as a user runs it ----------------------------------------------------------------
 
-def run_mpisub(shape: dict, ranks: int, dtype: str, rounds: int, folder: str) -> dict:
+def run_mpisub(shape: dict, ranks: int, dtype: str, rounds: int, folder: str, threads: int = 0) -> dict:
     mpirun = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     train = os.path.join(os.path.dirname(sys.executable), "mpisub-train")
     values = {"data.n": shape["n"], "data.d": shape["d"], "model.width": shape["m"], "masks.kind": shape["kind"],
@@ -64,8 +66,9 @@ def run_mpisub(shape: dict, ranks: int, dtype: str, rounds: int, folder: str) ->
     if shape["kind"] == "bernoulli":
         values["masks.keep"] = shape["keep"]
     args = [a for k, v in values.items() for a in ("--set", f"{k}={json.dumps(v)}")]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    thread_vars = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in thread_vars}  # 0: mpisub's own choice
+    env.update({k: str(threads) for k in thread_vars} if threads else {})
     r = subprocess.run([mpirun, "-n", str(ranks), train, *args], capture_output=True, text=True, env=env, timeout=1800)
     if r.returncode:
         raise RuntimeError(f"mpisub-train failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
@@ -219,18 +222,22 @@ def bench_main(argv=None) -> None:
     print(f"# mpisub-bench on {cores()} core(s); medians of seconds per round after one warm-up round", flush=True)
     results, runs = {}, {}
     with tempfile.TemporaryDirectory(prefix="mpisub-bench-") as tmp:
-        for name, shape, K, dtype, _, _, _ in ROWS:
-            for key in {(shape, 1, "float64"), (shape, K, dtype)}:
+        for name, shape, K, dtype, threads, against, _ in ROWS:
+            keys = [(shape, 1, "float64", 0), (shape, K, dtype, threads)]
+            if against.endswith("1 thread"):
+                keys.append((shape, 1, "float64", 1))
+            for key in keys:
                 if key in runs:
                     continue
                 rounds = 1 + (args.rounds or default_rounds[shape])
-                print(f"# running {shape} with mpisub: mpirun -n {key[1]}, {key[2]}, {rounds} rounds ...", flush=True)
-                run = run_mpisub(shapes[shape], key[1], key[2], rounds, os.path.join(tmp, f"{shape}-{key[1]}-{key[2]}"))
-                runs[key] = run
-                results[key] = {"mpisub": mpisub_numbers(run)}
-            base = results[(shape, 1, "float64")]
+                print(f"# running {shape} with mpisub: mpirun -n {key[1]}, {key[2]}, "
+                      f"{key[3] or 'auto'} thread(s) per rank, {rounds} rounds ...", flush=True)
+                folder = os.path.join(tmp, "-".join(map(str, key)))
+                runs[key] = run_mpisub(shapes[shape], key[1], key[2], rounds, folder, key[3])
+                results[key] = {"mpisub": mpisub_numbers(runs[key])}
+            base = results[keys[0]]
             if "numpy" not in base:
-                run = runs[(shape, 1, "float64")]
+                run = runs[keys[0]]
                 rounds = len(run["metrics"]["round"])
                 print(f"# running {shape} with numpy ...", flush=True)
                 base["numpy"] = run_baseline("numpy", run, rounds)
@@ -243,17 +250,17 @@ def bench_main(argv=None) -> None:
     table = [f"| case | n, d, m, p, tau, masks | mpisub s/round | against | its s/round | ratio | target | met |",
              "|---|---|---|---|---|---|---|---|"]
     verdicts = []
-    for name, shape, K, dtype, against, target, _ in ROWS:
+    for name, shape, K, dtype, threads, against, target in ROWS:
         s = shapes[shape]
-        mine = results[(shape, K, dtype)]["mpisub"]["seconds"]
-        base = results[(shape, 1, "float64")]
+        mine = results[(shape, K, dtype, threads)]["mpisub"]["seconds"]
+        base = results[(shape, 1, "float64", 0)]
         if against in ("numpy", "torch"):
             if against not in base:
                 table.append(f"| {name} | | {mine:.4f} | {against} | {torch_note} | | | |")
                 continue
             other = base[against]["seconds"]
         else:
-            other = base["mpisub"]["seconds"]
+            other = results[(shape, 1, "float64", 1 if against.endswith("1 thread") else 0)]["mpisub"]["seconds"]
         ratio = mine / other
         met = ratio <= target
         verdicts.append(met)
@@ -264,7 +271,7 @@ def bench_main(argv=None) -> None:
         got = f"{ratio:.2f}x" if against in ("numpy", "torch") else f"{1 / ratio:.2f}x faster"
         table.append(f"| {name} | {desc} | {mine:.4f} | {against} | {other:.4f} | {got} | {shown} | "
                      f"{'yes' if met else 'NO'} |")
-    paper = results[("paper", 1, "float64")]
+    paper = results[("paper", 1, "float64", 0)]
     local = paper["mpisub"]["split"]["local steps"]
     ratio = local / paper["bare products"]
     table.append(f"| paper: local steps vs two bare products | per round | {local:.4f} | 2 GEMMs x p x tau | "
@@ -275,17 +282,17 @@ def bench_main(argv=None) -> None:
 
     print("\ntime split of an mpisub round (seconds per round, rank 0), bytes sent per round / model size, "
           "peak memory per rank:")
-    for (shape, K, dtype), res in sorted(results.items()):
+    for (shape, K, dtype, threads), res in sorted(results.items()):
         r = res["mpisub"]
         split = "  ".join(f"{k} {v:.4f}" for k, v in r["split"].items())
         agree = "; ".join(f"{k} agrees to {res[k]['agrees']:.1e}" for k in ("numpy", "torch") if k in res)
-        print(f"  {shape} K={K} {dtype}: {split}; sent {r['bytes_per_round'] / r['model_bytes']:.2f}x the model "
+        print(f"  {shape} K={K} {dtype} {threads or 'auto'} thread(s): {split}; sent {r['bytes_per_round'] / r['model_bytes']:.2f}x the model "
               f"({r['bytes_per_round'] / 1e6:.2f} MB); peak RSS {', '.join(f'{x:.0f}' for x in r['peak_rss_mb'])} MB"
               + (f"; {agree}" if agree else ""))
     if torch_note:
         print(f"torch: {torch_note}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": {f"{k[0]} K={k[1]} {k[2]}": v for k, v in results.items()},
+            json.dump({"results": {f"{k[0]} K={k[1]} {k[2]} threads={k[3] or 'auto'}": v for k, v in results.items()},
                        "second_launch_seconds": launch, "table": table}, f, indent=1)
     print(f"\n{sum(verdicts)} of {len(verdicts)} targets met")

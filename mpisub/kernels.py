@@ -101,12 +101,24 @@ def local_steps(W, a, X, Y, scale, lr, batches):
     return loss(W, a, X, Y, scale)
 
 
+# neurons per block of the forward pass: the n x block workspace stays small where the whole
+# n x m product would take GBs (and memory traffic instead of cache)
+OUTPUT_BLOCK = 512
+
+
 @njit(cache=True, nogil=True)
 def partial_output(W, a, X, scale):
     """scale * relu(X W^T) a for a block of rows: the blocks' outputs sum to the network's output."""
-    A = np.empty((X.shape[0], W.shape[0]), dtype=W.dtype)
-    out = np.empty((X.shape[0], a.shape[1]), dtype=W.dtype)
-    _forward(X, W, a, scale, A, out)
+    n, k, c = X.shape[0], W.shape[0], a.shape[1]
+    out = np.zeros((n, c), dtype=W.dtype)
+    part = np.empty((n, c), dtype=W.dtype)
+    A = np.empty((n, min(k, OUTPUT_BLOCK)), dtype=W.dtype)
+    for lo in range(0, k, OUTPUT_BLOCK):
+        hi = min(lo + OUTPUT_BLOCK, k)
+        if hi - lo != A.shape[1]:
+            A = np.empty((n, hi - lo), dtype=W.dtype)
+        _forward(X, W[lo:hi], a[lo:hi], scale, A, part)
+        out += part
     return out
 
 
