@@ -247,7 +247,7 @@ def bench_main(argv=None) -> None:
                     base["torch"] = run_baseline("torch", run, rounds)
         launch = second_launch(tmp)
 
-    table = [f"| case | n, d, m, p, tau, masks | mpisub s/round | against | its s/round | ratio | target | met |",
+    table = ["| case | n, d, m, p, tau, masks | mpisub s/round | against | its s/round | ratio | target | met |",
              "|---|---|---|---|---|---|---|---|"]
     verdicts = []
     for name, shape, K, dtype, threads, against, target in ROWS:

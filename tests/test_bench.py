@@ -71,3 +71,34 @@ def test_quick_benchmark_prints_the_table_with_consistent_ratios(tmp_path):
         split = value["mpisub"]["split"]
         assert all(v >= 0 for v in split.values()) and len(value["mpisub"]["peak_rss_mb"]) == int(key.split("K=")[1][0])
     assert 0 < res["second_launch_seconds"] < 60
+
+
+def test_kernels_cache_in_the_user_dir_when_the_package_is_read_only(tmp_path):
+    """numba caches next to the package; read-only, it must fall back to ~/.cache/numba and reuse
+    that cache on the next launch (no new files the second time: nothing was compiled again)."""
+    import shutil
+    import mpisub
+    src, mnt, home = tmp_path / "src", tmp_path / "mnt", tmp_path / "home"
+    shutil.copytree(os.path.dirname(mpisub.__file__), src / "mpisub",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    mnt.mkdir()
+    if subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True).returncode or \
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], capture_output=True).returncode:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        pytest.skip("cannot bind-mount read-only here (needs root in a mount namespace)")
+    try:
+        code = ("import numpy as np, mpisub; from mpisub import kernels; kernels.compile_for(np.float64); "
+                "print(mpisub.__file__)")
+        env = {**os.environ, "PYTHONPATH": str(mnt), "HOME": str(home)}
+        env.pop("NUMBA_CACHE_DIR", None)
+        stamps = []
+        for _ in range(2):
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                               cwd=tmp_path)
+            assert r.returncode == 0 and r.stdout.strip().startswith(str(mnt)), r.stderr
+            stamps.append({p: p.stat().st_mtime_ns for p in home.rglob("*") if p.suffix in (".nbi", ".nbc")})
+        assert any("local_steps" in p.name for p in stamps[0]), "no kernel cached in ~/.cache/numba"
+        assert stamps[1] == stamps[0], "the second launch compiled again"
+        assert not list(src.rglob("*.nbi"))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
