@@ -3,3 +3,11 @@
 Importing mpisub touches neither MPI nor numba; training does (mpisub.cli, mpisub.train).
 """
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # the notebook API, loaded on first use: `import mpisub` stays light
+    if name in ("open_run", "open_runs"):
+        from . import analysis
+        return getattr(analysis, name)
+    raise AttributeError(f"module 'mpisub' has no attribute {name!r}")

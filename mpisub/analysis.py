@@ -1,41 +1,120 @@
-"""Reading finished (or running) runs: a summary per run file. No MPI, no numba."""
+"""Reading runs: the notebook API (`open_run`, `open_runs`), `mpisub-inspect` and `mpisub-plot`.
+No MPI, no numba: runs can be analysed anywhere h5py is installed.
+"""
+import glob as globbing
 import json
 import os
+import sys
 
-from .store import read_run
+import h5py
+import numpy as np
+
+from . import theory
+from .store import FILENAME
 
 
-def summary(path: str) -> dict:
+class Run:
+    """One run file. Attributes, config and metrics are read at once (they are small); the
+    arrays (W, W_init, a, X, Y, H, masks) are read when first asked for."""
+
+    def __init__(self, path: str):
+        if os.path.isdir(path):
+            path = os.path.join(path, FILENAME)
+        self.path = path
+        self.folder = os.path.dirname(path)
+        with h5py.File(path, "r", locking=False) as f:
+            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            self.metrics = {k: f["metrics"][k][()] for k in f["metrics"]}
+            self.loss_init = float(f["metrics"].attrs["loss_init"]) if "loss_init" in f["metrics"].attrs else None
+            self.lambda0 = float(f["theory/lambda0"][()]) if "theory/lambda0" in f else None
+        self.config = json.loads(self.attrs["config"])
+        self.status = self.attrs["status"]
+
+    def _array(self, name):
+        with h5py.File(self.path, "r", locking=False) as f:
+            return f[name][()] if name in f else None
+
+    W = property(lambda self: self._array("model/W"), doc="latest aggregated weights (m x d)")
+    W_init = property(lambda self: self._array("model/W_init"), doc="initial weights (m x d)")
+    a = property(lambda self: self._array("model/a"), doc="output weights (m x c)")
+    X = property(lambda self: self._array("data/X"), doc="built-in training inputs (None for a data file)")
+    Y = property(lambda self: self._array("data/Y"), doc="built-in training targets (None for a data file)")
+    H = property(lambda self: self._array("theory/H"), doc="the data's NTK Gram matrix (None unless stored)")
+    masks = property(lambda self: self._array("masks"), doc="rounds x p x m, with output.record_masks")
+
+    def rate(self) -> float | None:
+        """Empirical per-round linear rate of the full-network loss (fit of log loss over rounds)."""
+        return theory.linear_rate(self.metrics["loss"])
+
+    def __repr__(self):
+        mk = self.config["masks"]
+        return (f"Run({self.folder!r}, {self.status}, {len(self.metrics['loss'])}/{self.config['train']['rounds']} "
+                f"rounds, {mk['kind']} p={mk['subnets']} keep={mk['keep']:g})")
+
+
+def open_run(path: str) -> Run:
+    """A run folder or its run.h5."""
+    return Run(path)
+
+
+def open_runs(pattern: str) -> list[Run]:
+    """Every run matching a glob of folders or run.h5 files (e.g. "runs/sweep-*"), sorted by path."""
+    paths = []
+    for p in sorted(globbing.glob(pattern)):
+        if os.path.isfile(p) or os.path.isfile(os.path.join(p, FILENAME)):
+            paths.append(p)
+    return [Run(p) for p in paths]
+
+
+def flat_config(run: Run) -> dict:
+    return {f"{s}.{k}": v for s, values in run.config.items() for k, v in values.items()}
+
+
+def differing_keys(runs: list[Run]) -> list[str]:
+    """The config keys whose values are not the same in all runs (output.dir aside)."""
+    flats = [flat_config(r) for r in runs]
+    keys = sorted(set().union(*flats))
+    return [k for k in keys if k != "output.dir" and len({json.dumps(f.get(k)) for f in flats}) > 1]
+
+
+def summary(run: Run) -> dict:
     """The facts a user checks first about a run, as plain values."""
-    run = read_run(path, arrays=False)  # a summary needs no weights or masks
-    attrs, m = run["attrs"], run["metrics"]
-    cfg = json.loads(attrs["config"])
+    m, cfg = run.metrics, run.config
     loss = m["loss"]
+    done = len(loss)
+    seconds = {k: float(m[f"seconds_{k}"].sum()) for k in ("compute", "comm", "wall")}
+    for part in ("local", "loss"):
+        if f"seconds_{part}" in m:
+            seconds[part] = float(m[f"seconds_{part}"].sum())
     return {
-        "path": path,
-        "status": attrs["status"],
-        "ranks": int(attrs["ranks"]),
-        "mpi_library": attrs["mpi_library"],
-        "mpisub_version": attrs["mpisub_version"],
-        "created": attrs["created"],
+        "path": run.folder,
+        "status": run.status,
+        "ranks": int(run.attrs["ranks"]),
+        "mpi_library": run.attrs["mpi_library"],
+        "mpisub_version": run.attrs["mpisub_version"],
+        "created": run.attrs["created"],
         "masks": cfg["masks"],
         "model": cfg["model"],
         "data": {k: cfg["data"][k] for k in ("source", "n", "d", "outputs", "noise")},
         "train": cfg["train"],
-        "rounds_done": int(len(loss)),
-        "loss_init": float(m["loss_init"]) if "loss_init" in m else None,
-        "loss_final": float(loss[-1]) if len(loss) else None,
-        "loss_best": float(loss.min()) if len(loss) else None,
-        "sub_loss_final": float(m["sub_loss"][-1]) if len(loss) else None,
-        "seconds": {k: float(m[f"seconds_{k}"].sum()) for k in ("compute", "comm", "wall")},
+        "rounds_done": done,
+        "loss_init": run.loss_init,
+        "loss_final": float(loss[-1]) if done else None,
+        "loss_best": float(loss.min()) if done else None,
+        "sub_loss_final": float(m["sub_loss"][-1]) if done else None,
+        "seconds": seconds,
         "bytes_comm": int(m["bytes_comm"].sum()),
+        "lambda0": run.lambda0,
+        "rate_per_round": run.rate(),
+        "peak_rss_mb": [float(x) for x in run.attrs.get("peak_rss_mb", [])],
     }
 
 
 def format_summary(s: dict) -> str:
     mk, tr = s["masks"], s["train"]
     lines = [
-        f"{s['path']}: {s['status']}, {s['rounds_done']}/{tr['rounds']} rounds, {s['ranks']} rank(s), mpisub {s['mpisub_version']}, {s['created']}",
+        f"{s['path']}: {s['status']}, {s['rounds_done']}/{tr['rounds']} rounds, {s['ranks']} rank(s), "
+        f"mpisub {s['mpisub_version']}, {s['created']}",
         f"  masks {mk['kind']}  p={mk['subnets']}  keep={mk['keep']:g}   tau={tr['local_steps']}  lr={tr['lr']:g}  "
         f"batch={tr['batch_size'] or 'full'}   m={s['model']['width']}  {s['model']['dtype']}   "
         f"data {s['data']['source']} n={s['data']['n']} d={s['data']['d']} c={s['data']['outputs']}",
@@ -44,31 +123,69 @@ def format_summary(s: dict) -> str:
         init = f"{s['loss_init']:.4e} -> " if s["loss_init"] is not None else ""
         lines.append(f"  loss {init}{s['loss_final']:.4e} (best {s['loss_best']:.4e}); "
                      f"subnetwork loss {s['sub_loss_final']:.4e}")
+    theory_line = []
+    if s["rate_per_round"] is not None:
+        theory_line.append(f"empirical rate {s['rate_per_round']:.4f} per round (fit of log loss)")
+    if s["lambda0"] is not None:
+        theory_line.append(f"NTK lambda_0 {s['lambda0']:.4e}")
+    if theory_line:
+        lines.append("  " + "; ".join(theory_line))
     sec = s["seconds"]
-    lines.append(f"  time {sec['wall']:.2f} s (compute {sec['compute']:.2f} s, comm {sec['comm']:.2f} s); "
-                 f"rank 0 sent {s['bytes_comm'] / 1e6:.2f} MB")
+    split = ", ".join(f"{k} {sec[k]:.2f} s" for k in ("local", "loss") if k in sec)
+    lines.append(f"  time {sec['wall']:.2f} s (compute {sec['compute']:.2f} s{': ' + split if split else ''}; "
+                 f"comm {sec['comm']:.2f} s); rank 0 sent {s['bytes_comm'] / 1e6:.2f} MB"
+                 + (f"; peak memory {max(s['peak_rss_mb']):.0f} MB per rank" if s["peak_rss_mb"] else ""))
     return "\n".join(lines)
+
+
+def comparison_table(runs: list[Run], summaries: list[dict]) -> str:
+    """One row per run: the config keys in which the runs differ, then the outcome."""
+    keys = differing_keys(runs)
+    head = ["run"] + keys + ["status", "rounds", "final loss", "best loss", "rate/round", "lambda_0", "seconds"]
+    rows = []
+    for run, s in zip(runs, summaries):
+        flat = flat_config(run)
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        rows.append([run.folder] + [str(flat.get(k)) for k in keys] + [
+            s["status"], str(s["rounds_done"]), fmt(s["loss_final"], ".4e"), fmt(s["loss_best"], ".4e"),
+            fmt(s["rate_per_round"], ".4f"), fmt(s["lambda0"], ".3e"), f"{s['seconds']['wall']:.1f}"])
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    note = f"(config keys that differ: {', '.join(keys) or 'none'})"
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows] + [note])
+
+
+def _open_all(prog: str, paths: list[str]) -> list[Run]:
+    runs = []
+    for path in paths:
+        if not os.path.exists(path):
+            _fail(prog, f"{path!r} does not exist; give a run folder or its run.h5")
+        try:
+            runs.append(Run(path))
+        except (OSError, KeyError, ValueError) as e:
+            _fail(prog, f"{path!r} is not a readable mpisub run file ({e})")
+    return runs
+
+
+def _fail(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def inspect_main(argv=None) -> None:
     import argparse
-    import sys
 
-    p = argparse.ArgumentParser(prog="mpisub-inspect", description="Summarise mpisub run files (a run folder or its run.h5).")
+    p = argparse.ArgumentParser(prog="mpisub-inspect", description=(
+        "Summarise mpisub runs (run folders or run.h5 files); with several, also a table of the "
+        "config keys in which they differ."))
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = p.parse_args(argv)
-    out = []
-    for path in args.runs:
-        if not os.path.exists(path):
-            print(f"mpisub-inspect: error: {path!r} does not exist; give a run folder or its run.h5", file=sys.stderr)
-            sys.exit(2)
-        try:
-            out.append(summary(path))
-        except (OSError, KeyError) as e:
-            print(f"mpisub-inspect: error: {path!r} is not a readable mpisub run file ({e})", file=sys.stderr)
-            sys.exit(2)
+    runs = _open_all("mpisub-inspect", args.runs)
+    summaries = [summary(r) for r in runs]
     if args.json:
-        print(json.dumps(out if len(out) > 1 else out[0], indent=1))
-    else:
-        print("\n".join(format_summary(s) for s in out))
+        print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=1))
+        return
+    print("\n".join(format_summary(s) for s in summaries))
+    if len(runs) > 1:
+        print("\n" + comparison_table(runs, summaries))

@@ -43,6 +43,15 @@ class Comm:
         self.mpi.Allgatherv(mine, [out, (sizes, offsets)])
         self._count(t0, mine.nbytes)
 
+    def gather_rows(self, mine: np.ndarray, counts: list[int], out: np.ndarray | None) -> None:
+        """Like allgather_rows, but only rank 0 receives (`out` is ignored elsewhere)."""
+        t0 = time.perf_counter()
+        width = mine.shape[1] if mine.ndim == 2 else 1
+        sizes = [c * width for c in counts]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+        self.mpi.Gatherv(mine, [out, (sizes, offsets)] if self.rank == 0 else None, root=0)
+        self._count(t0, mine.nbytes)
+
     def sum(self, buf: np.ndarray) -> None:
         """In place: every rank's buf becomes the elementwise sum over ranks."""
         t0 = time.perf_counter()

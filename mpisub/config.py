@@ -70,12 +70,19 @@ class OutputConfig:
 
 
 @dataclass
+class TheoryConfig:
+    max_n: int = 4096           # compute the NTK Gram matrix's lambda_0 when n <= max_n (0 = never)
+    store_H_max_n: int = 1024   # also store H itself (n x n) when n <= this
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     masks: MasksConfig = field(default_factory=MasksConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    theory: TheoryConfig = field(default_factory=TheoryConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,6 +133,8 @@ RULES = {
     "train.batch_size": (0, None, False, False),
     "output.log_every": (0, None, False, False),
     "output.checkpoint_every": (1, None, False, False),
+    "theory.max_n": (0, None, False, False),
+    "theory.store_H_max_n": (0, None, False, False),
 }
 
 HINTS = {

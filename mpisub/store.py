@@ -11,6 +11,8 @@ rank 0 alone. The run file's layout is a contract (README):
                               seconds_local, seconds_loss (parts of seconds_compute);
                               attr `loss_init`: the loss at W_init
   /masks                      uint8 (rounds x p x m), only with output.record_masks
+  /theory/lambda0, /theory/H  the data's NTK Gram matrix's smallest eigenvalue (n <= theory.max_n)
+                              and the matrix (n <= theory.store_H_max_n)
 
 The run file gets new metrics rows at least every WRITE_SECONDS and is held without an HDF5 file lock, so other processes (h5py,
 h5dump) can read it while training runs. The checkpoint is the run's source of truth: W, rounds
@@ -99,6 +101,11 @@ class RunFile:
         self.f["model/W"] = W_init
         self.f["model/W"].attrs["round"] = 0
         self.f.flush()
+
+    def write_theory(self, lambda0: float, H=None) -> None:
+        self.f["theory/lambda0"] = lambda0
+        if H is not None:
+            self.f["theory/H"] = H
 
     def write_loss_init(self, loss: float) -> None:
         self.f["metrics"].attrs["loss_init"] = loss
@@ -211,6 +218,8 @@ def read_run(path: str, arrays: bool = True) -> dict:
         run = {"attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}}
         run["metrics"] = {k: f["metrics"][k][()] for k in f["metrics"]}
         run["metrics"].update(f["metrics"].attrs)
+        if "theory/lambda0" in f:
+            run["lambda0"] = float(f["theory/lambda0"][()])
         for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W", "masks"):
             if arrays and name in f:
                 run[name] = f[name][()]

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import kernels, masks
+from . import kernels, masks, theory
 from .errors import UserError
 
 # a loss this many times the initial one means the steps are too large: stop rather than burn the
@@ -76,6 +76,19 @@ def network_loss(W, a, X, Y, comm, extra=()) -> tuple[float, np.ndarray]:
     return loss, buf[out.size:]
 
 
+def ntk_lambda0(X, comm, store_H: bool) -> tuple[float | None, np.ndarray | None]:
+    """lambda_0 of the data's NTK Gram matrix, on rank 0 (None elsewhere), and H when asked for.
+    The n^2 d entries are computed in row blocks over the ranks; the eigenvalue on rank 0."""
+    n = X.shape[0]
+    bounds = [k * n // comm.size for k in range(comm.size + 1)]
+    mine = theory.gram_rows(X, bounds[comm.rank], bounds[comm.rank + 1])
+    H = np.empty((n, n)) if comm.rank == 0 else None
+    comm.gather_rows(mine, [hi - lo for lo, hi in zip(bounds, bounds[1:])], H)
+    lambda0 = theory.smallest_eigenvalue(H) if comm.rank == 0 else None
+    comm.barrier()  # the others sleep while rank 0 runs the eigensolver
+    return lambda0, (H if store_H else None)
+
+
 class Interrupted(Exception):
     """A rank was asked to stop (SIGTERM/SIGUSR1): the round finished and a checkpoint was written."""
 
@@ -92,6 +105,14 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
     W, a = init_model(cfg)
     if store is not None:
         store.write_start(X, Y, a, W, cfg.data.source)
+    n = X.shape[0]
+    if n <= cfg.theory.max_n:
+        t = time.perf_counter()
+        lambda0, H = ntk_lambda0(X, comm, n <= cfg.theory.store_H_max_n)
+        if store is not None:
+            store.write_theory(lambda0, H)
+        if comm.rank == 0:
+            log(f"NTK Gram matrix of the data: lambda_0 = {lambda0:.4e} (n = {n}, {time.perf_counter() - t:.2f} s)")
 
     p, m = cfg.masks.subnets, cfg.model.width
     keep = cfg.masks.keep

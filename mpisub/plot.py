@@ -1,0 +1,76 @@
+"""`mpisub-plot`: loss curves of runs on a log scale, labelled by the config keys in which they
+differ. matplotlib is an extra: pip install 'mpisub[plot]'."""
+import argparse
+import os
+
+import numpy as np
+
+from . import theory
+from .analysis import Run, _fail, _open_all, differing_keys, flat_config
+
+
+def _pyplot(prog: str):
+    try:
+        import matplotlib
+    except ImportError:
+        _fail(prog, "plotting needs matplotlib: pip install 'mpisub[plot]' (or pip install matplotlib)")
+    matplotlib.use("Agg")  # files only: no display needed on a cluster
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def label(run: Run, keys: list[str]) -> str:
+    flat = flat_config(run)
+    return ", ".join(f"{k.split('.', 1)[1]}={flat.get(k)}" for k in keys) or os.path.basename(run.folder)
+
+
+def plot_runs(runs: list[Run], out: str, x: str = "rounds", reference: bool = False, title: str = "",
+              labels: list[str] | None = None, prog: str = "mpisub-plot") -> str:
+    """Full-network loss (solid) and mean subnetwork loss (dashed) of each run against rounds or
+    seconds; with `reference`, the NTK gradient-descent rate from lambda_0 (dotted)."""
+    plt = _pyplot(prog)
+    keys = differing_keys(runs)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, run in enumerate(runs):
+        m = run.metrics
+        color = f"C{i % 10}"
+        xs = m["round"] if x == "rounds" else np.cumsum(m["seconds_wall"])
+        x0 = np.concatenate([[0], xs])
+        loss = np.concatenate([[run.loss_init], m["loss"]])
+        ax.plot(x0, loss, "-", color=color, label=labels[i] if labels else label(run, keys))
+        ax.plot(xs, m["sub_loss"], "--", color=color, alpha=0.6, linewidth=1)
+        if reference and run.lambda0 is not None:
+            tr = run.config["train"]
+            steps = tr["local_steps"]
+            ref = theory.gd_reference(run.loss_init, tr["lr"], run.lambda0, run.config["data"]["n"], steps,
+                                      m["round"])
+            ax.plot(xs, ref, ":", color=color, linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("round" if x == "rounds" else "seconds (wall, rank 0)")
+    ax.set_ylabel("loss  L(W) = ||f - y||^2 / 2n")
+    style = "solid: full network; dashed: mean subnetwork loss" + ("; dotted: NTK GD rate from lambda_0"
+                                                                    if reference else "")
+    ax.set_title((title + "\n" if title else "") + style, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="mpisub-plot", description="Plot the loss curves of mpisub runs (log scale).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or run.h5 files")
+    p.add_argument("-o", "--output", default="loss.png", help="image file to write (default: loss.png)")
+    p.add_argument("--x", choices=("rounds", "seconds"), default="rounds", help="x axis")
+    p.add_argument("--theory", action="store_true",
+                   help="add the NTK gradient-descent rate (1 - lr lambda_0 / n)^(2 tau k) from each run's lambda_0")
+    p.add_argument("--title", default="")
+    args = p.parse_args(argv)
+    runs = _open_all("mpisub-plot", args.runs)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        _fail("mpisub-plot", f"-o {args.output!r}: folder {folder!r} does not exist")
+    plot_runs(runs, args.output, x=args.x, reference=args.theory, title=args.title)
+    print(f"wrote {args.output} ({len(runs)} run(s))")

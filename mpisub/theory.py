@@ -1,0 +1,49 @@
+"""The paper's instruments (plain numpy, no MPI): the infinite-width NTK Gram matrix of the data,
+its smallest eigenvalue lambda_0, and the empirical linear rate of a loss curve.
+
+    H_ij = <x_i, x_j> (pi - arccos(cos angle_ij)) / (2 pi)
+
+is E_w[<x_i, x_j> 1{<w, x_i> > 0} 1{<w, x_j> > 0}] for w ~ N(0, I): the Gram matrix that the
+network's gradients converge to as the width grows. Liao & Kyrillidis prove linear convergence
+(up to a neighbourhood for masked training) at a rate set by lambda_0 = lambda_min(H) > 0.
+"""
+import math
+
+import numpy as np
+
+
+def gram_rows(X: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of H (float64), so that ranks can each compute a block."""
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.linalg.norm(X, axis=1)
+    inner = X[lo:hi] @ X.T
+    denom = np.outer(norms[lo:hi], norms)
+    cos = np.divide(inner, denom, out=np.zeros_like(inner), where=denom > 0)
+    return inner * (math.pi - np.arccos(np.clip(cos, -1.0, 1.0))) / (2 * math.pi)
+
+
+def smallest_eigenvalue(H: np.ndarray) -> float:
+    """lambda_min of the symmetric H: only the lowest eigenvalue is computed."""
+    from scipy.linalg import eigh
+    return float(eigh(H, eigvals_only=True, subset_by_index=[0, 0], driver="evr")[0])
+
+
+def linear_rate(loss: np.ndarray) -> float | None:
+    """The per-round factor r of a least-squares fit log loss_k = c + k log r over the rounds
+    (r < 1: linear convergence; None when fewer than 2 positive values)."""
+    loss = np.asarray(loss, dtype=np.float64)
+    rounds = np.arange(1, len(loss) + 1)
+    keep = loss > 0
+    if keep.sum() < 2:
+        return None
+    slope = np.polyfit(rounds[keep], np.log(loss[keep]), 1)[0]
+    return float(math.exp(slope))
+
+
+def gd_reference(loss_init: float, lr: float, lambda0: float, n: int, steps_per_round: int,
+                 rounds: np.ndarray) -> np.ndarray:
+    """The full gradient descent prediction in the NTK regime for mpisub's loss L = ||u - y||^2 / (2n):
+    the residual shrinks by at least (1 - lr lambda_0 / n) per step, the loss by its square.
+    A reference line for plots, not a bound for masked training (which also has a neighbourhood)."""
+    factor = max(0.0, 1.0 - lr * lambda0 / n)
+    return loss_init * factor ** (2 * steps_per_round * np.asarray(rounds, dtype=np.float64))
