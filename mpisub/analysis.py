@@ -22,7 +22,7 @@ class Run:
             path = os.path.join(path, FILENAME)
         self.path = path
         self.folder = os.path.dirname(path)
-        with h5py.File(path, "r", locking=False) as f:
+        with h5py.File(path, "r") as f:
             self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
             self.metrics = {k: f["metrics"][k][()] for k in f["metrics"]}
             self.loss_init = float(f["metrics"].attrs["loss_init"]) if "loss_init" in f["metrics"].attrs else None
@@ -31,7 +31,7 @@ class Run:
         self.status = self.attrs["status"]
 
     def _array(self, name):
-        with h5py.File(self.path, "r", locking=False) as f:
+        with h5py.File(self.path, "r") as f:
             return f[name][()] if name in f else None
 
     W = property(lambda self: self._array("model/W"), doc="latest aggregated weights (m x d)")

@@ -191,7 +191,7 @@ def read_checkpoint(folder: str) -> dict:
         raise UserError(f"--resume {folder!r} holds no checkpoint ({CHECKPOINT}): the run stopped before "
                         f"its first one; start it again (with output.overwrite = true in that folder)")
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with h5py.File(path, "r") as f:
             ck = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
             if ck.get("format") != CHECKPOINT_FORMAT or ck.get("mpisub_version") != __version__:
                 raise UserError(
@@ -214,7 +214,7 @@ def read_run(path: str, arrays: bool = True) -> dict:
     plain Python and numpy values."""
     if os.path.isdir(path):
         path = os.path.join(path, FILENAME)
-    with h5py.File(path, "r", locking=False) as f:
+    with h5py.File(path, "r") as f:
         run = {"attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}}
         run["metrics"] = {k: f["metrics"][k][()] for k in f["metrics"]}
         run["metrics"].update(f["metrics"].attrs)

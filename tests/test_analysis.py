@@ -1,0 +1,143 @@
+"""Reading runs: lambda_0 against an independent eigenvalue computation, the notebook API,
+mpisub-inspect's numbers and comparison table, mpisub-plot's image and its missing-matplotlib message."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import mpisub
+from conftest import mpirun, sets
+from mpisub import theory
+
+BIN = os.path.dirname(sys.executable)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two small runs that differ in masks.subnets only, and one with n above theory.store_H_max_n."""
+    folder = tmp_path_factory.mktemp("runs")
+    for name, p in (("p2", 2), ("p4", 4)):
+        r = mpirun(2, *sets(output__dir=name, masks__subnets=p, train__rounds=25, data__n=200, model__width=1024),
+                   cwd=folder)
+        assert r.returncode == 0, r.stderr
+    return folder
+
+
+def _independent_ntk(X):
+    """H from its definition as an expectation, by Monte Carlo-free closed form written out
+    per pair with the angle from arccos of normalised inner products (a loop, not gram_rows)."""
+    n = X.shape[0]
+    H = np.empty((n, n))
+    for i in range(n):
+        for j in range(n):
+            c = X[i] @ X[j] / (np.linalg.norm(X[i]) * np.linalg.norm(X[j]))
+            theta = math.acos(max(-1.0, min(1.0, c)))
+            H[i, j] = X[i] @ X[j] * (math.pi - theta) / (2 * math.pi)
+    return H
+
+
+def test_lambda0_matches_an_independent_eigenvalue_computation(two_runs):
+    with h5py.File(two_runs / "p2" / "run.h5") as f:
+        X, H, lam = f["data/X"][()], f["theory/H"][()], f["theory/lambda0"][()]
+    ref = _independent_ntk(X)
+    np.testing.assert_allclose(H, ref, atol=1e-7)   # arccos near cos = 1 is ill-conditioned at 1e-8
+    assert math.isclose(lam, np.linalg.eigvalsh(ref)[0], rel_tol=1e-6)
+    assert lam > 0
+
+
+def test_ntk_kernel_is_the_expectation_it_claims_to_be():
+    """H_ij = E_w[<x_i,x_j> 1{w.x_i > 0} 1{w.x_j > 0}], w ~ N(0, I): check by sampling."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5, 3)) * rng.uniform(0.5, 2, (5, 1))
+    w = rng.standard_normal((400_000, 3))
+    on = (X @ w.T > 0).astype(float)
+    mc = (X @ X.T) * (on @ on.T) / w.shape[0]
+    np.testing.assert_allclose(theory.gram_rows(X, 0, 5), mc, atol=0.01)
+    np.testing.assert_allclose(theory.gram_rows(X, 1, 3), theory.gram_rows(X, 0, 5)[1:3])
+
+
+def test_linear_rate_recovers_a_known_rate():
+    loss = 3.0 * 0.9 ** np.arange(1, 41)
+    assert math.isclose(theory.linear_rate(loss), 0.9, rel_tol=1e-12)
+    assert theory.linear_rate(np.array([1.0])) is None
+
+
+def test_lambda0_skipped_above_max_n_and_H_only_for_small_n(tmp_path):
+    r = mpirun(2, *sets(output__dir="big", data__n=300, theory__store_H_max_n=100, train__rounds=2,
+                        model__width=256), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = mpirun(2, *sets(output__dir="off", data__n=300, theory__max_n=299, train__rounds=2, model__width=256),
+               cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "big" / "run.h5") as f:
+        assert "theory/lambda0" in f and "theory/H" not in f
+    with h5py.File(tmp_path / "off" / "run.h5") as f:
+        assert "theory" not in f
+
+
+def test_open_run_and_open_runs(two_runs):
+    run = mpisub.open_run(str(two_runs / "p4"))
+    with h5py.File(two_runs / "p4" / "run.h5") as f:
+        np.testing.assert_array_equal(run.W, f["model/W"][()])
+        np.testing.assert_array_equal(run.W_init, f["model/W_init"][()])
+        np.testing.assert_array_equal(run.metrics["loss"], f["metrics/loss"][()])
+        assert run.config == json.loads(f.attrs["config"]) and run.status == f.attrs["status"] == "completed"
+        assert run.lambda0 == f["theory/lambda0"][()]
+    assert run.config["masks"]["subnets"] == 4
+    runs = mpisub.open_runs(str(two_runs / "p*"))
+    assert [os.path.basename(r.folder) for r in runs] == ["p2", "p4"]
+    assert mpisub.open_runs(str(two_runs / "nothing*")) == []
+
+
+def test_inspect_numbers_and_comparison_table(two_runs):
+    inspect = os.path.join(BIN, "mpisub-inspect")
+    paths = [str(two_runs / "p2"), str(two_runs / "p4")]
+    js = json.loads(subprocess.run([inspect, *paths, "--json"], capture_output=True, text=True, timeout=60).stdout)
+    for path, s in zip(paths, js):
+        with h5py.File(os.path.join(path, "run.h5")) as f:
+            loss = f["metrics/loss"][()]
+            assert s["loss_final"] == loss[-1] and s["loss_best"] == loss.min()
+            assert s["loss_init"] == f["metrics"].attrs["loss_init"]
+            assert s["lambda0"] == f["theory/lambda0"][()]
+            slope = np.polyfit(np.arange(1, len(loss) + 1), np.log(loss), 1)[0]
+            assert math.isclose(s["rate_per_round"], math.exp(slope), rel_tol=1e-9)
+            assert math.isclose(s["seconds"]["wall"], f["metrics/seconds_wall"][()].sum())
+            assert s["bytes_comm"] == f["metrics/bytes_comm"][()].sum()
+            assert len(s["peak_rss_mb"]) == 2
+    text = subprocess.run([inspect, *paths], capture_output=True, text=True, timeout=60).stdout
+    table = text[text.index("\nrun "):].strip().splitlines()
+    header = table[0].split()
+    # only the keys that differ (subnets, and keep that follows from it) are columns
+    assert header[:3] == ["run", "masks.keep", "masks.subnets"]
+    assert "(config keys that differ: masks.keep, masks.subnets)" in text
+    rows = {line.split()[0]: line.split() for line in table[2:4]}
+    assert rows[paths[0]][2] == "2" and rows[paths[1]][2] == "4"
+    assert float(rows[paths[1]][5]) == pytest.approx(js[1]["loss_final"], rel=1e-4)
+
+
+def test_plot_writes_an_image_with_the_curves(two_runs, tmp_path):
+    plot = os.path.join(BIN, "mpisub-plot")
+    out = tmp_path / "loss.png"
+    r = subprocess.run([plot, str(two_runs / "p2"), str(two_runs / "p4"), "-o", str(out), "--theory", "--x", "seconds"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    import matplotlib.image
+    img = matplotlib.image.imread(str(out))
+    assert img.shape[0] > 300 and img.shape[1] > 500
+    # the first two colours of the cycle (C0 blue, C1 orange) are drawn: two runs
+    rgb = img[..., :3]
+    for colour in ((0x1f, 0x77, 0xb4), (0xff, 0x7f, 0x0e)):
+        assert (np.abs(rgb - np.array(colour) / 255).sum(axis=-1) < 0.05).sum() > 100
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(two_runs, tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None; from mpisub.plot import plot_main; "
+            f"plot_main([{str(two_runs / 'p2')!r}, '-o', {str(tmp_path / 'x.png')!r}])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "mpisub-plot: error: plotting needs matplotlib: pip install 'mpisub[plot]' (or pip install matplotlib)"
