@@ -86,6 +86,11 @@ def _prepare(args, comm):
     checkpoint to resume from, the data. Returns (cfg, X, Y, data_sha256, checkpoint or None)."""
     from . import data, store
 
+    step_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    if comm.size == 1 and step_tasks > 1:
+        raise UserError(f"srun started {step_tasks} tasks but MPI sees 1 rank in each: every task would "
+                        f"train alone. Give srun the MPI plugin of your MPI library (srun --mpi=pmi2 for "
+                        f"MPICH, --mpi=pmix for Open MPI; srun --mpi=list shows them) or use mpirun")
     checkpoint = None
     if args.resume:
         if args.config or args.preset:
