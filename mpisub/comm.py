@@ -20,7 +20,8 @@ class Comm:
         self.last_seconds = 0.0  # of the latest collective
 
     def library(self) -> str:
-        return " ".join(MPI.Get_library_version().split("\n")[0].split())
+        # Open MPI's string ends in a NUL, which HDF5 strings cannot hold
+        return " ".join(MPI.Get_library_version().replace("\0", "").split("\n")[0].split())
 
     def take_counters(self) -> tuple[float, int]:
         """(seconds, bytes) since the last call."""

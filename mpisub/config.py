@@ -244,7 +244,8 @@ RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every")
 
 
 def for_resume(stored: dict, overrides: list[str] = ()) -> Config:
-    """The stored (resolved) config of a run being resumed, with `--set` allowed on RESUME_KEYS."""
+    """The stored (resolved) config of a run being resumed. `--set` may change RESUME_KEYS; any
+    other key it may only repeat (so a job script can pass the same options on every attempt)."""
     cfg = from_dict(stored)
     apply_overrides(cfg, overrides, allowed=RESUME_KEYS)
     check_ranges(cfg)
@@ -254,12 +255,15 @@ def for_resume(stored: dict, overrides: list[str] = ()) -> Config:
 def apply_overrides(cfg: Config, overrides: list[str], allowed: tuple[str, ...] | None = None) -> None:
     for text in overrides:
         key, value = parse_assignment(text)
-        if allowed is not None and key not in allowed:
-            raise UserError(f"--set {key}: a resumed run keeps its config (its results depend on it); "
-                            f"only {', '.join(allowed)} may change with --resume")
         if isinstance(value, (int, float)) and key in _string_keys(cfg):
             value = text.split("=", 1)[1].strip()  # --set output.dir=2024 means the folder "2024"
+        before = copy.deepcopy(cfg)
         set_value(cfg, key, value)
+        if allowed is not None and key not in allowed and cfg != before:
+            section, name = key.split(".")
+            raise UserError(f"--set {key}={value!r}: the run being resumed has {key} = "
+                            f"{getattr(getattr(before, section), name)!r}, and its results depend on it; "
+                            f"only {', '.join(allowed)} may change with --resume")
 
 
 def check_ranges(cfg: Config) -> None:

@@ -124,7 +124,7 @@ CASES = [
     ("resume from another version", ["--resume", "v"], lambda d: _checkpoint(str(d / "v"), version="0.0.1"),
      ["written by mpisub 0.0.1", "resume with that version"]),
     ("resume with a changed key", ["--resume", "r", S, "train.lr=1"], lambda d: _checkpoint(str(d / "r")),
-     ["--set train.lr: a resumed run keeps its config"]),
+     ["--set train.lr=1: the run being resumed has train.lr = 4.0", "only train.rounds"]),
     ("resume with --config", ["--resume", "r", "--config", "x.toml"], lambda d: _checkpoint(str(d / "r")),
      ["--resume continues a run with its stored config; leave out --config"]),
 ]

@@ -115,8 +115,12 @@ def test_resume_allows_only_keys_that_do_not_change_results():
     stored = config.resolve(config.build(), 2).to_dict()
     cfg = config.for_resume(stored, ["train.rounds=500", "output.log_every=7"])
     assert (cfg.train.rounds, cfg.output.log_every, cfg.masks.subnets) == (500, 7, 2)
-    with pytest.raises(UserError, match="--set train.lr: a resumed run keeps its config"):
+    with pytest.raises(UserError, match="--set train.lr=1: the run being resumed has train.lr = 4.0"):
         config.for_resume(stored, ["train.lr=1"])
+    # repeating a stored value is not a change: a job script may pass the same options every time
+    assert config.for_resume(stored, ["train.lr=4", "masks.subnets=2"]).masks.subnets == 2
+    with pytest.raises(UserError, match="masks.subnets = 2"):
+        config.for_resume(stored, ["masks.subnets=0"])
 
 
 def test_bad_config_files(tmp_path):

@@ -1,0 +1,40 @@
+"""Every example runs as one command (in its --quick size here), writes its runs and its PNG, and
+trains what it says it trains."""
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+import mpisub
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = {  # script: (runs it writes, a check of their configs)
+    "fig2a_keep": (4, lambda runs: sorted(r.config["masks"]["keep"] for r in runs) == [0.3, 0.5, 0.8, 1.0]
+                   and all(r.config["train"]["lr"] == pytest.approx(8 * r.config["masks"]["keep"]) for r in runs)),
+    "heatmap_p_keep": (4, lambda runs: {(r.config["masks"]["subnets"], r.config["masks"]["keep"]) for r in runs}
+                       == {(1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)}),
+    "width": (2, lambda runs: sorted(r.config["model"]["width"] for r in runs) == [64, 256]),
+    "schemes": (4, lambda runs: sorted(r.config["masks"]["kind"] for r in runs)
+                == ["bernoulli", "bernoulli", "full", "partition"]),
+    "diabetes": (2, lambda runs: all(r.config["data"]["n"] == 442 and r.config["data"]["d"] == 10 for r in runs)),
+}
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example(name, tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", f"{name}.py"), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    count, check = EXAMPLES[name]
+    assert len([line for line in r.stdout.splitlines() if line.startswith("[")]) == count  # one line per run
+    runs = mpisub.open_runs(str(tmp_path / name / "*"))
+    assert len(runs) == count and all(run.status == "completed" for run in runs)
+    assert check(runs)
+    image = matplotlib.image.imread(str(tmp_path / f"{name}.png"))
+    assert image.shape[0] > 200 and image[..., :3].std() > 0.05   # a picture, not a blank
+    # a second time, every run is reused, not trained again
+    again = subprocess.run([sys.executable, os.path.join(ROOT, "examples", f"{name}.py"), "--quick", "--out",
+                            str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count(": reused (") == count, again.stdout

@@ -1,0 +1,217 @@
+"""jobs/slurm.sbatch on a real single-node Slurm cluster started by this test (munged, slurmctld,
+slurmd as plain processes, stopped by their PIDs at the end). The Debian packages are installed
+when missing (root, apt-get); when that is impossible the tests say so and skip."""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ONE_THREAD, mpirun, sets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+DAEMONS = ["munged", "slurmctld", "slurmd", "sbatch"]
+
+
+def _install() -> str | None:
+    """None when the Slurm binaries are there (installing them if need be), else why not."""
+    if all(shutil.which(b) or os.path.exists(f"/usr/sbin/{b}") for b in DAEMONS):
+        return None
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "Slurm is not installed and apt-get as root is not available here"
+    policy = "/usr/sbin/policy-rc.d"  # keep the packages' scripts from starting services
+    with open(policy, "w") as f:
+        f.write("#!/bin/sh\nexit 101\n")
+    os.chmod(policy, 0o755)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if r.returncode:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        os.remove(policy)
+    return None if r.returncode == 0 else f"apt-get install {' '.join(PACKAGES)} failed: {r.stderr[-300:]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid(path) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    why = _install()
+    if why:
+        pytest.skip(f"no Slurm: {why}")
+    d = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool", "munge"):
+        (d / sub).mkdir()
+    os.chmod(d / "munge", 0o700)
+    key = d / "munge" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    os.chmod(key, 0o400)
+    node = re.search(r"NodeName=(\S+)", subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout).group(1)
+    memory = re.search(r"RealMemory=(\d+)", subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout).group(1)
+    conf = d / "slurm.conf"
+    conf.write_text(f"""ClusterName=mpisubtest
+SlurmctldHost={node}(127.0.0.1)
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={d}/munge/munge.socket
+SlurmUser=root
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+MpiDefault=pmi2
+MinJobAge=4
+EnforcePartLimits=ALL
+SlurmdParameters=config_overrides
+ReturnToService=2
+JobRequeue=1
+SchedulerParameters=sched_interval=1
+NodeName={node} NodeAddr=127.0.0.1 CPUs=4 RealMemory={memory} State=UNKNOWN
+PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+""")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    subprocess.run(["munged", f"--socket={d}/munge/munge.socket", f"--key-file={key}", f"--pid-file={d}/munged.pid",
+                    f"--log-file={d}/munged.log", f"--seed-file={d}/munge/seed", "--force"], check=True, env=env,
+                   timeout=30)
+    subprocess.run(["slurmctld", "-i"], check=True, env=env, timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while "UP" not in subprocess.run(["scontrol", "ping"], capture_output=True, text=True, env=env).stdout:
+            assert time.monotonic() < deadline, (d / "slurmctld.log").read_text()[-2000:]
+            time.sleep(0.3)
+        subprocess.run(["slurmd"], check=True, env=env, timeout=30)
+        while subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env).stdout.strip() != "idle":
+            assert time.monotonic() < deadline, (d / "slurmd.log").read_text()[-2000:]
+            time.sleep(0.3)
+        yield env
+    finally:
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid = _pid(d / f"{name}.pid")
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        time.sleep(1)
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid = _pid(d / f"{name}.pid")
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _sbatch(env, folder, run_dir: str, extra: str, wait: bool = True, timeout: float = 240) -> str:
+    """Submit jobs/slurm.sbatch from folder; returns the job id (after it ends, with wait)."""
+    job_env = {**env, "RUN_DIR": run_dir, "EXTRA": extra, "VENV": sys.prefix}
+    cmd = ["sbatch", "--parsable", f"--chdir={folder}", "--ntasks=4", "--cpus-per-task=1", "--time=5",
+           *(["--wait"] if wait else []), os.path.join(ROOT, "jobs", "slurm.sbatch")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=job_env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        subprocess.run(["scancel", "--user=root"], env=env)
+        pytest.fail(f"sbatch did not return within {timeout} s")
+    assert out.strip(), err
+    return out.strip().split(";")[0]
+
+
+def _small(rounds: int, every: int = 10) -> str:
+    return " ".join(sets(masks__subnets=4, model__width=1024, data__n=256, train__rounds=rounds,
+                         output__checkpoint_every=every, output__log_every=50))
+
+
+def test_sbatch_runs_the_job_with_srun_and_4_ranks(slurm, tmp_path):
+    job = _sbatch(slurm, tmp_path, "run", _small(30))
+    log = (tmp_path / f"mpisub-{job}.out").read_text()
+    assert f"mpisub job {job}: starting run" in log, log
+    with h5py.File(tmp_path / "run" / "run.h5") as f:
+        assert f.attrs["status"] == "completed", log
+        assert f.attrs["ranks"] == 4            # srun --mpi=pmi2 made one MPI job of 4 ranks
+        np.testing.assert_array_equal(f["metrics/round"][()], np.arange(1, 31))
+        assert f["metrics/loss"][-1] < f["metrics"].attrs["loss_init"] / 5
+
+
+def test_signal_before_the_time_limit_checkpoints_requeues_and_resumes(slurm, tmp_path):
+    """What --signal=B:USR1@120 does near the limit, sent now: the script passes it on, the run
+    checkpoints and exits 3, the job requeues itself and resumes to the weights of an unbroken run."""
+    rounds = 600
+    job = _sbatch(slurm, tmp_path, "run", _small(rounds, 25), wait=False)
+    path = tmp_path / "run" / "run.h5"
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline, "the job did not start training"
+        try:
+            with h5py.File(path) as f:
+                if f["metrics/round"].shape[0] >= 5:
+                    break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, env=slurm)
+    deadline = time.monotonic() + 240
+    log = tmp_path / f"mpisub-{job}.out"
+    nudged = False
+    while True:
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+        text = log.read_text() if log.exists() else ""
+        state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=slurm).stdout
+        if "resuming" in text and "JobState=COMPLETED" in state:
+            break
+        assert "JobState=FAILED" not in state, text
+        if not nudged and "JobState=PENDING" in state and "Restarts=1" in state:
+            # Slurm holds a requeued job back for a couple of minutes; a test need not wait for that
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, env=slurm)
+            nudged = True
+        time.sleep(0.5)
+    assert "asking the run to checkpoint" in text and "checkpointed; requeueing to resume" in text, text
+    stopped = int(re.search(r"USR1: stopped after round (\d+)", text).group(1))
+    assert 5 <= stopped < rounds
+    r = mpirun(4, *_small(rounds, 25).split(), "--set", 'output.dir="unbroken"', cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(path) as f, h5py.File(tmp_path / "unbroken" / "run.h5") as g:
+        assert f.attrs["status"] == "completed"
+        np.testing.assert_array_equal(f["metrics/round"][()], np.arange(1, rounds + 1))
+        np.testing.assert_array_equal(f["model/W"][()], g["model/W"][()])
+
+
+def test_srun_without_an_mpi_plugin_is_refused(slurm, tmp_path):
+    train = os.path.join(os.path.dirname(sys.executable), "mpisub-train")
+    r = subprocess.run(["srun", "--mpi=none", "-n", "2", train, *sets(output__dir="x")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env=slurm)
+    assert r.returncode == 2
+    assert "srun started 2 tasks but MPI sees 1 rank in each" in r.stderr and "--mpi=pmi2" in r.stderr
+    assert not (tmp_path / "x").exists()
