@@ -7,7 +7,6 @@ import os
 import sys
 
 import h5py
-import numpy as np
 
 from . import theory
 from .store import FILENAME
