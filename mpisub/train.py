@@ -108,6 +108,9 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
     n = X.shape[0]
     if n <= cfg.theory.max_n:
         t = time.perf_counter()
+        if comm.rank == 0 and n > 2000:
+            log(f"computing the NTK Gram matrix of the data and its lambda_0 (n = {n}; a few seconds; "
+                f"theory.max_n = 0 skips it) ...")
         lambda0, H = ntk_lambda0(X, comm, n <= cfg.theory.store_H_max_n)
         if store is not None:
             store.write_theory(lambda0, H)
