@@ -22,7 +22,7 @@ def _problem(kind, p, keep, m=40, n=25, d=6, c=2, seed=3):
 
 
 @pytest.mark.parametrize("kind,p,keep", [("bernoulli", 3, 0.5), ("partition", 4, 0.25)])
-def test_numpy_and_torch_rounds_match_the_reference_replay(kind, p, keep):
+def test_numpy_round_matches_the_reference_replay(kind, p, keep):
     X, Y, W, a, M = _problem(kind, p, keep)
     W_ref, losses, _ = replay(W, a, X, Y, M, keep, lr=0.3, local_steps=2)
     W_np = W
@@ -30,7 +30,13 @@ def test_numpy_and_torch_rounds_match_the_reference_replay(kind, p, keep):
         W_np, loss = bench.numpy_round(W_np, a, X, Y, M[k], keep, 0.3, 2)
         assert math.isclose(loss, losses[k], rel_tol=1e-10)
     np.testing.assert_allclose(W_np, W_ref, rtol=1e-10, atol=1e-12)
-    torch = pytest.importorskip("torch", reason="torch is optional (pip install torch==2.13.0)")
+
+
+@pytest.mark.parametrize("kind,p,keep", [("bernoulli", 3, 0.5), ("partition", 4, 0.25)])
+def test_torch_round_matches_the_reference_replay(kind, p, keep):
+    torch = pytest.importorskip("torch", reason="torch is optional and kept out of CI (pip install torch==2.13.0)")
+    X, Y, W, a, M = _problem(kind, p, keep)
+    W_ref, losses, _ = replay(W, a, X, Y, M, keep, lr=0.3, local_steps=2)
     W_t = torch.from_numpy(W)
     for k in range(3):
         W_t, loss = bench.torch_round(torch, W_t, torch.from_numpy(a), torch.from_numpy(X), torch.from_numpy(Y),
