@@ -115,22 +115,16 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
             assert time.monotonic() < deadline, (d / "slurmd.log").read_text()[-2000:]
             time.sleep(0.3)
         yield env
-    finally:
-        for name in ("slurmd", "slurmctld", "munged"):
-            pid = _pid(d / f"{name}.pid")
-            if pid:
+    finally:  # stop every daemon this test started, by the PID it wrote
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for name in ("slurmd", "slurmctld", "munged"):
+                pid = _pid(d / f"{name}.pid")
                 try:
-                    os.kill(pid, signal.SIGTERM)
+                    if pid:
+                        os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-        time.sleep(1)
-        for name in ("slurmd", "slurmctld", "munged"):
-            pid = _pid(d / f"{name}.pid")
-            if pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            time.sleep(1)
 
 
 def _sbatch(env, folder, run_dir: str, extra: str, wait: bool = True, timeout: float = 240) -> str:
