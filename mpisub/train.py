@@ -89,6 +89,35 @@ def ntk_lambda0(X, comm, store_H: bool) -> tuple[float | None, np.ndarray | None
     return lambda0, (H if store_H else None)
 
 
+def record_lambda0(cfg, comm, X, store, log) -> None:
+    n, t = X.shape[0], time.perf_counter()
+    if comm.rank == 0 and n > 2000:
+        log(f"computing the NTK Gram matrix of the data and its lambda_0 (n = {n}; a few seconds; "
+            f"theory.max_n = 0 skips it) ...")
+    lambda0, H = ntk_lambda0(X, comm, n <= cfg.theory.store_H_max_n)
+    if store is not None:
+        store.write_theory(lambda0, H)
+    if comm.rank == 0:
+        log(f"NTK Gram matrix of the data: lambda_0 = {lambda0:.4e} (n = {n}, {time.perf_counter() - t:.2f} s)")
+
+
+def restore(cfg, start: dict, store, dtype):
+    """(rounds done, loss_init, W, metrics history) from a checkpoint; rank 0 rebuilds the run file's
+    rows. The checkpoint's W and round are all the state there is: masks and minibatches are
+    functions of (seed, round, subnet), so the rounds ahead are the ones an unbroken run takes."""
+    first = start["round"]
+    W = start["W"].astype(dtype)
+    history = {name: list(values) for name, values in start["metrics"].items()}
+    if store is not None:
+        mk = cfg.masks
+        for i in range(first):
+            M = masks.sample(mk.kind, mk.subnets, mk.keep, cfg.model.width, cfg.train.seed, i) \
+                if cfg.output.record_masks else None
+            store.append({name: values[i] for name, values in history.items()}, M)
+        store.write_weights(W, first)
+    return first, start["loss_init"], W, history
+
+
 class Interrupted(Exception):
     """A rank was asked to stop (SIGTERM/SIGUSR1): the round finished and a checkpoint was written."""
 
@@ -105,17 +134,8 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
     W, a = init_model(cfg)
     if store is not None:
         store.write_start(X, Y, a, W, cfg.data.source)
-    n = X.shape[0]
-    if n <= cfg.theory.max_n:
-        t = time.perf_counter()
-        if comm.rank == 0 and n > 2000:
-            log(f"computing the NTK Gram matrix of the data and its lambda_0 (n = {n}; a few seconds; "
-                f"theory.max_n = 0 skips it) ...")
-        lambda0, H = ntk_lambda0(X, comm, n <= cfg.theory.store_H_max_n)
-        if store is not None:
-            store.write_theory(lambda0, H)
-        if comm.rank == 0:
-            log(f"NTK Gram matrix of the data: lambda_0 = {lambda0:.4e} (n = {n}, {time.perf_counter() - t:.2f} s)")
+    if X.shape[0] <= cfg.theory.max_n:
+        record_lambda0(cfg, comm, X, store, log)
 
     p, m = cfg.masks.subnets, cfg.model.width
     keep = cfg.masks.keep
@@ -135,15 +155,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
         if comm.rank == 0:
             log(f"round {0:>{width}}/{rounds}  loss {loss_init:.4e}  (initial weights)")
     else:
-        # the checkpoint's W and rounds are all the state there is: masks and minibatches are
-        # functions of (seed, round, subnet), so the rounds ahead are the ones an unbroken run takes
-        first, loss_init, W = start["round"], start["loss_init"], start["W"].astype(W.dtype)
-        history = {name: list(values) for name, values in start["metrics"].items()}
-        if store is not None:
-            for i in range(first):
-                M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, i) if cfg.output.record_masks else None
-                store.append({name: values[i] for name, values in history.items()}, M)
-            store.write_weights(W, first)
+        first, loss_init, W, history = restore(cfg, start, store, W.dtype)
         if comm.rank == 0:
             log(f"round {first:>{width}}/{rounds}  loss {history['loss'][-1]:.4e}  (resumed from the checkpoint)")
     comm.take_counters()

@@ -206,3 +206,16 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
     assert np.all(np.isfinite(ck["W"])) and np.all(np.isfinite(ck["metrics"]["loss"]))
     with h5py.File(tmp_path / "out" / "run.h5") as f:
         assert f.attrs["status"] == "failed"
+
+
+def test_a_finished_run_trains_longer_with_its_masks_rebuilt(tmp_path):
+    job = dict(masks__kind="categorical", masks__subnets=2, model__width=256, data__n=64, output__record_masks=True)
+    assert mpirun(2, *sets(output__dir="long", train__rounds=12, **job), cwd=tmp_path, env=ONE_THREAD).returncode == 0
+    assert mpirun(2, *sets(output__dir="short", train__rounds=7, **job), cwd=tmp_path, env=ONE_THREAD).returncode == 0
+    r = mpirun(1, "--resume", "short", "--set", "train.rounds=12", cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    short, long = store.read_run(str(tmp_path / "short")), store.read_run(str(tmp_path / "long"))
+    np.testing.assert_array_equal(short["model/W"], long["model/W"])
+    np.testing.assert_array_equal(short["masks"], long["masks"])       # rows 1-7 rebuilt from (seed, round)
+    np.testing.assert_array_equal(short["metrics"]["round"], np.arange(1, 13))
+    assert short["attrs"]["status"] == "completed"
