@@ -29,6 +29,29 @@ def mpirun(ranks: int, *args: str, cwd, timeout: float = 180, env: dict | None =
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def debian_packages(binaries: list[str], packages: list[str]) -> str | None:
+    """None when the binaries are there, installing the Debian packages if need be (root, apt-get,
+    with services kept from starting); else why they cannot be had."""
+    if all(shutil.which(b) or os.path.exists(f"/usr/sbin/{b}") for b in binaries):
+        return None
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return f"{', '.join(binaries)} not installed, and apt-get as root is not available here"
+    policy = "/usr/sbin/policy-rc.d"
+    with open(policy, "w") as f:
+        f.write("#!/bin/sh\nexit 101\n")
+    os.chmod(policy, 0o755)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if r.returncode:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        os.remove(policy)
+    return None if r.returncode == 0 else f"apt-get install {' '.join(packages)} failed: {r.stderr[-300:]}"
+
+
 # BLAS (OpenBLAS included) rounds differently with a different number of threads, so runs whose
 # bits are compared across K give every rank the same thread count
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

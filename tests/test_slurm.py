@@ -3,7 +3,6 @@ slurmd as plain processes, stopped by their PIDs at the end). The Debian package
 when missing (root, apt-get); when that is impossible the tests say so and skip."""
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,33 +13,11 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ONE_THREAD, mpirun, sets
+from conftest import ONE_THREAD, debian_packages, mpirun, sets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 DAEMONS = ["munged", "slurmctld", "slurmd", "sbatch"]
-
-
-def _install() -> str | None:
-    """None when the Slurm binaries are there (installing them if need be), else why not."""
-    if all(shutil.which(b) or os.path.exists(f"/usr/sbin/{b}") for b in DAEMONS):
-        return None
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return "Slurm is not installed and apt-get as root is not available here"
-    policy = "/usr/sbin/policy-rc.d"  # keep the packages' scripts from starting services
-    with open(policy, "w") as f:
-        f.write("#!/bin/sh\nexit 101\n")
-    os.chmod(policy, 0o755)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        if r.returncode:
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    finally:
-        os.remove(policy)
-    return None if r.returncode == 0 else f"apt-get install {' '.join(PACKAGES)} failed: {r.stderr[-300:]}"
 
 
 def _free_port() -> int:
@@ -59,7 +36,7 @@ def _pid(path) -> int | None:
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    why = _install()
+    why = debian_packages(DAEMONS, PACKAGES)
     if why:
         pytest.skip(f"no Slurm: {why}")
     d = tmp_path_factory.mktemp("slurm")
