@@ -26,19 +26,32 @@ def threads_per_rank(mine: set, on_node: list) -> int:
     return max(1, len(mine) // max(1, sharing))
 
 
-def set_threads(node_comm) -> str:
-    """Must run before numpy/scipy load their BLAS. A user who set any of the usual variables decides."""
+def set_threads(node_comm) -> int:
+    """Must run before numpy/scipy load their BLAS. Returns this rank's cores (0 when the user set
+    any of the usual variables: then they decide)."""
     try:
         mine = set(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover (not Linux)
         mine = set(range(os.cpu_count() or 1))
     on_node = node_comm.allgather(mine)  # collective: every rank calls it, whatever the environment
     if any(v in os.environ for v in THREAD_VARS):
-        return "set by the environment"
-    n = str(threads_per_rank(mine, on_node))
+        return 0
+    cores = threads_per_rank(mine, on_node)
+    _set_thread_vars(cores)
+    return cores
+
+
+def _set_thread_vars(n: int) -> None:
     for var in THREAD_VARS:
-        os.environ[var] = n
-    return n
+        os.environ[var] = str(n)
+
+
+def split_cores(cores: int, subnets_here: int) -> tuple[int, int]:
+    """(subnetwork workers, BLAS threads each) for a rank with `cores` cores and `subnets_here`
+    subnetworks: independent subnetworks in parallel threads beat one subnetwork on several BLAS
+    threads (small products do not scale in BLAS, and the element-wise work runs on all cores)."""
+    workers = max(1, min(cores, subnets_here))
+    return workers, max(1, cores // workers)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,7 +126,7 @@ def _prepare(args, comm):
     return cfg, X, Y, digest, checkpoint
 
 
-def _train(argv, comm, threads: str) -> None:
+def _train(argv, comm, cores: int) -> None:
     from . import kernels, train
 
     parser = train_parser()
@@ -136,6 +149,12 @@ def _train(argv, comm, threads: str) -> None:
         if comm.rank == 0:
             print(cfg.to_toml())
         return
+    workers, blas = split_cores(cores, cfg.masks.subnets // comm.size) if cores else (1, 0)
+    if workers > 1 and "scipy.linalg" not in sys.modules:
+        _set_thread_vars(blas)  # read by the kernels' BLAS (scipy's OpenBLAS) when it first loads, just below
+    else:
+        workers = 1
+    threads = f"{blas} x {workers} subnetwork workers" if workers > 1 else str(cores or "set by the environment")
     run_file = _open_run_file(cfg, comm, digest, checkpoint)
 
     stop = []
@@ -155,7 +174,7 @@ def _train(argv, comm, threads: str) -> None:
             kernels.compile_for(cfg.model.dtype)
         comm.barrier()
         result = train.run(cfg, comm, X, Y, run_file, log=lambda s: print(s, flush=True),
-                           start=checkpoint, stop_requested=lambda: bool(stop))
+                           start=checkpoint, stop_requested=lambda: bool(stop), workers=workers)
         status = "completed"
         _record_peak_memory(comm, run_file)
     except train.Interrupted as e:
@@ -223,14 +242,14 @@ def train_main(argv=None) -> None:
 
     world = MPI.COMM_WORLD
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
-    threads = set_threads(node)
+    cores = set_threads(node)
     node.Free()
 
     from .comm import Comm
 
     comm = Comm(world)
     try:
-        _train(argv, comm, threads)
+        _train(argv, comm, cores)
     except UserError as e:
         if "--debug" in argv and comm.rank == 0:
             traceback.print_exc()

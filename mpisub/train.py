@@ -8,8 +8,11 @@
                     a neuron held by none keeps w_{k,r}
         record the full network's loss L(W_{k+1})
 """
+import contextlib
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 
 import numpy as np
 
@@ -126,11 +129,18 @@ class Interrupted(Exception):
         self.rounds_done = rounds_done
 
 
-def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambda: False) -> dict:
+def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambda: False, workers=1) -> dict:
     """Train with a resolved config on data X (n x d), Y (n x c). Every rank calls this; `store`
     (the run file) is rank 0's alone. `start`: a checkpoint to continue from. `stop_requested`:
     polled once a round; when it is true on any rank, every rank stops after the round together.
+    `workers`: threads that train this rank's subnetworks side by side (the kernels release the GIL).
     Returns the final weights and the per-round metrics."""
+    with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        return _run(cfg, comm, X, Y, store, log, start, stop_requested,
+                    pool.map if pool is not None else map)
+
+
+def _run(cfg, comm, X, Y, store, log, start, stop_requested, each) -> dict:
     W, a = init_model(cfg)
     if store is not None:
         store.write_start(X, Y, a, W, cfg.data.source)
@@ -172,14 +182,15 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
         rows = [np.flatnonzero(M[l]) for l in range(p)]  # each subnetwork's active neurons
 
         # 1. every subnetwork on this rank: tau local steps from W_k, on its active rows only
-        updated, sub_loss_sum, seconds_local = {}, 0.0, 0.0
-        for l in my_subnets:
-            W_l = W[rows[l]]
-            batches = masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, round, l)
-            t = time.perf_counter()
-            sub_loss_sum += kernels.local_steps(W_l, a[rows[l]], X, Y, sub_scale, lr, batches)
-            seconds_local += time.perf_counter() - t
-            updated[l] = W_l
+        #    (updated in place; side by side on `workers` threads)
+        updated = {l: W[rows[l]] for l in my_subnets}
+        batches = [masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, round, l)
+                   for l in my_subnets]
+        t = time.perf_counter()
+        sub_losses = list(each(kernels.local_steps, updated.values(), [a[rows[l]] for l in my_subnets],
+                               repeat(X), repeat(Y), repeat(sub_scale), repeat(lr), batches))
+        seconds_local = time.perf_counter() - t
+        sub_loss_sum = sum(sub_losses)  # in subnet order, however they ran
 
         # 2. aggregate per neuron over the subnetworks that hold it
         W = aggregate(W, M, rows, updated, comm, disjoint)

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import mpirun, sets
+from conftest import ONE_THREAD, mpirun, sets
 from mpisub import cli
 
 
@@ -104,6 +104,29 @@ def test_print_config_shows_the_resolved_values(tmp_path):
     assert r.returncode == 0
     assert 'kind = "bernoulli"' in r.stdout and "subnets = 4" in r.stdout and "keep = 0.5" in r.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_split_cores_between_subnetwork_workers_and_blas():
+    assert cli.split_cores(2, 4) == (2, 1)      # 4 subnetworks on 2 cores: 2 side by side, 1 BLAS thread each
+    assert cli.split_cores(16, 4) == (4, 4)
+    assert cli.split_cores(8, 1) == (1, 8)      # one subnetwork (gd, dropout): all cores to BLAS
+    assert cli.split_cores(1, 10) == (1, 1)
+
+
+def test_subnetwork_workers_give_the_bits_of_one_rank_per_subnetwork(tmp_path, monkeypatch):
+    """K = 1 with the machine's cores split into subnetwork threads (when it has 2 or more) trains
+    the same weights, bit for bit, as K = 4 ranks of one thread each."""
+    job = sets(masks__subnets=4, model__width=512, data__n=128, train__rounds=10)
+    for var in cli.THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)   # mpisub chooses the threads
+    r1 = mpirun(1, *job, "--set", 'output.dir="k1"', cwd=tmp_path)
+    assert r1.returncode == 0, r1.stderr
+    r4 = mpirun(4, *job, "--set", 'output.dir="k4"', cwd=tmp_path, env=ONE_THREAD)
+    assert r4.returncode == 0, r4.stderr
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert "BLAS threads per rank: 1 x 2 subnetwork workers" in r1.stdout
+    with h5py.File(tmp_path / "k1" / "run.h5") as f, h5py.File(tmp_path / "k4" / "run.h5") as g:
+        np.testing.assert_array_equal(f["model/W"][()], g["model/W"][()])
 
 
 def test_threads_per_rank():
