@@ -64,13 +64,16 @@ def aggregate(W, M, rows, updated, comm, disjoint: bool) -> np.ndarray:
     return W_next
 
 
-def network_loss(W, a, X, Y, comm, extra=()) -> tuple[float, np.ndarray]:
+def network_loss(W, a, X, Y, comm, extra=(), each=map, parts: int = 1) -> tuple[float, np.ndarray]:
     """The full network's loss L(W), with the sums over ranks of the numbers in `extra` riding
-    along in the same Allreduce. Each rank evaluates a contiguous block of neurons; the blocks'
-    outputs add up."""
+    along in the same Allreduce. Each rank evaluates a contiguous block of neurons (in `parts`
+    pieces mapped by `each`, e.g. over threads); the blocks' outputs add up."""
     m = W.shape[0]
     lo, hi = comm.rank * m // comm.size, (comm.rank + 1) * m // comm.size
-    out = kernels.partial_output(W[lo:hi], a[lo:hi], X, W.dtype.type(1.0 / math.sqrt(m)))
+    cuts = [lo + i * (hi - lo) // parts for i in range(parts + 1)]
+    pieces = each(kernels.partial_output, [W[b:e] for b, e in zip(cuts, cuts[1:])],
+                  [a[b:e] for b, e in zip(cuts, cuts[1:])], repeat(X), repeat(W.dtype.type(1.0 / math.sqrt(m))))
+    out = sum(pieces)  # in block order, however they ran
     buf = np.concatenate([out.astype(np.float64).ravel(), np.asarray(extra, dtype=np.float64)])
     comm.sum(buf)
     outputs = buf[:out.size].reshape(Y.shape)
@@ -137,10 +140,10 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
     Returns the final weights and the per-round metrics."""
     with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         return _run(cfg, comm, X, Y, store, log, start, stop_requested,
-                    pool.map if pool is not None else map)
+                    pool.map if pool is not None else map, workers)
 
 
-def _run(cfg, comm, X, Y, store, log, start, stop_requested, each) -> dict:
+def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> dict:
     W, a = init_model(cfg)
     if store is not None:
         store.write_start(X, Y, a, W, cfg.data.source)
@@ -161,7 +164,7 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each) -> dict:
 
     if start is None:
         first, history = 0, {}
-        loss_init, _ = network_loss(W, a, X, Y, comm)
+        loss_init, _ = network_loss(W, a, X, Y, comm, (), each, workers)
         if comm.rank == 0:
             log(f"round {0:>{width}}/{rounds}  loss {loss_init:.4e}  (initial weights)")
     else:
@@ -197,7 +200,8 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each) -> dict:
 
         # the loss, the subnetworks' losses and any rank's stop request, in one Allreduce
         t = time.perf_counter()
-        loss, (sub_loss_sum, stops) = network_loss(W, a, X, Y, comm, (sub_loss_sum, float(stop_requested())))
+        loss, (sub_loss_sum, stops) = network_loss(W, a, X, Y, comm, (sub_loss_sum, float(stop_requested())),
+                                                   each, workers)
         seconds_loss = time.perf_counter() - t
         sub_loss = sub_loss_sum / p
         seconds_comm, bytes_comm = comm.take_counters()
