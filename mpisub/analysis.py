@@ -5,6 +5,7 @@ import glob as globbing
 import json
 import os
 import sys
+import time
 
 import h5py
 
@@ -88,6 +89,7 @@ def summary(run: Run) -> dict:
     return {
         "path": run.folder,
         "status": run.status,
+        "stale_seconds": stale_seconds(run),
         "ranks": int(run.attrs["ranks"]),
         "mpi_library": run.attrs["mpi_library"],
         "mpisub_version": run.attrs["mpisub_version"],
@@ -109,10 +111,25 @@ def summary(run: Run) -> dict:
     }
 
 
+def stale_seconds(run: Run) -> float | None:
+    """For a run whose status says running: seconds since its file last changed, when that is far
+    longer than its rounds take (rows land at least once a second), i.e. the job likely died."""
+    if run.status != "running":
+        return None
+    age = time.time() - os.path.getmtime(run.path)
+    wall = run.metrics["seconds_wall"]
+    typical = float(wall.max()) if len(wall) else 0.0
+    return age if age > max(120.0, 10 * typical) else None
+
+
 def format_summary(s: dict) -> str:
     mk, tr = s["masks"], s["train"]
+    status = s["status"]
+    if s.get("stale_seconds"):
+        status += (f" (but no new round for {s['stale_seconds'] / 60:.0f} min: the job may have died; "
+                   f"continue it with mpirun -n K mpisub-train --resume {s['path']})")
     lines = [
-        f"{s['path']}: {s['status']}, {s['rounds_done']}/{tr['rounds']} rounds, {s['ranks']} rank(s), "
+        f"{s['path']}: {status}, {s['rounds_done']}/{tr['rounds']} rounds, {s['ranks']} rank(s), "
         f"mpisub {s['mpisub_version']}, {s['created']}",
         f"  masks {mk['kind']}  p={mk['subnets']}  keep={mk['keep']:g}   tau={tr['local_steps']}  lr={tr['lr']:g}  "
         f"batch={tr['batch_size'] or 'full'}   m={s['model']['width']}  {s['model']['dtype']}   "

@@ -141,3 +141,21 @@ def test_plot_without_matplotlib_says_how_to_install_it(two_runs, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "mpisub-plot: error: plotting needs matplotlib: pip install 'mpisub[plot]' (or pip install matplotlib)"
+
+
+def test_inspect_says_when_a_running_run_has_gone_quiet(two_runs, tmp_path):
+    """A job killed outright leaves status 'running'; inspect points at --resume once the file
+    has not changed for far longer than a round takes."""
+    import shutil
+    shutil.copytree(two_runs / "p2", tmp_path / "dead")
+    path = tmp_path / "dead" / "run.h5"
+    with h5py.File(path, "r+") as f:
+        f.attrs["status"] = "running"
+    inspect = os.path.join(BIN, "mpisub-inspect")
+    fresh = subprocess.run([inspect, str(tmp_path / "dead")], capture_output=True, text=True, timeout=60).stdout
+    assert "may have died" not in fresh
+    hour_ago = os.path.getmtime(path) - 3600
+    os.utime(path, (hour_ago, hour_ago))
+    old = subprocess.run([inspect, str(tmp_path / "dead")], capture_output=True, text=True, timeout=60).stdout
+    assert "running (but no new round for 60 min: the job may have died; continue it with mpirun -n K " \
+           f"mpisub-train --resume {tmp_path / 'dead'})" in old
