@@ -10,7 +10,7 @@ import time
 import h5py
 
 from . import theory
-from .store import FILENAME
+from .store import FILENAME, read_run
 
 
 class Run:
@@ -22,11 +22,10 @@ class Run:
             path = os.path.join(path, FILENAME)
         self.path = path
         self.folder = os.path.dirname(path)
-        with h5py.File(path, "r") as f:
-            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            self.metrics = {k: f["metrics"][k][()] for k in f["metrics"]}
-            self.loss_init = float(f["metrics"].attrs["loss_init"]) if "loss_init" in f["metrics"].attrs else None
-            self.lambda0 = float(f["theory/lambda0"][()]) if "theory/lambda0" in f else None
+        run = read_run(path, arrays=False)
+        self.attrs, self.metrics, self.lambda0 = run["attrs"], run["metrics"], run.get("lambda0")
+        loss_init = self.metrics.pop("loss_init", None)   # an attribute of /metrics, not a row
+        self.loss_init = None if loss_init is None else float(loss_init)
         self.config = json.loads(self.attrs["config"])
         self.status = self.attrs["status"]
 

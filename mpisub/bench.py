@@ -14,10 +14,8 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -25,6 +23,7 @@ import numpy as np
 
 from . import masks
 from .store import read_run
+from .sweep import executables
 
 # (n, d, m, p, tau, kind, keep): the cases. lr only needs to keep the few rounds finite.
 SHAPES = {
@@ -58,8 +57,7 @@ def cores() -> int:
 # ---- mpisub, as a user runs it ----------------------------------------------------------------
 
 def run_mpisub(shape: dict, ranks: int, dtype: str, rounds: int, folder: str, threads: int = 0) -> dict:
-    mpirun = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    train = os.path.join(os.path.dirname(sys.executable), "mpisub-train")
+    mpirun, train = executables()
     values = {"data.n": shape["n"], "data.d": shape["d"], "model.width": shape["m"], "masks.kind": shape["kind"],
               "masks.subnets": shape["p"], "train.local_steps": shape["tau"], "train.rounds": rounds,
               "train.lr": LR, "model.dtype": dtype, "output.dir": folder, "output.log_every": rounds}

@@ -14,8 +14,8 @@ rank 0 alone. The run file's layout is a contract (README):
   /theory/lambda0, /theory/H  the data's NTK Gram matrix's smallest eigenvalue (n <= theory.max_n)
                               and the matrix (n <= theory.store_H_max_n)
 
-The run file gets new metrics rows at least every WRITE_SECONDS and is held without an HDF5 file lock, so other processes (h5py,
-h5dump) can read it while training runs. The checkpoint is the run's source of truth: W, rounds
+The run file gets new metrics rows at least every WRITE_SECONDS and is held without an HDF5 file
+lock, so other processes (h5py, h5dump) can read it while training runs. The checkpoint is the run's source of truth: W, rounds
 done, the metrics so far and the config, replaced atomically (temp file, fsync, rename), so a crash
 at any instant leaves the previous one loadable; `--resume` rebuilds run.h5 from it. Masks and
 minibatches need no saved random state: they are functions of (seed, round, subnet).

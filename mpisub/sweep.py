@@ -13,7 +13,8 @@ from .analysis import Run, open_run
 from .store import CHECKPOINT, FILENAME
 
 
-def _executables() -> tuple[str, str]:
+def executables() -> tuple[str, str]:
+    """mpirun (beside this Python first, then on PATH) and this environment's mpisub-train."""
     bin_dir = os.path.dirname(sys.executable)
     mpirun = shutil.which("mpirun", path=bin_dir + os.pathsep + os.environ.get("PATH", ""))
     if mpirun is None:
@@ -46,7 +47,7 @@ def launch(folder: str, settings: dict, ranks: int = 2, tag: str = "") -> Run:
     if args[0] != "--resume":
         args += [a for key, value in settings.items() for a in ("--set", f"{key}={json.dumps(value)}")]
         args += ["--set", f"output.dir={json.dumps(folder)}"]
-    mpirun, train = _executables()
+    mpirun, train = executables()
     r = subprocess.run([mpirun, "-n", str(ranks), train, *args], capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"{tag}{folder}: mpisub-train failed (exit {r.returncode}):\n{r.stderr.strip()}")

