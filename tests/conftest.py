@@ -1,10 +1,12 @@
 """Helpers shared by the tests: launching mpisub-train under mpirun with a hard timeout."""
 import os
+import time
 import shutil
 import signal
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 
@@ -27,6 +29,13 @@ def mpirun(ranks: int, *args: str, cwd, timeout: float = 180, env: dict | None =
         out, err = proc.communicate()
         pytest.fail(f"timed out after {timeout}s: {' '.join(cmd)}\n{out}\n{err}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+# Tests that change the machine (apt-get installs, mounts, a second Python environment) run only
+# when asked: .ci/run sets MPISUB_SYSTEM_TESTS=1; a plain `pytest` skips them, saying how to run them.
+SYSTEM_TESTS = os.environ.get("MPISUB_SYSTEM_TESTS") == "1"
+system_test = pytest.mark.skipif(not SYSTEM_TESTS, reason="changes the machine (root, apt-get, mounts or a new "
+                                                          "environment): set MPISUB_SYSTEM_TESTS=1 to run it")
 
 
 def debian_packages(binaries: list[str], packages: list[str]) -> str | None:
@@ -75,3 +84,63 @@ def compiled_kernels():
     from mpisub import kernels
     for dtype in (np.float64, np.float32):
         kernels.compile_for(dtype)
+
+
+# jobs that run in the background while a test acts on them (signals, kills, readers)
+
+def start_job(ranks: int, folder, *args: str) -> subprocess.Popen:
+    log = os.path.join(folder, f"log-{len(os.listdir(folder))}.txt")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([MPIRUN, "-n", str(ranks), TRAIN, *args], cwd=folder, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env={**os.environ, **ONE_THREAD})
+    proc.log = log
+    return proc
+
+
+def wait_job(proc: subprocess.Popen, timeout: float) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"mpirun did not end within {timeout} s")
+
+
+def job_log(proc) -> str:
+    with open(proc.log) as f:
+        return f.read()
+
+
+def rows_on_disk(path) -> int:
+    """Rounds on disk, read the way another user's process would while the run goes on."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f["metrics/round"].shape[0]
+    except (OSError, KeyError):
+        return 0
+
+
+def wait_for_rows(proc, path, rows: int, timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    while rows_on_disk(path) < rows:
+        assert proc.poll() is None, job_log(proc)
+        assert time.monotonic() - t0 < timeout, f"no {rows} rounds after {timeout} s"
+        time.sleep(0.05)
+
+
+def rank_pids(marker: str) -> list[int]:
+    """The mpisub-train processes (not mpirun, not the launcher's proxy) whose command line has marker."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if marker in " ".join(cmd) and any(c.endswith("mpisub-train") for c in cmd[:2]) and \
+                not any(os.path.basename(c) in ("mpirun", "mpiexec", "mpiexec.hydra") for c in cmd[:1]):
+            pids.append(int(pid))
+    return pids
+
+

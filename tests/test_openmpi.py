@@ -9,10 +9,13 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ONE_THREAD, mpirun, sets
+from conftest import ONE_THREAD, mpirun, sets, system_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB = sets(masks__subnets=4, model__width=512, data__n=128, train__rounds=20)
+
+
+pytestmark = system_test
 
 
 @pytest.fixture(scope="module")

@@ -12,54 +12,14 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import MPIRUN, ONE_THREAD, TRAIN, debian_packages, mpirun, sets
+from conftest import (ONE_THREAD, debian_packages, job_log, mpirun, rank_pids, sets, start_job, system_test,
+                      wait_for_rows, wait_job)
 from mpisub import store
 
 # partition masks are K-invariant to the bit (with one BLAS thread per rank), so a run stopped at
 # K = 2 and resumed at K = 1 or 4 must end on exactly the weights of an unbroken run
 ROUNDS = 150
 JOB = dict(masks__subnets=4, train__rounds=ROUNDS, output__checkpoint_every=7, output__log_every=10)
-
-
-def _start(ranks: int, folder, *args: str) -> subprocess.Popen:
-    log = os.path.join(folder, f"log-{len(os.listdir(folder))}.txt")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([MPIRUN, "-n", str(ranks), TRAIN, *args], cwd=folder, stdout=out,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env={**os.environ, **ONE_THREAD})
-    proc.log = log
-    return proc
-
-
-def _wait(proc: subprocess.Popen, timeout: float) -> int:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail(f"mpirun did not end within {timeout} s")
-
-
-def _log(proc) -> str:
-    with open(proc.log) as f:
-        return f.read()
-
-
-def _rows(path) -> int:
-    """Rounds on disk, read the way another user's process would while the run goes on."""
-    try:
-        with h5py.File(path, "r") as f:
-            return f["metrics/round"].shape[0]
-    except (OSError, KeyError):
-        return 0
-
-
-def _wait_for_rows(proc, path, rows: int, timeout: float = 60) -> None:
-    t0 = time.monotonic()
-    while _rows(path) < rows:
-        assert proc.poll() is None, _log(proc)
-        assert time.monotonic() - t0 < timeout, f"no {rows} rounds after {timeout} s"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +46,11 @@ def _check_resumed_equals_unbroken(run_dir, unbroken, ranks: int):
 
 @pytest.mark.parametrize("sig,resume_ranks", [(signal.SIGTERM, 1), (signal.SIGUSR1, 4)])
 def test_stop_signal_checkpoints_then_resume_is_bit_identical(tmp_path, unbroken, sig, resume_ranks):
-    proc = _start(2, tmp_path, *sets(output__dir="out", **JOB))
-    _wait_for_rows(proc, tmp_path / "out" / "run.h5", 20)
+    proc = start_job(2, tmp_path, *sets(output__dir="out", **JOB))
+    wait_for_rows(proc, tmp_path / "out" / "run.h5", 20)
     proc.send_signal(sig)  # to mpirun, which forwards it to every rank, as Slurm does
-    assert _wait(proc, 30) == 3
-    log = _log(proc)
+    assert wait_job(proc, 30) == 3
+    log = job_log(proc)
     stopped = int(re.search(rf"{sig.name}: stopped after round (\d+), checkpoint written; "
                                           r"continue with: mpirun -n 2 mpisub-train --resume out", log).group(1))
     assert 20 <= stopped < ROUNDS
@@ -101,35 +61,20 @@ def test_stop_signal_checkpoints_then_resume_is_bit_identical(tmp_path, unbroken
     _check_resumed_equals_unbroken(tmp_path / "out", unbroken, resume_ranks)
 
 
-def _rank_pids(marker: str) -> list[int]:
-    """The mpisub-train processes (not mpirun, not the launcher's proxy) whose command line has marker."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if marker in " ".join(cmd) and any(c.endswith("mpisub-train") for c in cmd[:2]) and \
-                not any(os.path.basename(c) in ("mpirun", "mpiexec", "mpiexec.hydra") for c in cmd[:1]):
-            pids.append(int(pid))
-    return pids
-
-
 @pytest.mark.parametrize("attempt", range(2))
 def test_sigkill_of_a_random_rank_at_a_random_moment_then_resume(tmp_path, unbroken, attempt):
     seed = random.randrange(10**6)
     rng = random.Random(seed)
     marker = f"kill{seed}"
-    proc = _start(2, tmp_path, *sets(output__dir=marker, **JOB))
-    _wait_for_rows(proc, tmp_path / marker / "run.h5", 1)
+    proc = start_job(2, tmp_path, *sets(output__dir=marker, **JOB))
+    wait_for_rows(proc, tmp_path / marker / "run.h5", 1)
     time.sleep(rng.uniform(0.0, 1.5))
-    pids = _rank_pids(marker)
+    pids = rank_pids(marker)
     assert len(pids) == 2, pids
     victim = rng.choice(pids)
     os.kill(victim, signal.SIGKILL)
     t0 = time.monotonic()
-    assert _wait(proc, 30) != 0, f"seed {seed}"
+    assert wait_job(proc, 30) != 0, f"seed {seed}"
     assert time.monotonic() - t0 < 30
     with h5py.File(tmp_path / marker / "run.h5", "r") as f:   # readable after the kill
         assert f.attrs["status"] == "running" and f["metrics/loss"].shape[0] >= 1
@@ -173,9 +118,9 @@ def test_killing_the_writer_during_checkpoint_writes_leaves_the_last_one_whole(t
 
 def _read_while_training(tmp_path, read) -> list[int]:
     """Calls read(path) -> rounds on disk, again and again while a run trains."""
-    proc = _start(2, tmp_path, *sets(output__dir="out", train__rounds=400, output__log_every=50))
+    proc = start_job(2, tmp_path, *sets(output__dir="out", train__rounds=400, output__log_every=50))
     path = tmp_path / "out" / "run.h5"
-    _wait_for_rows(proc, path, 1)
+    wait_for_rows(proc, path, 1)
     seen = []
     try:
         while proc.poll() is None and len(seen) < 20:
@@ -183,7 +128,7 @@ def _read_while_training(tmp_path, read) -> list[int]:
             time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _wait(proc, 30)
+        wait_job(proc, 30)
     assert len(seen) >= 5 and seen == sorted(seen) and seen[-1] > seen[0]
     return seen
 
@@ -200,6 +145,7 @@ def test_run_file_is_readable_with_h5py_while_training(tmp_path):
     _read_while_training(tmp_path, read)
 
 
+@system_test
 def test_run_file_is_readable_with_h5dump_while_training(tmp_path):
     why = debian_packages(["h5dump"], ["hdf5-tools"])
     if why:

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ONE_THREAD, debian_packages, mpirun, sets
+from conftest import ONE_THREAD, debian_packages, mpirun, sets, system_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
@@ -32,6 +32,9 @@ def _pid(path) -> int | None:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+pytestmark = system_test
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +167,10 @@ def test_signal_before_the_time_limit_checkpoints_requeues_and_resumes(slurm, tm
             break
         assert "JobState=FAILED" not in state, text
         if not nudged and "JobState=PENDING" in state and "Restarts=1" in state:
-            # Slurm holds a requeued job back for a couple of minutes; a test need not wait for that
+            # Slurm holds a requeued job back for a couple of minutes; a test need not wait for that.
+            # But not within the second of the requeue: slurmd revokes the job's credentials with a
+            # 1 s timestamp, and a restart in that same second is killed ("Job credential revoked")
+            time.sleep(2.0)
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, env=slurm)
             nudged = True
         time.sleep(0.5)
