@@ -19,6 +19,7 @@ EXTRA=${EXTRA:-}                                # EDIT: more options, e.g. "--se
 VENV=${VENV:-.venv}                             # EDIT: the environment mpisub is installed in
 
 [ -f "$VENV/bin/activate" ] && source "$VENV/bin/activate"
+export MPISUB_LOCK_WAIT=${MPISUB_LOCK_WAIT:-120}   # a rerun may start while the last attempt still checkpoints
 RANKS=$(wc -l < "${PBS_NODEFILE:-/dev/null}" 2>/dev/null || echo 0)
 [ "$RANKS" -gt 0 ] || RANKS=${NPROCS:-4}
 CORES=${NCPUS:-$RANKS}

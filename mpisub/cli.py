@@ -4,6 +4,7 @@ Errors a user can cause end every rank with one line on rank 0 and exit code 2; 
 on any rank aborts the whole job (MPI_Abort) instead of leaving the other ranks hung in a collective.
 """
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -83,8 +84,9 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-# exit codes: 2 = a user error or divergence, 3 = stopped by SIGTERM/SIGUSR1 with a checkpoint
-# written (continue with --resume), 1 = aborted after an exception, 130 = Ctrl-C
+# exit codes: 2 = a user error, divergence or a failed write (disk full), 3 = stopped by
+# SIGTERM/SIGUSR1 (with a checkpoint written: continue with --resume; before training: start
+# again), 1 = aborted after an exception, 130 = Ctrl-C
 EXIT_USER, EXIT_INTERRUPTED = 2, 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -94,10 +96,11 @@ class _Exit(SystemExit):
     SystemExit, e.g. a stray sys.exit on one rank, aborts the job: the others would wait forever."""
 
 
-def _prepare(args, comm):
+def _prepare(args, comm, cores: int):
     """Every check a user's input can fail, local to this rank (no collective): the config, the
-    checkpoint to resume from, the data. Returns (cfg, X, Y, data_sha256, checkpoint or None)."""
-    from . import data, store
+    checkpoint to resume from, the data, the memory it all needs. Returns (cfg, X, Y, data_sha256,
+    checkpoint or None)."""
+    from . import data, resources, store
 
     step_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
     if comm.size == 1 and step_tasks > 1:
@@ -113,9 +116,18 @@ def _prepare(args, comm):
         cfg.output.dir = args.resume
     else:
         cfg = config.build(args.preset, args.config, args.overrides)
-    cfg = config.resolve(cfg, comm.size)
+    cfg = config.resolve(cfg, comm.size, resuming=checkpoint is not None)
+    workers = split_cores(cores, cfg.masks.subnets // comm.size)[0] if cores else 1
+
+    def check_memory():
+        resources.check_memory(cfg, comm.size, comm.ranks_per_node, workers, checkpoint is not None)
+
+    if cfg.data.source == "synthetic":  # before drawing it: n and d are the config's
+        check_memory()
     X, Y, digest = data.load(cfg)
     cfg = config.fit_data(cfg, X.shape[0], X.shape[1], Y.shape[1])
+    if cfg.data.source != "synthetic":  # n and d are the file's
+        check_memory()
     if checkpoint is not None:
         if digest != checkpoint["data_sha256"]:
             raise UserError(f"--resume {args.resume!r}: data.source {cfg.data.source!r} changed since the run "
@@ -126,20 +138,62 @@ def _prepare(args, comm):
     return cfg, X, Y, digest, checkpoint
 
 
-def _train(argv, comm, cores: int) -> None:
-    from . import kernels, train
+def _lock_wait() -> float:
+    """Seconds to wait for another job's lock on the run folder (MPISUB_LOCK_WAIT, default 10): a
+    requeued job's previous attempt may still be writing its last checkpoint."""
+    text = os.environ.get("MPISUB_LOCK_WAIT", "10")
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        raise UserError(f"MPISUB_LOCK_WAIT = {text!r} is not a number of seconds; unset it or give e.g. 30") from None
 
+
+def _lock_for_resume(comm, folder: str, held: list) -> None:
+    """Rank 0 locks the folder of the run to resume before any rank reads its checkpoint: a job
+    still writing it is waited for, or refused."""
+    from . import store
+
+    error = None
+    if comm.rank == 0 and os.path.isdir(folder):
+        try:
+            held.append(store.FolderLock(folder, _lock_wait(), _say(comm)))
+        except UserError as e:
+            error = str(e)
+    error = comm.agree(error)
+    if error:
+        raise UserError(error)
+
+
+def _train(argv, comm, cores: int, stop: list) -> None:
     parser = train_parser()
     parser.rank = comm.rank
     try:
         args = parser.parse_args(argv)  # --help, --version: the same on every rank
     except SystemExit as e:
         raise _Exit(e.code) from None
+    held = []  # rank 0's lock on the run folder, released however the job ends (the OS drops it on a kill)
+    try:
+        if args.resume and not args.print_config:
+            _lock_for_resume(comm, args.resume, held)
+        _train_locked(args, comm, cores, stop, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _say(comm):
+    return lambda text: print(text, flush=True) if comm.rank == 0 else None
+
+
+def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
+    """`held`: rank 0's lock on the run folder (taken here for a new run), for the caller to release."""
+    from . import kernels, train
+
     # every rank checks its inputs before the first collective; then all agree on the first error,
     # so a file one node cannot read stops every rank the same way instead of hanging the others
     error = None
     try:
-        cfg, X, Y, digest, checkpoint = _prepare(args, comm)
+        cfg, X, Y, digest, checkpoint = _prepare(args, comm, cores)
     except UserError as e:
         error = e
     first = comm.first_error(str(error) if error else None)
@@ -155,11 +209,8 @@ def _train(argv, comm, cores: int) -> None:
     else:
         workers = 1
     threads = f"{blas} x {workers} subnetwork workers" if workers > 1 else str(cores or "set by the environment")
-    run_file = _open_run_file(cfg, comm, digest, checkpoint)
+    run_file = _open_run_file(cfg, comm, digest, checkpoint, held)
 
-    stop = []
-    for sig in STOP_SIGNALS:  # the scheduler's warning before a time limit: finish the round, checkpoint
-        signal.signal(sig, lambda number, frame: stop.append(number))
     if comm.rank == 0:
         print("# mpisub-train: resolved config\n" + cfg.to_toml(), flush=True)
         resumed = f"; resuming after round {checkpoint['round']}" if checkpoint else ""
@@ -182,8 +233,9 @@ def _train(argv, comm, cores: int) -> None:
         _record_peak_memory(comm, run_file)
         if comm.rank == 0:
             name = signal.Signals(stop[0]).name if stop else "a signal on another rank"
-            print(f"mpisub-train: {name}: {e}, checkpoint written; continue with: "
-                  f"mpirun -n {comm.size} mpisub-train --resume {cfg.output.dir}", file=sys.stderr, flush=True)
+            then = (f", checkpoint written; continue with: mpirun -n {comm.size} mpisub-train --resume "
+                    f"{cfg.output.dir}") if e.checkpointed else ""
+            print(f"mpisub-train: {name}: {e}{then}", file=sys.stderr, flush=True)
         raise _Exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -207,19 +259,28 @@ def _record_peak_memory(comm, run_file) -> None:
 
     peaks = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
     if run_file is not None:
-        run_file.write_peak_memory(peaks)
+        with contextlib.suppress(OSError, RuntimeError):  # a full disk already has its message
+            run_file.write_peak_memory(peaks)
 
 
-def _open_run_file(cfg, comm, digest: str, checkpoint):
-    """Rank 0 creates the run file (None on the other ranks). Only rank 0 touches the output
-    folder, and its verdict is shared, so a bad folder stops every rank the same way. A resumed
-    run's file is rebuilt from its checkpoint (rows after it are redone exactly)."""
-    from . import store
+def _open_run_file(cfg, comm, digest: str, checkpoint, held: list):
+    """Rank 0 creates the run file (None on the other ranks) under the folder's lock, after checking
+    the folder and the disk space the run needs. Only rank 0 touches the output folder, and its
+    verdict is shared, so a bad folder stops every rank the same way. A resumed run's file is
+    rebuilt from its checkpoint (rows after it are redone exactly). A new run's lock goes to `held`."""
+    from . import resources, store
 
     run_file, error, folder = None, None, cfg.output.dir
     if comm.rank == 0:
         try:
-            folder = folder or store.new_run_dir()
+            if checkpoint is None:
+                if folder:
+                    store.check_output_dir(folder, cfg.output.overwrite)  # writes nothing
+                resources.check_disk(cfg, folder or "runs")
+                folder = folder or store.new_run_dir()
+                held.append(store.FolderLock(folder, _lock_wait(), _say(comm)))
+            else:
+                resources.check_disk(cfg, folder, resuming=True)
             cfg.output.dir = folder
             run_file = store.RunFile(folder, config_json=cfg.to_json(),
                                      overwrite=cfg.output.overwrite or checkpoint is not None,
@@ -236,20 +297,33 @@ def _open_run_file(cfg, comm, digest: str, checkpoint):
     return run_file
 
 
+def catch_stop_signals() -> list:
+    """From here on SIGTERM/SIGUSR1 (the scheduler's warning before a time limit) only note the
+    request: the ranks act on it together at the next loss Allreduce, after the round (or before
+    training, when it came during start-up). Returns the list the signals are noted in."""
+    stop = []
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda number, frame: stop.append(number))
+    return stop
+
+
 def train_main(argv=None) -> None:
+    stop = catch_stop_signals()  # first thing: a signal during imports or data loading is not fatal
     argv = sys.argv[1:] if argv is None else argv
     from mpi4py import MPI  # initialises MPI; numpy and the BLAS are not loaded yet
 
     world = MPI.COMM_WORLD
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     cores = set_threads(node)
+    ranks_per_node = node.Get_size()
     node.Free()
 
     from .comm import Comm
 
     comm = Comm(world)
+    comm.ranks_per_node = ranks_per_node
     try:
-        _train(argv, comm, cores)
+        _train(argv, comm, cores, stop)
     except UserError as e:
         if "--debug" in argv and comm.rank == 0:
             traceback.print_exc()

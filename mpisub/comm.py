@@ -15,6 +15,7 @@ class Comm:
         self.mpi = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         self.rank = self.mpi.Get_rank()
         self.size = self.mpi.Get_size()
+        self.ranks_per_node = 1  # set by the launcher code, which splits the node's ranks anyway
         self.seconds = 0.0
         self.bytes = 0
         self.last_seconds = 0.0  # of the latest collective

@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import UserError
+from .errors import UserError, cause
 
 
 @dataclass
@@ -58,6 +58,7 @@ class TrainConfig:
     lr: float = 4.0             # the loss carries 1/(2n), so the stable step grows with n
     seed: int = 0
     batch_size: int = 0         # 0 = full batch (the paper); >0 = minibatch SGD local steps
+    memory_limit_mb: int = 0    # refuse a run whose estimated memory per rank exceeds this (0 = what the node has)
 
 
 @dataclass
@@ -131,6 +132,7 @@ RULES = {
     "train.lr": (0.0, None, True, False),
     "train.seed": (0, 2**63 - 1, False, False),
     "train.batch_size": (0, None, False, False),
+    "train.memory_limit_mb": (0, None, False, False),
     "output.log_every": (0, None, False, False),
     "output.checkpoint_every": (1, None, False, False),
     "theory.max_n": (0, None, False, False),
@@ -210,10 +212,18 @@ def load_toml(path: str) -> dict[str, object]:
             doc = tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"config file {path!r} not found; check the path given to --config") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path!r} is a folder; give the path of a TOML file to --config") from None
     except OSError as e:
         raise UserError(f"config file {path!r} cannot be read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path!r} is not valid TOML: {e}") from None
+        raise UserError(f"config file {path!r} is not valid TOML: {cause(e)}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                        f"{e.start}); save it as UTF-8") from None
+    except Exception as e:  # noqa: BLE001 (a user's file: whatever the parser raises is one line)
+        raise UserError(f"config file {path!r} cannot be read as TOML ({type(e).__name__}: {cause(e)}); "
+                        f"check the file") from None
     flat = {}
     for section, values in doc.items():
         if not isinstance(values, dict):
@@ -224,23 +234,30 @@ def load_toml(path: str) -> dict[str, object]:
 
 
 def build(preset: str | None = None, file: str | None = None, overrides: list[str] = ()) -> Config:
-    """defaults < preset < file < overrides, each key type-checked as it is set."""
+    """defaults < preset < file < overrides, each key type-checked as it is set. An error in a value
+    that comes from the file names the file."""
     cfg = Config()
     if preset is not None:
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         for key, value in PRESETS[preset].items():
             set_value(cfg, key, value)
+    where = {}
     if file is not None:
         for key, value in load_toml(file).items():
-            set_value(cfg, key, value)
-    apply_overrides(cfg, overrides)
-    check_ranges(cfg)
+            try:
+                set_value(cfg, key, value)
+            except UserError as e:
+                raise UserError(f"config file {file!r}: {e}") from None
+            where[key] = f"config file {file!r}: "
+    for key in apply_overrides(cfg, overrides):
+        where.pop(key, None)
+    check_ranges(cfg, where)
     return cfg
 
 
 # a resumed run continues the stored config; these may change without changing its results
-RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every")
+RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "train.memory_limit_mb")
 
 
 def for_resume(stored: dict, overrides: list[str] = ()) -> Config:
@@ -252,7 +269,9 @@ def for_resume(stored: dict, overrides: list[str] = ()) -> Config:
     return cfg
 
 
-def apply_overrides(cfg: Config, overrides: list[str], allowed: tuple[str, ...] | None = None) -> None:
+def apply_overrides(cfg: Config, overrides: list[str], allowed: tuple[str, ...] | None = None) -> list[str]:
+    """Applies `--set` texts in order; returns the keys they set."""
+    keys = []
     for text in overrides:
         key, value = parse_assignment(text)
         if isinstance(value, (int, float)) and key in _string_keys(cfg):
@@ -264,16 +283,20 @@ def apply_overrides(cfg: Config, overrides: list[str], allowed: tuple[str, ...] 
             raise UserError(f"--set {key}={value!r}: the run being resumed has {key} = "
                             f"{getattr(getattr(before, section), name)!r}, and its results depend on it; "
                             f"only {', '.join(allowed)} may change with --resume")
+        keys.append(key)
+    return keys
 
 
-def check_ranges(cfg: Config) -> None:
+def check_ranges(cfg: Config, where: dict[str, str] | None = None) -> None:
+    """`where`: a prefix for the message of a key, naming the file its value came from."""
     values = {f"{s}.{k}": v for s, vals in cfg.to_dict().items() for k, v in vals.items()}
     for key, rule in RULES.items():
         v = values[key]
         hint = f"; {HINTS[key]}" if key in HINTS else ""
+        origin = (where or {}).get(key, "")
         if isinstance(rule[0], str):
             if v not in rule:
-                raise UserError(f"{key} = {v!r} is not one of {', '.join(rule)}{hint}")
+                raise UserError(f"{origin}{key} = {v!r} is not one of {', '.join(rule)}{hint}")
             continue
         lo, hi, lo_open, hi_open = rule
         ok = not (isinstance(v, float) and not math.isfinite(v))
@@ -283,13 +306,13 @@ def check_ranges(cfg: Config) -> None:
             left = "(" if lo_open else "["
             right = ")" if hi_open else "]"
             span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-            raise UserError(f"{key} = {v!r} is out of range: must be in {span}{hint}")
+            raise UserError(f"{origin}{key} = {v!r} is out of range: must be in {span}{hint}")
 
 
 DATA_SUFFIXES = (".h5", ".hdf5", ".npz", ".csv")
 
 
-def resolve(cfg: Config, ranks: int) -> Config:
+def resolve(cfg: Config, ranks: int, resuming: bool = False) -> Config:
     """Fill in the values that depend on the number of ranks and check the keys against each other."""
     cfg = copy.deepcopy(cfg)
     source = cfg.data.source
@@ -303,6 +326,16 @@ def resolve(cfg: Config, ranks: int) -> Config:
     if m.kind == "full" and p != 1:
         raise UserError(f"masks.kind = 'full' means one subnetwork, but masks.subnets = {p}; set masks.subnets = 1")
     if p % ranks:
+        fits = max(k for k in range(1, min(p, ranks) + 1) if p % k == 0)
+        if resuming:
+            raise UserError(f"--resume: the run has masks.subnets = {p}, and every rank holds whole subnetworks: "
+                            f"resume it with a number of ranks that divides {p} (e.g. mpirun -n {fits})")
+        if p == 1:
+            what = "plain gradient descent (masks.kind = 'full', --preset gd)" if m.kind == "full" else \
+                "one subnetwork (e.g. --preset dropout)"
+            raise UserError(f"{what} trains one network, which lives on one rank: run it with mpirun -n 1"
+                            + ("" if m.kind == "full" else f", or set masks.subnets to a multiple of {ranks} "
+                                                           f"(multi-sample dropout)"))
         raise UserError(f"masks.subnets = {p} is not a multiple of the {ranks} MPI ranks; "
                         f"set masks.subnets to a multiple of {ranks} (0 = one per rank) or change mpirun -n")
     if cfg.model.width < p:

@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, cause
 from .masks import DATA, stream
 
 TEACHER_WIDTH = 8
@@ -76,12 +76,34 @@ def _read_npz(path, x_name, y_name):
     return arrays
 
 
+def _csv_rows(path):
+    """The CSV's rows as lists of strings, read as UTF-8 (a BOM is dropped)."""
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            for row in reader:
+                rows.append(row)
+        except UnicodeDecodeError as e:
+            raise UserError(f"data.source {path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} near line "
+                            f"{reader.line_num + 1}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        except csv.Error as e:
+            raise UserError(f"data.source {path!r} line {reader.line_num}: {cause(e)}; fix the file "
+                            f"(CSV data is one number per field)") from None
+    return rows
+
+
 def _read_csv(path, target):
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    rows = _csv_rows(path)
     if not rows:
         raise UserError(f"data.source {path!r} is empty; a CSV needs a header row and one row per sample")
     header = [h.strip() for h in rows[0]]
+    if len(header) == 1:
+        for name, sep in (("';'", ";"), ("tab", "\t")):
+            if sep in header[0]:
+                raise UserError(f"data.source {path!r}: the header is one column holding {name} characters: the "
+                                f"file looks {name}-separated, and mpisub reads comma-separated CSV; save it with "
+                                f"commas")
     wanted = [t.strip() for t in target.split(",")] if target else [header[-1]]
     missing = [t for t in wanted if t not in header]
     if missing:
@@ -98,7 +120,7 @@ def _read_csv(path, target):
             try:
                 values[i - 2, j] = float(cell)
             except ValueError:
-                raise UserError(f"data.source {path!r} line {i}, column {header[j]!r}: {cell!r} is not a "
+                raise UserError(f"data.source {path!r} line {i}, column {header[j]!r}: {cell[:40]!r} is not a "
                                 f"number; CSV data must be numeric (encode categories as numbers)") from None
     y_cols = [header.index(t) for t in wanted]
     x_cols = [j for j in range(len(header)) if j not in y_cols]
@@ -106,19 +128,36 @@ def _read_csv(path, target):
 
 
 def read_file(path: str, x_name: str = "X", y_name: str = "Y", target: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """X (n x d), Y (n x c) as float64 from a user file, checked."""
+    """X (n x d), Y (n x c) as float64 from a user file, checked. Whatever fails while reading it
+    (a corrupt chunk, a dangling link, a bad CRC, memory) is a UserError naming the file: a user's
+    file is untrusted input, and no failure inside it may end in a traceback."""
     if not os.path.isfile(path):
         what = "is a folder" if os.path.isdir(path) else "not found"
         raise UserError(f"data.source {path!r}: {what}; give the path of a .h5, .npz or .csv file")
     if not os.access(path, os.R_OK):
         raise UserError(f"data.source {path!r} is not readable (permission denied); fix its permissions")
+    try:
+        return _checked(path, *_read(path, x_name, y_name, target))
+    except UserError:
+        raise
+    except MemoryError:
+        raise UserError(f"data.source {path!r} does not fit in memory; use a smaller file or more memory "
+                        f"per rank") from None
+    except Exception as e:  # noqa: BLE001 (see the docstring)
+        raise UserError(f"data.source {path!r} cannot be read ({type(e).__name__}: {cause(e)}); check that the "
+                        f"file is whole and in the format its suffix says") from None
+
+
+def _read(path, x_name, y_name, target):
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".csv":
-        X, Y = _read_csv(path, target)
-    elif suffix == ".npz":
-        X, Y = _read_npz(path, x_name, y_name)
-    else:
-        X, Y = _read_h5(path, x_name, y_name)
+        return _read_csv(path, target)
+    if suffix == ".npz":
+        return _read_npz(path, x_name, y_name)
+    return _read_h5(path, x_name, y_name)
+
+
+def _checked(path, X, Y):
     out = []
     for name, A in (("X", X), ("Y", Y)):
         A = np.asarray(A)
@@ -151,11 +190,12 @@ def normalize(X: np.ndarray, how: str) -> np.ndarray:
         std = X.std(axis=0)
         return (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
     if how == "unit":
-        norm = np.linalg.norm(X, axis=1, keepdims=True)
-        if np.any(norm == 0):
+        big = np.max(np.abs(X), axis=1, keepdims=True)  # scaled first: huge values must not overflow the norm
+        if np.any(big == 0):
             raise UserError("data.normalize = 'unit': some samples are all zeros and have no direction; "
                             "drop them or use data.normalize = 'standardize'")
-        return X / norm
+        X = X / big
+        return X / np.linalg.norm(X, axis=1, keepdims=True)
     return X
 
 
@@ -164,11 +204,21 @@ def load(cfg) -> tuple[np.ndarray, np.ndarray, str]:
     built-in data)."""
     c = cfg.data
     if c.source == "synthetic":
-        X, Y = synthetic(c.n, c.d, c.outputs, c.noise, c.seed)
-        digest = ""
+        with np.errstate(all="ignore"):  # a huge data.noise is reported just below
+            X, Y = synthetic(c.n, c.d, c.outputs, c.noise, c.seed)
+        digest, what = "", f"the synthetic data (data.noise = {c.noise:g})"
     else:
         X, Y = read_file(c.source, c.x_name, c.y_name, c.target)
-        digest = sha256(c.source)
-    X = normalize(X, c.normalize)
+        digest, what = sha256(c.source), f"data.source {c.source!r}"
     dtype = np.dtype(cfg.model.dtype)
-    return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(Y, dtype=dtype), digest
+    with np.errstate(all="ignore"):
+        X = normalize(X, c.normalize)
+        X, Y = np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(Y, dtype=dtype)
+        for name, A in (("X", X), ("Y", Y)):
+            # the loss squares the targets and the NTK Gram matrix the inputs' norms (in float64)
+            if not (np.isfinite(A).all() and np.isfinite(np.einsum("ij,ij->", A, A, dtype=np.float64))):
+                big = float(np.max(np.abs(A.astype(np.float64))))
+                raise UserError(f"{what}: {name} has values up to {big:.3g}, too large for model.dtype = "
+                                f"{cfg.model.dtype!r} once squared; rescale the data (data.normalize = 'unit' or "
+                                f"'standardize'){'' if digest else ' or lower data.noise'}")
+    return X, Y, digest

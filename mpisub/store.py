@@ -15,20 +15,29 @@ rank 0 alone. The run file's layout is a contract (README):
                               and the matrix (n <= theory.store_H_max_n)
 
 The run file gets new metrics rows at least every WRITE_SECONDS and is held without an HDF5 file
-lock, so other processes (h5py, h5dump) can read it while training runs. The checkpoint is the run's source of truth: W, rounds
-done, the metrics so far and the config, replaced atomically (temp file, fsync, rename), so a crash
-at any instant leaves the previous one loadable; `--resume` rebuilds run.h5 from it. Masks and
-minibatches need no saved random state: they are functions of (seed, round, subnet).
+lock, so other processes (h5py, h5dump) can read it while training runs. It is built as run.h5.tmp
+and renamed to run.h5 only once it holds everything the run had (its start, or a resumed run's
+rows): a resume or restart that fails early never destroys the run file it would have replaced.
+The checkpoint is the run's source of truth: W, rounds done, the metrics so far and the config,
+replaced atomically (temp file, fsync, rename), so a crash at any instant leaves the previous one
+loadable; `--resume` rebuilds run.h5 from it. Masks and minibatches need no saved random state:
+they are functions of (seed, round, subnet).
+
+One job writes a run folder at a time: `FolderLock` holds an flock on <folder>/mpisub.lock for the
+job's lifetime (docs/design.md, "One writer").
 """
+import contextlib
 import datetime
+import fcntl
 import json
 import os
+import socket
 import time
 
 import h5py
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, cause
 
 METRICS = {
     "round": np.int64,
@@ -47,14 +56,98 @@ CHECKPOINT_FORMAT = 1   # bump when the checkpoint's layout changes
 WRITE_SECONDS = 1.0     # metrics rows reach run.h5 at most this late (the first at once)
 
 
+LOCKFILE = "mpisub.lock"
+
+
 def new_run_dir(root: str = "runs") -> str:
-    """runs/<timestamp>, with a suffix if a run started in the same second."""
+    """A new, empty runs/<timestamp> folder, with a suffix if a run took that name first (created
+    exclusively, so two runs started in the same second never share one)."""
     base = os.path.join(root, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    path, i = base, 1
-    while os.path.exists(path):
-        i += 1
-        path = f"{base}-{i}"
-    return path
+    os.makedirs(root, exist_ok=True)
+    for i in range(1, 10**6):
+        path = base if i == 1 else f"{base}-{i}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot find a free folder name under {root!r}; set output.dir")
+
+
+def check_output_dir(folder: str, overwrite: bool) -> None:
+    """Refuses a folder that is a file, or that holds a run (unless overwrite); writes nothing."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"output.dir {folder!r} is a file, not a folder; choose another output.dir")
+    held = [name for name in (FILENAME, CHECKPOINT) if os.path.exists(os.path.join(folder, name))]
+    if held and not overwrite:
+        raise UserError(f"output.dir {folder!r} already holds a run ({held[0]}); choose another "
+                        f"output.dir, continue it with --resume {folder}, or set output.overwrite = true "
+                        f"to replace it")
+
+
+class FolderLock:
+    """The one-writer lock of a run folder: an exclusive flock on <folder>/mpisub.lock, held until
+    release() or the process's death (the OS drops it: a killed job leaves no stale lock). The
+    file names its holder (host, PID, start time) for the message that refuses a second writer.
+    A holder that is still shutting down (a requeued Slurm job's previous attempt) is waited for
+    up to `wait` seconds."""
+
+    def __init__(self, folder: str, wait: float = 0.0, log=None):
+        self.path, self.fd = os.path.join(folder, LOCKFILE), None
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"output.dir {folder!r}: cannot create it ({cause(e)}); choose a writable "
+                            f"output.dir") from None
+        deadline, said = time.monotonic() + wait, False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise UserError(f"output.dir {folder!r}: cannot create {LOCKFILE} there ({e.strerror}); "
+                                f"choose a writable output.dir") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    raise UserError(f"output.dir {folder!r} is in use by another mpisub job ({holder}); wait "
+                                    f"for it to end or stop it, or choose another output.dir") from None
+                if log and not said:
+                    log(f"waiting up to {wait:.0f} s for the job writing {folder!r} to end ({holder}) ...")
+                    said = True
+                time.sleep(0.2)
+                continue
+            except OSError as e:  # a filesystem without flock (NFS without lockd, Lustre without -o flock)
+                os.close(fd)
+                raise UserError(f"output.dir {folder!r}: cannot lock {LOCKFILE} ({e.strerror}); this "
+                                f"filesystem does not support file locks: choose an output.dir on one that does "
+                                f"(Lustre: mounted with -o flock)") from None
+            try:  # the previous holder may have removed the file after we opened it: lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd = fd
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, PID {os.getpid()}, since {started}"
+                      f"{f', job {job}' if job else ''}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Unlocks and removes the lock file (a waiter that opened it re-checks the inode)."""
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
 
 
 class RunFile:
@@ -62,20 +155,18 @@ class RunFile:
                  subnets: int, width: int, record_masks: bool, data_sha256: str = "", created: str = ""):
         self.folder, self.config_json, self.data_sha256 = folder, config_json, data_sha256
         self.path = os.path.join(folder, FILENAME)
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise UserError(f"output.dir {folder!r} is a file, not a folder; choose another output.dir")
-        held = [name for name in (FILENAME, CHECKPOINT) if os.path.exists(os.path.join(folder, name))]
-        if held and not overwrite:
-            raise UserError(f"output.dir {folder!r} already holds a run ({held[0]}); choose another "
-                            f"output.dir, continue it with --resume {folder}, or set output.overwrite = true "
-                            f"to replace it")
+        self.tmp, self.published = self.path + ".tmp", False
+        check_output_dir(folder, overwrite)
         try:
-            os.makedirs(folder, exist_ok=True)
             # no file lock: readers may open the file while training runs
-            self.f = h5py.File(self.path, "w", locking=False)
+            self.f = h5py.File(self.tmp, "w", locking=False)
+            self._start(attrs, config_json, created, subnets, width, record_masks)
         except OSError as e:
-            raise UserError(f"output.dir {folder!r}: cannot write {FILENAME} there ({e.strerror or e}); "
-                            f"choose a writable output.dir") from None
+            self.close("failed")
+            raise UserError(f"output.dir {folder!r}: cannot write {FILENAME} there ({cause(e)}); "
+                            f"choose a writable output.dir with free space") from None
+
+    def _start(self, attrs, config_json, created, subnets, width, record_masks) -> None:
         self.f.attrs.update(attrs)
         self.f.attrs["config"] = config_json
         self.f.attrs["status"] = "running"
@@ -146,10 +237,29 @@ class RunFile:
         write_checkpoint(self.folder, W=W, rounds_done=rounds_done, metrics=metrics, loss_init=loss_init,
                          config_json=self.config_json, data_sha256=self.data_sha256, created=self.created)
 
-    def close(self, status: str) -> None:
+    def publish(self) -> None:
+        """run.h5.tmp becomes run.h5: from here on it holds all that the run file it replaces held."""
         self.write_pending()
-        self.f.attrs["status"] = status
-        self.f.close()
+        os.replace(self.tmp, self.path)  # the open handle writes on under the new name
+        _fsync(self.folder)
+        self.published = True
+
+    def close(self, status: str) -> None:
+        """Never raises (it runs while another error is on its way out, e.g. a full disk). An
+        unpublished file is dropped, so the run file it would have replaced stays as it was."""
+        try:
+            if self.published:
+                self.write_pending()
+                self.f.attrs["status"] = status
+        except Exception:  # noqa: BLE001 (the status is a courtesy; the checkpoint is the truth)
+            pass
+        try:
+            self.f.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if not self.published:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
 
 
 def _fsync(path: str) -> None:
@@ -168,14 +278,19 @@ def write_checkpoint(folder: str, *, W, rounds_done: int, metrics: dict, loss_in
 
     path = os.path.join(folder, CHECKPOINT)
     tmp = path + ".tmp"
-    with h5py.File(tmp, "w", locking=False) as f:
-        f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__, "config": config_json,
-                        "round": rounds_done, "loss_init": loss_init, "data_sha256": data_sha256,
-                        "created": created})
-        f["W"] = W
-        for name, dtype in METRICS.items():
-            f[f"metrics/{name}"] = np.asarray(metrics.get(name, []), dtype=dtype)
-    _fsync(tmp)
+    try:
+        with h5py.File(tmp, "w", locking=False) as f:
+            f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__, "config": config_json,
+                            "round": rounds_done, "loss_init": loss_init, "data_sha256": data_sha256,
+                            "created": created})
+            f["W"] = W
+            for name, dtype in METRICS.items():
+                f[f"metrics/{name}"] = np.asarray(metrics.get(name, []), dtype=dtype)
+        _fsync(tmp)
+    except BaseException:  # a full disk, a quota: the previous checkpoint stays, the torn one goes
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     os.replace(tmp, path)
     _fsync(folder)  # the rename itself reaches the disk
 

@@ -17,7 +17,7 @@ from itertools import repeat
 import numpy as np
 
 from . import kernels, masks, theory
-from .errors import UserError
+from .errors import UserError, cause
 
 # a loss this many times the initial one means the steps are too large: stop rather than burn the
 # allocation on overflowing weights
@@ -30,7 +30,8 @@ def init_model(cfg) -> tuple[np.ndarray, np.ndarray]:
     m, d, c = cfg.model.width, cfg.data.d, cfg.data.outputs
     W = cfg.model.init_scale * rng.standard_normal((m, d))
     a = 2.0 * rng.integers(0, 2, size=(m, c)) - 1.0
-    return W.astype(cfg.model.dtype), a.astype(cfg.model.dtype)
+    with np.errstate(over="ignore"):  # a huge init_scale in float32: reported by check_start
+        return W.astype(cfg.model.dtype), a.astype(cfg.model.dtype)
 
 
 def subnets_of_rank(p: int, ranks: int, rank: int) -> range:
@@ -95,41 +96,91 @@ def ntk_lambda0(X, comm, store_H: bool) -> tuple[float | None, np.ndarray | None
     return lambda0, (H if store_H else None)
 
 
-def record_lambda0(cfg, comm, X, store, log) -> None:
+def record_lambda0(cfg, comm, X, out, log) -> None:
     n, t = X.shape[0], time.perf_counter()
     if comm.rank == 0 and n > 2000:
         log(f"computing the NTK Gram matrix of the data and its lambda_0 (n = {n}; a few seconds; "
             f"theory.max_n = 0 skips it) ...")
     lambda0, H = ntk_lambda0(X, comm, n <= cfg.theory.store_H_max_n)
-    if store is not None:
-        store.write_theory(lambda0, H)
+    out("write_theory", lambda0, H)
     if comm.rank == 0:
         log(f"NTK Gram matrix of the data: lambda_0 = {lambda0:.4e} (n = {n}, {time.perf_counter() - t:.2f} s)")
 
 
-def restore(cfg, start: dict, store, dtype):
+def restore(cfg, start: dict, out, dtype):
     """(rounds done, loss_init, W, metrics history) from a checkpoint; rank 0 rebuilds the run file's
     rows. The checkpoint's W and round are all the state there is: masks and minibatches are
-    functions of (seed, round, subnet), so the rounds ahead are the ones an unbroken run takes."""
+    functions of (seed, round, subnet), so the rounds ahead are the ones an unbroken run takes.
+    The checkpoint written before round 1 has no rows: the history starts empty."""
     first = start["round"]
     W = start["W"].astype(dtype)
     history = {name: list(values) for name, values in start["metrics"].items()}
-    if store is not None:
+    if out.store is not None:
         mk = cfg.masks
         for i in range(first):
             M = masks.sample(mk.kind, mk.subnets, mk.keep, cfg.model.width, cfg.train.seed, i) \
                 if cfg.output.record_masks else None
-            store.append({name: values[i] for name, values in history.items()}, M)
-        store.write_weights(W, first)
+            out("append", {name: values[i] for name, values in history.items()}, M)
+        out("write_weights", W, first)
+    out.last_checkpoint = first
     return first, start["loss_init"], W, history
 
 
-class Interrupted(Exception):
-    """A rank was asked to stop (SIGTERM/SIGUSR1): the round finished and a checkpoint was written."""
+class Writer:
+    """Rank 0's run file and checkpoints (store is None on the other ranks). A write that fails
+    (a full disk, a quota, an I/O error) is held, not raised: rank 0 alone knows of it, so it rides
+    as a flag in the next loss Allreduce and every rank stops together (a raise on rank 0 alone
+    would leave the others waiting in a collective). Writes after a failure are skipped."""
 
-    def __init__(self, rounds_done: int):
-        super().__init__(f"stopped after round {rounds_done}")
-        self.rounds_done = rounds_done
+    def __init__(self, store):
+        self.store, self.error = store, None
+        self.last_checkpoint = None  # rounds done at the last checkpoint on disk (rank 0 knows)
+
+    def __call__(self, method: str, *args) -> None:
+        if self.store is None or self.error is not None:
+            return
+        try:
+            getattr(self.store, method)(*args)
+        except (OSError, RuntimeError) as e:  # h5py reports failed writes as either
+            self.error = e
+            return
+        if method == "checkpoint":
+            self.last_checkpoint = args[1]
+
+    @property
+    def failed(self) -> float:
+        return float(self.error is not None)
+
+    def failure(self, rounds_done: int, cfg) -> UserError:
+        why = cause(self.error) if self.error is not None else "on rank 0"
+        kept = (f"the last good checkpoint (round {self.last_checkpoint}) is kept: free space, then continue "
+                f"with --resume {cfg.output.dir}") if self.last_checkpoint is not None else \
+            "no checkpoint was written: free space, then start the run again"
+        return UserError(f"output.dir {cfg.output.dir!r}: writing the run file or checkpoint failed "
+                         f"({why}) after round {rounds_done}; the run stopped; {kept}")
+
+
+def check_start(loss: float, X, Y, cfg) -> None:
+    """A loss that is not finite before any step is the data or the initialisation, not the lr."""
+    if math.isfinite(loss):
+        return
+    with np.errstate(all="ignore"):
+        big_x, big_y = float(np.max(np.abs(X))), float(np.max(np.abs(Y)))
+    raise UserError(f"the loss is {loss} at the initial weights, before any training step: the data or the "
+                    f"initial weights are too large for model.dtype = {cfg.model.dtype!r} (largest |x| = "
+                    f"{big_x:.3g}, |y| = {big_y:.3g}, model.init_scale = {cfg.model.init_scale:g}); rescale the "
+                    f"data (data.normalize = 'unit' or 'standardize') or lower model.init_scale"
+                    + (", or use float64" if cfg.model.dtype != "float64" else ""))
+
+
+class Interrupted(Exception):
+    """A rank was asked to stop (SIGTERM/SIGUSR1): the round finished and a checkpoint was written,
+    or (checkpointed False) the stop came before the run's first checkpoint."""
+
+    def __init__(self, rounds_done: int, checkpointed: bool = True):
+        super().__init__(f"stopped after round {rounds_done}" if checkpointed else
+                         "stopped before training; nothing to resume, start again")
+        self.rounds_done, self.checkpointed = rounds_done, checkpointed
 
 
 def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambda: False, workers=1) -> dict:
@@ -144,11 +195,11 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
 
 
 def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> dict:
+    out = Writer(store)
     W, a = init_model(cfg)
-    if store is not None:
-        store.write_start(X, Y, a, W, cfg.data.source)
+    out("write_start", X, Y, a, W, cfg.data.source)
     if X.shape[0] <= cfg.theory.max_n:
-        record_lambda0(cfg, comm, X, store, log)
+        record_lambda0(cfg, comm, X, out, log)
 
     p, m = cfg.masks.subnets, cfg.model.width
     keep = cfg.masks.keep
@@ -160,34 +211,43 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
     lr = real(cfg.train.lr)
     log_every = cfg.output.log_every or max(1, rounds // 20)
     checkpoint_every = cfg.output.checkpoint_every
-    width = len(str(rounds))
+    digits = len(str(rounds))
+    big_x = float(np.max(np.linalg.norm(X, axis=1)))
+    large_x = (f"; the inputs are large (largest ||x|| = {big_x:.3g}), which shrinks the stable step: "
+               f"consider data.normalize = 'unit'") if big_x > 10 else ""
 
+    first, history = 0, {}
+    if start is not None:
+        first, loss_init, W, history = restore(cfg, start, out, W.dtype)
+    # the loss at the starting weights; its Allreduce also carries any rank's stop request (a signal
+    # during start-up) and a failed write on rank 0, so every rank acts on them together
+    loss, (stops, failed) = network_loss(W, a, X, Y, comm, (float(stop_requested()), out.failed), each, workers)
     if start is None:
-        first, history = 0, {}
-        loss_init, _ = network_loss(W, a, X, Y, comm, (), each, workers)
-        if comm.rank == 0:
-            log(f"round {0:>{width}}/{rounds}  loss {loss_init:.4e}  (initial weights)")
-    else:
-        first, loss_init, W, history = restore(cfg, start, store, W.dtype)
-        if comm.rank == 0:
-            log(f"round {first:>{width}}/{rounds}  loss {history['loss'][-1]:.4e}  (resumed from the checkpoint)")
+        loss_init = loss
+        check_start(loss, X, Y, cfg)
+    if failed:
+        raise out.failure(first, cfg)
+    if stops:
+        raise Interrupted(first, checkpointed=start is not None)
+    if comm.rank == 0:
+        how = "(initial weights)" if start is None else "(resumed from the checkpoint)"
+        log(f"round {first:>{digits}}/{rounds}  loss {loss:.4e}  {how}")
     comm.take_counters()
-    if store is not None:
-        store.write_loss_init(loss_init)
-        if start is None:
-            store.checkpoint(W, 0, history, loss_init)  # --resume works from the first second on
-    last_checkpoint = first
+    out("write_loss_init", loss_init)
+    if start is None:
+        out("checkpoint", W, 0, history, loss_init)  # --resume works from the first second on
+    out("publish")
 
     t_mark = time.perf_counter()   # seconds_wall: from one round's row to the next, store writes included
-    for round in range(first, rounds):
+    for k in range(first, rounds):
         t_start = time.perf_counter()
-        M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, round)
+        M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, k)
         rows = [np.flatnonzero(M[l]) for l in range(p)]  # each subnetwork's active neurons
 
         # 1. every subnetwork on this rank: tau local steps from W_k, on its active rows only
         #    (updated in place; side by side on `workers` threads)
         updated = {l: W[rows[l]] for l in my_subnets}
-        batches = [masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, round, l)
+        batches = [masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, k, l)
                    for l in my_subnets]
         t = time.perf_counter()
         sub_losses = list(each(kernels.local_steps, updated.values(), [a[rows[l]] for l in my_subnets],
@@ -198,42 +258,48 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
         # 2. aggregate per neuron over the subnetworks that hold it
         W = aggregate(W, M, rows, updated, comm, disjoint)
 
-        # the loss, the subnetworks' losses and any rank's stop request, in one Allreduce
+        # the loss, the subnetworks' losses, any rank's stop request and a failed write, in one Allreduce
         t = time.perf_counter()
-        loss, (sub_loss_sum, stops) = network_loss(W, a, X, Y, comm, (sub_loss_sum, float(stop_requested())),
-                                                   each, workers)
+        loss, (sub_loss_sum, stops, failed) = network_loss(
+            W, a, X, Y, comm, (sub_loss_sum, float(stop_requested()), out.failed), each, workers)
         seconds_loss = time.perf_counter() - t
         sub_loss = sub_loss_sum / p
         seconds_comm, bytes_comm = comm.take_counters()
         seconds_loss -= comm.last_seconds  # its Allreduce counts as comm
         seconds_compute = time.perf_counter() - t_start - seconds_comm
 
+        if failed:
+            raise out.failure(k, cfg)
         if not math.isfinite(loss) or loss > DIVERGED * loss_init:
-            raise UserError(f"the loss became {loss:.4g} in round {round + 1} (initial {loss_init:.4g}): "
+            raise UserError(f"the loss became {loss:.4g} in round {k + 1} (initial {loss_init:.4g}): "
                             f"training diverged; lower train.lr (now {lr:g}): a subnetwork's step is "
-                            f"about 1/keep times stronger, so small masks.keep needs a small lr "
-                            f"(the last good checkpoint, round {last_checkpoint}, is kept)")
+                            f"about 1/keep times stronger, so small masks.keep needs a small lr{large_x} "
+                            f"(the last good checkpoint, round {out.last_checkpoint}, is kept)")
         now = time.perf_counter()
-        row = {"round": round + 1, "loss": loss, "sub_loss": sub_loss, "seconds_compute": seconds_compute,
+        row = {"round": k + 1, "loss": loss, "sub_loss": sub_loss, "seconds_compute": seconds_compute,
                "seconds_comm": seconds_comm, "seconds_wall": now - t_mark, "bytes_comm": bytes_comm,
                "seconds_local": seconds_local, "seconds_loss": seconds_loss}
         t_mark = now
-        for name, value in row.items():
-            history.setdefault(name, []).append(value)
-        done, stop = round + 1 == rounds, stops > 0
-        save = done or stop or (round + 1) % checkpoint_every == 0
-        if store is not None:
-            store.append(row, M if cfg.output.record_masks else None)
-            if done or stop or (round + 1) % log_every == 0:
-                store.write_weights(W, round + 1)
-            if save:
-                store.checkpoint(W, round + 1, history, loss_init)
-        if save:
-            last_checkpoint = round + 1
-        if comm.rank == 0 and (done or stop or round == first or (round + 1) % log_every == 0):
-            log(f"round {round + 1:>{width}}/{rounds}  loss {loss:.4e}  sub_loss {sub_loss:.4e}  "
+        _record(history, row)
+        done, stop = k + 1 == rounds, stops > 0
+        out("append", row, M if cfg.output.record_masks else None)
+        if done or stop or (k + 1) % log_every == 0:
+            out("write_weights", W, k + 1)
+        if done or stop or (k + 1) % checkpoint_every == 0:
+            out("checkpoint", W, k + 1, history, loss_init)
+        if comm.rank == 0 and (done or stop or k == first or (k + 1) % log_every == 0):
+            log(f"round {k + 1:>{digits}}/{rounds}  loss {loss:.4e}  sub_loss {sub_loss:.4e}  "
                 f"compute {seconds_compute:.3f}s  comm {seconds_comm:.3f}s  "
                 f"sent {bytes_comm / 1e6:.2f} MB")
         if stop and not done:
-            raise Interrupted(round + 1)
+            if comm.agree(out.failed):  # the stop's checkpoint must have reached the disk
+                raise out.failure(k + 1, cfg)
+            raise Interrupted(k + 1)
+    if comm.agree(out.failed):  # the last round's writes: no Allreduce follows to carry the flag
+        raise out.failure(rounds, cfg)
     return {"W": W, "loss_init": loss_init, "metrics": {k: np.array(v) for k, v in history.items()}}
+
+
+def _record(history: dict, row: dict) -> None:
+    for name, value in row.items():
+        history.setdefault(name, []).append(value)

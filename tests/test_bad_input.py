@@ -29,10 +29,10 @@ def _text(path, text):
         f.write(text)
 
 
-def _checkpoint(folder, version=None):
+def _checkpoint(folder, version=None, config_json="{}"):
     os.makedirs(folder, exist_ok=True)
     store.write_checkpoint(folder, W=np.zeros((4, 2)), rounds_done=1, metrics={}, loss_init=1.0,
-                           config_json="{}", data_sha256="", created="now")
+                           config_json=config_json, data_sha256="", created="now")
     if version:
         with h5py.File(os.path.join(folder, store.CHECKPOINT), "r+") as f:
             f.attrs["mpisub_version"] = version
@@ -41,6 +41,38 @@ def _checkpoint(folder, version=None):
 def _finished_run(folder):
     os.makedirs(folder)
     _text(os.path.join(folder, "run.h5"), "a finished run, to be kept as it is")
+
+
+def _h5_link(path, link):
+    with h5py.File(path, "w") as f:
+        f["X"] = link
+        f["Y"] = Y1
+
+
+def _h5_corrupt_chunk(path):
+    """A gzip-compressed X whose first chunk's bytes are overwritten: the file opens, the read fails."""
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("X", data=X3, chunks=(5, 3), compression="gzip")
+        f["Y"] = Y1
+        offset = ds.id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as f:
+        f.seek(offset + 2)
+        f.write(b"\xff" * 8)
+
+
+def _npz_bad_crc(path):
+    np.savez(path, X=X3, Y=Y1)
+    with open(path, "rb") as f:
+        raw = bytearray(f.read())
+    at = raw.index(X3.tobytes()[:16])  # inside X's stored bytes: the member's CRC no longer matches
+    raw[at] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(raw)
+
+
+def _bytes(path, data: bytes):
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 X3 = np.random.default_rng(0).standard_normal((10, 3))
@@ -112,6 +144,38 @@ CASES = [
     ("empty CSV", [S, "data.source=e.csv"], lambda d: _text(d / "e.csv", ""), ["data.source 'e.csv' is empty"]),
     ("CSV with a short line", [S, "data.source=r.csv"], lambda d: _text(d / "r.csv", "a,b,y\n1,2,3\n1,2\n"),
      ["line 3 has 2 fields, the header has 3"]),
+    ("HDF5 soft link to nothing", [S, "data.source=soft.h5"], lambda d: _h5_link(d / "soft.h5", h5py.SoftLink("/gone")),
+     ["data.source 'soft.h5'"]),
+    ("HDF5 external link to a missing file", [S, "data.source=ext.h5"],
+     lambda d: _h5_link(d / "ext.h5", h5py.ExternalLink("missing.h5", "/X")), ["data.source 'ext.h5'"]),
+    ("HDF5 corrupt compressed chunk", [S, "data.source=chunk.h5"], lambda d: _h5_corrupt_chunk(d / "chunk.h5"),
+     ["data.source 'chunk.h5' cannot be read", "check that the file is whole"]),
+    ("npz member with a bad CRC", [S, "data.source=crc.npz"], lambda d: _npz_bad_crc(d / "crc.npz"),
+     ["data.source 'crc.npz'"]),
+    ("CSV not in UTF-8", [S, "data.source=latin.csv"], lambda d: _bytes(d / "latin.csv", "a,b,y\n1,2,3\n# caf\u00e9\n".encode("latin-1")),
+     ["data.source 'latin.csv' is not UTF-8 text", "save it as UTF-8"]),
+    ("CSV field over the csv module's limit", [S, "data.source=wide.csv"],
+     lambda d: _text(d / "wide.csv", "a,y\n" + "1" * 200000 + ",2\n"), ["data.source 'wide.csv' line 2"]),
+    ("CSV separated by semicolons", [S, "data.source=semi.csv"], lambda d: _text(d / "semi.csv", "a;b;y\n1;2;3\n"),
+     ["looks ';'-separated", "save it with commas"]),
+    ("CSV separated by tabs", [S, "data.source=tab.csv"], lambda d: _text(d / "tab.csv", "a\tb\ty\n1\t2\t3\n"),
+     ["looks tab-separated"]),
+    ("TOML not in UTF-8", ["--config", "latin.toml"], lambda d: _bytes(d / "latin.toml", "[output]\ndir = 'caf\u00e9'\n".encode("latin-1")),
+     ["config file 'latin.toml' is not UTF-8 text"]),
+    ("TOML value out of range names the file", ["--config", "lr.toml"], lambda d: _text(d / "lr.toml", "[train]\nlr = -1\n"),
+     ["config file 'lr.toml': train.lr = -1.0 is out of range"]),
+    ("data that overflows when squared", [S, "data.source=huge.npz"], lambda d: _npz(d / "huge.npz", X=X3 * 1e300, Y=Y1),
+     ["data.source 'huge.npz': X has values up to", "once squared", "data.normalize"]),
+    ("synthetic noise that overflows", [S, "data.noise=1e308"], None, ["(data.noise = 1e+308)", "lower data.noise"]),
+    ("gd at two ranks", ["--preset", "gd"], None, ["plain gradient descent", "run it with mpirun -n 1"]),
+    ("dropout at two ranks", ["--preset", "dropout"], None, ["run it with mpirun -n 1", "multiple of 2"]),
+    ("model too large for the node", [S, "model.width=1000000000", S, "data.d=1000"], None,
+     ["model.width = 1000000000 needs about", "GiB per rank", "at most model.width ="]),
+    ("model over train.memory_limit_mb", [S, "model.width=200000", S, "data.d=64", S, "train.memory_limit_mb=400"], None,
+     ["train.memory_limit_mb = 400 allows", "at most model.width = ", "raise train.memory_limit_mb"]),
+    ("resume at a K that does not divide p", ["--resume", "p3"],
+     lambda d: _checkpoint(str(d / "p3"), config_json='{"masks": {"subnets": 3}}'),
+     ["the run has masks.subnets = 3", "a number of ranks that divides 3 (e.g. mpirun -n 1)"]),
     ("output.dir is a file", [S, "output.dir=taken"], lambda d: _text(d / "taken", "x"), ["output.dir 'taken' is a file"]),
     ("output.dir holds a run", [S, "output.dir=old"], lambda d: _finished_run(d / "old"),
      ["output.dir 'old' already holds a run (run.h5)", "--resume old", "output.overwrite = true"]),

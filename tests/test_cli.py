@@ -55,7 +55,7 @@ def test_run_file_layout(default_job):
             assert f["metrics"][name].shape == (rounds,) and f["metrics"][name].maxshape == (None,)
         np.testing.assert_array_equal(f["metrics/round"][()], np.arange(1, rounds + 1))
         # partition over 4 ranks: each rank sends its quarter of the rows
-        np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0], m // 4 * d * 8 + 8 * (n + 2))  # + loss buffer, sub-loss sum, stop flag
+        np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0], m // 4 * d * 8 + 8 * (n + 3))  # + loss buffer, sub-loss sum, stop and write flags
         assert np.all(f["metrics/seconds_wall"][()] >= f["metrics/seconds_compute"][()])
         assert "masks" not in f
 
@@ -75,10 +75,13 @@ def test_user_error_is_one_line_exit_2_on_every_rank(tmp_path):
 
 
 def test_p_not_a_multiple_of_ranks(tmp_path):
-    r = mpirun(4, "--preset", "gd", cwd=tmp_path, timeout=60)
+    r = mpirun(4, *sets(masks__subnets=6), cwd=tmp_path, timeout=60)
     assert r.returncode == 2
-    assert "masks.subnets = 1 is not a multiple of the 4 MPI ranks" in r.stderr
+    assert "masks.subnets = 6 is not a multiple of the 4 MPI ranks" in r.stderr
     assert r.stderr.count("error") == 1 and "Traceback" not in r.stderr
+    r = mpirun(4, "--preset", "gd", cwd=tmp_path, timeout=60)           # one subnetwork: one rank
+    assert r.returncode == 2
+    assert "run it with mpirun -n 1" in r.stderr and r.stderr.count("error") == 1
 
 
 def test_existing_run_is_not_overwritten(tmp_path):

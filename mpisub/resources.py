@@ -1,0 +1,145 @@
+"""What a run needs, estimated from its config, against what the machine offers: memory per rank
+and disk for the run folder. Checked before anything is allocated or written, so a run that
+cannot fit stops with one line saying how much it needs and what would fit, instead of a
+MemoryError, an OOM kill or a half-written run file (docs/design.md, "Sizes before work").
+
+The estimate follows the round loop of the replicated design: every rank holds all of W.
+"""
+import os
+import shutil
+
+import numpy as np
+
+from .errors import UserError
+
+BASE = 200 * 2**20   # interpreter, numpy, scipy, numba, h5py and MPI, per rank
+SLACK = 2**20        # HDF5's own structures
+
+
+def _dims(cfg, ranks: int):
+    c = cfg
+    s = np.dtype(c.model.dtype).itemsize
+    rows_per_subnet = max(1, round(c.masks.keep * c.model.width))
+    return s, c.model.width, c.data.d, c.data.n, c.data.outputs, c.masks.subnets // ranks, rows_per_subnet
+
+
+def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -> dict:
+    """Peak bytes one rank needs, by part (the largest rank: rank 0, which also holds the NTK Gram
+    matrix when it is computed)."""
+    s, m, d, n, c, subnets_here, k = _dims(cfg, ranks)
+    nb = cfg.train.batch_size or n
+    W = m * d * s
+    init = 2 * m * d * 8                          # init_model's float64 draw and its scaled copy
+    rounds = (3 * W                               # W_k, W_{k+1} and the gathered rows (or bernoulli's sum)
+              + subnets_here * k * d * s          # the subnetworks' working rows
+              + workers * (nb * k + k * d) * s    # a local step's workspaces, per worker thread
+              + workers * n * 512 * s)            # the forward pass's block of neurons
+    parts = {"weights": max(init, rounds) + (m * d * s if resuming else 0) + 2 * m * c * s,
+             "data": n * (d + c) * (8 + s)}
+    if n <= cfg.theory.max_n:
+        parts["ntk"] = n * n * 8 + 4 * (n // ranks + 1) * n * 8
+    parts["base"] = BASE
+    return parts
+
+
+def memory_available(ranks_on_node: int) -> int | None:
+    """Bytes one rank may use: what the node (or the job's cgroup) has available, split between the
+    ranks on it. None where it cannot be told."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # a batch job's limit (Slurm's cgroup), cgroup v2
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            free = max(0, int(limit) - used)
+            avail = free if avail is None else min(avail, free)
+    except (OSError, ValueError):
+        pass
+    return None if avail is None else avail // max(1, ranks_on_node)
+
+
+def check_memory(cfg, ranks: int, ranks_on_node: int, workers: int = 1, resuming: bool = False) -> None:
+    limit_mb = cfg.train.memory_limit_mb
+    avail = memory_available(ranks_on_node)
+    if limit_mb:
+        avail = limit_mb * 2**20 if avail is None else min(avail, limit_mb * 2**20)
+    if avail is None:
+        return
+    need = memory_per_rank(cfg, ranks, workers, resuming)
+    total = sum(need.values())
+    if total <= avail:
+        return
+    gib = 2**30
+    by_limit = bool(limit_mb) and avail == limit_mb * 2**20
+    source = f"train.memory_limit_mb = {limit_mb} allows {avail / gib:.2f} GiB" if by_limit else \
+        f"this node has {avail * ranks_on_node / gib:.2f} GiB available for its {ranks_on_node} rank(s), " \
+        f"{avail / gib:.2f} GiB each"
+    split = ", ".join(f"{name} {v / gib:.2f}" for name, v in need.items())
+    fits = _widest_that_fits(cfg, ranks, workers, resuming, avail)
+    if fits:
+        fit = f"at most model.width = {fits} fits"
+    else:
+        fit = "not even the narrowest network fits (the libraries and the data alone need more)"
+    if by_limit:
+        fit += "; or raise train.memory_limit_mb"
+    else:
+        per_node = (avail * ranks_on_node) // total
+        fit += ("; every rank holds all of W, so more ranks per node do not help, fewer do: "
+                + (f"{per_node} rank(s) of this size fit on this node" if per_node else
+                   "not even one rank of this size fits on this node"))
+    raise UserError(f"model.width = {cfg.model.width} needs about {total / gib:.2f} GiB per rank ({split} GiB), "
+                    f"but {source}; {fit}")
+
+
+def _widest_that_fits(cfg, ranks, workers, resuming, avail) -> int:
+    import copy
+    trial = copy.deepcopy(cfg)
+
+    def need(m):
+        trial.model.width = m
+        trial.masks.keep = cfg.masks.keep
+        return sum(memory_per_rank(trial, ranks, workers, resuming).values())
+
+    lo, hi = 0, cfg.model.width  # need(hi) > avail
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if need(mid) <= avail else (lo, mid)
+    return lo if lo >= cfg.masks.subnets else 0
+
+
+def disk_needed(cfg, resuming: bool = False) -> dict:
+    """Bytes the run folder will hold at its fullest: run.h5, and two checkpoints while one
+    replaces the other (and, on resume, the old run.h5 until the new one replaces it)."""
+    s, m, d, n, c, _, _ = _dims(cfg, 1)
+    rounds, p = cfg.train.rounds, cfg.masks.subnets
+    run = (2 * m * d * s + m * c * s + rounds * 9 * 8 + SLACK
+           + (n * (d + c) * s if cfg.data.source == "synthetic" else 0)
+           + (rounds * p * m if cfg.output.record_masks else 0)
+           + (n * n * 8 if n <= min(cfg.theory.max_n, cfg.theory.store_H_max_n) else 0))
+    checkpoint = m * d * s + rounds * 9 * 8 + SLACK
+    return {"run.h5": run * (2 if resuming else 1), "checkpoints": 2 * checkpoint}
+
+
+def check_disk(cfg, folder: str, resuming: bool = False) -> None:
+    need = disk_needed(cfg, resuming)
+    total = sum(need.values())
+    where = os.path.abspath(folder)
+    while not os.path.exists(where):
+        where = os.path.dirname(where)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    if total > free:
+        mb = 2**20
+        split = ", ".join(f"{name} {v / mb:.1f}" for name, v in need.items())
+        raise UserError(f"output.dir {folder!r}: the run needs about {total / mb:.1f} MiB on disk ({split} MiB) "
+                        f"but {free / mb:.1f} MiB is free there; free space or choose another output.dir")
