@@ -1,4 +1,4 @@
-"""The round loop: DESIGN.md's algorithm, step for step.
+"""The round loop: docs/design.md's algorithm (section 2), step for step.
 
     for round k:
         M_k = masks of this round (p x m), the same on every rank

@@ -1,4 +1,4 @@
-"""A slow, plain-numpy statement of DESIGN.md's algorithm, written independently of mpisub's
+"""A slow, plain-numpy statement of docs/design.md's algorithm (section 2), written independently of mpisub's
 kernels: full-width matrices with the mask applied as a multiplication, the gradient from the
 chain rule, the aggregation as an explicit loop over neurons."""
 import numpy as np
