@@ -8,6 +8,11 @@ import time
 
 import numpy as np
 from mpi4py import MPI
+from mpi4py.util.dtlib import from_numpy_dtype
+
+
+def _offsets(counts: list[int]) -> list[int]:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64).tolist()
 
 
 class Comm:
@@ -19,6 +24,7 @@ class Comm:
         self.seconds = 0.0
         self.bytes = 0
         self.last_seconds = 0.0  # of the latest collective
+        self._row_types = {}
 
     def library(self) -> str:
         # Open MPI's string ends in a NUL, which HDF5 strings cannot hold
@@ -36,22 +42,51 @@ class Comm:
         if self.size > 1:
             self.bytes += int(nbytes)
 
-    def allgather_rows(self, mine: np.ndarray, counts: list[int], out: np.ndarray) -> None:
-        """Rank k contributes `counts[k]` rows; `out` receives all of them in rank order."""
+    def _rows(self, A: np.ndarray):
+        """An MPI datatype of one row of A: counts and offsets are in rows, so no count nears a C
+        int's 2^31 limit however many elements W has (m d > 2^31 is a real size)."""
+        key = (A.dtype.char, A.shape[1])
+        if key not in self._row_types:
+            self._row_types[key] = from_numpy_dtype(A.dtype).Create_contiguous(A.shape[1]).Commit()
+        return self._row_types[key]
+
+    def alltoall_rows(self, send: np.ndarray, send_counts: list[int], out: np.ndarray, recv_counts: list[int]) -> None:
+        """Rank k sends rows send[offset_j : offset_j + send_counts[j]] to each rank j and receives
+        recv_counts[j] rows from rank j into `out`, in rank order (one Alltoallv)."""
         t0 = time.perf_counter()
-        width = out.shape[1]
-        sizes = [c * width for c in counts]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
-        self.mpi.Allgatherv(mine, [out, (sizes, offsets)])
-        self._count(t0, mine.nbytes)
+        if self.size == 1:
+            out[...] = send
+        elif out.shape[1]:
+            row = self._rows(out)
+            self.mpi.Alltoallv([send, (send_counts, _offsets(send_counts)), row],
+                               [out, (recv_counts, _offsets(recv_counts)), row])
+        self._count(t0, (sum(send_counts) - send_counts[self.rank]) * send[:1].nbytes)
+
+    def blocks_at_root(self, block: np.ndarray, bounds: list[int]):
+        """Every rank's block of rows in turn, for rank 0 to write: on rank 0 a generator of (lo, rows)
+        in rank order (its own block, then one receive buffer reused for each other rank's), so it
+        never holds more than two blocks; on the others, iterating it sends their block to rank 0.
+        Not counted in the round's seconds and bytes: it is the store's traffic."""
+        if self.rank != 0:
+            if len(block):
+                self.mpi.Send([block, len(block), self._rows(block)], dest=0, tag=7)
+            return
+        yield bounds[0], block
+        sizes = np.diff(bounds)
+        buffer = np.empty((int(sizes.max()), block.shape[1]), dtype=block.dtype)
+        for k in range(1, self.size):
+            rows = buffer[: sizes[k]]
+            if len(rows):
+                self.mpi.Recv([rows, len(rows), self._rows(rows)], source=k, tag=7)
+            yield bounds[k], rows
 
     def gather_rows(self, mine: np.ndarray, counts: list[int], out: np.ndarray | None) -> None:
-        """Like allgather_rows, but only rank 0 receives (`out` is ignored elsewhere)."""
+        """Rank k contributes `counts[k]` rows; rank 0 receives all of them in rank order into `out`
+        (ignored elsewhere)."""
         t0 = time.perf_counter()
         width = mine.shape[1] if mine.ndim == 2 else 1
         sizes = [c * width for c in counts]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
-        self.mpi.Gatherv(mine, [out, (sizes, offsets)] if self.rank == 0 else None, root=0)
+        self.mpi.Gatherv(mine, [out, (sizes, _offsets(sizes))] if self.rank == 0 else None, root=0)
         self._count(t0, mine.nbytes)
 
     def sum(self, buf: np.ndarray) -> None:

@@ -3,7 +3,6 @@ and disk for the run folder. Checked before anything is allocated or written, so
 cannot fit stops with one line saying how much it needs and what would fit, instead of a
 MemoryError, an OOM kill or a half-written run file (docs/design.md, "Sizes before work").
 
-The estimate follows the round loop of the replicated design: every rank holds all of W.
 """
 import os
 import shutil
@@ -12,29 +11,37 @@ import numpy as np
 
 from .errors import UserError
 
-BASE = 200 * 2**20   # interpreter, numpy, scipy, numba, h5py and MPI, per rank
+BASE = 224 * 2**20   # interpreter, numpy, scipy, numba, h5py, MPI (190 MiB measured) and OpenBLAS's buffers
 SLACK = 2**20        # HDF5's own structures
 
 
-def _dims(cfg, ranks: int):
-    c = cfg
-    s = np.dtype(c.model.dtype).itemsize
-    rows_per_subnet = max(1, round(c.masks.keep * c.model.width))
-    return s, c.model.width, c.data.d, c.data.n, c.data.outputs, c.masks.subnets // ranks, rows_per_subnet
-
-
 def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -> dict:
-    """Peak bytes one rank needs, by part (the largest rank: rank 0, which also holds the NTK Gram
-    matrix when it is computed)."""
-    s, m, d, n, c, subnets_here, k = _dims(cfg, ranks)
+    """Peak bytes one rank needs, by part (rank 0, which also holds the NTK Gram matrix when it is
+    computed). Follows the round loop of docs/design.md, section 3: a rank holds its owned rows,
+    the rows its subnetworks pull, their trained copies and the push buffers, never all of W."""
+    s, m, d, n, c = np.dtype(cfg.model.dtype).itemsize, cfg.model.width, cfg.data.d, cfg.data.n, cfg.data.outputs
+    p, xi = cfg.masks.subnets, cfg.masks.keep
+    here = p // ranks                                   # subnetworks per rank
+    row = d * s
+    own = -(-m // ranks)
+    bernoulli = cfg.masks.kind == "bernoulli"
+    held = 1 - (1 - xi) ** here if bernoulli else min(1.0, here * xi)
+    pulled = held * m                                   # rows this rank's subnetworks hold, once each
+    trained = here * xi * m                             # their rows: a view of `pulled` for one disjoint subnet
+    copies = 0 if here == 1 and not bernoulli else trained
+    pull_send = own * (ranks * held if bernoulli else 1)
+    received = own * (p * xi if bernoulli else 1)
+    k = xi * m
     nb = cfg.train.batch_size or n
-    W = m * d * s
-    init = 2 * m * d * 8                          # init_model's float64 draw and its scaled copy
-    rounds = (3 * W                               # W_k, W_{k+1} and the gathered rows (or bernoulli's sum)
-              + subnets_here * k * d * s          # the subnetworks' working rows
-              + workers * (nb * k + k * d) * s    # a local step's workspaces, per worker thread
-              + workers * n * 512 * s)            # the forward pass's block of neurons
-    parts = {"weights": max(init, rounds) + (m * d * s if resuming else 0) + 2 * m * c * s,
+    workspace = workers * ((nb * k + k * d) + n * 512) * s   # a local step's A and G, the forward block
+    phases = (own + pull_send + pulled,                               # pull
+              own + pulled + copies,                                  # each subnetwork's rows copied out
+              own + trained + workspace / row,                        # local steps
+              own + 2 * trained,                                      # packing the push
+              own + trained + received + (own if bernoulli else 0))   # receiving the push, combining
+    peak_rows = max(phases)
+    parts = {"weights": int(peak_rows * row + (own * row if resuming else 0)),
+             "masks": int(m * c * s + p * m + 2 * here * k * 8 + ranks * pulled * 8),
              "data": n * (d + c) * (8 + s)}
     if n <= cfg.theory.max_n:
         parts["ntk"] = n * n * 8 + 4 * (n // ranks + 1) * n * 8
@@ -88,13 +95,11 @@ def check_memory(cfg, ranks: int, ranks_on_node: int, workers: int = 1, resuming
         fit = f"at most model.width = {fits} fits"
     else:
         fit = "not even the narrowest network fits (the libraries and the data alone need more)"
+    more = _fewest_ranks_that_fit(cfg, ranks, workers, resuming, avail)
+    if more:
+        fit += f", or with mpirun -n {more} (each rank holds 1/K of W) on nodes with this much memory per rank"
     if by_limit:
         fit += "; or raise train.memory_limit_mb"
-    else:
-        per_node = (avail * ranks_on_node) // total
-        fit += ("; every rank holds all of W, so more ranks per node do not help, fewer do: "
-                + (f"{per_node} rank(s) of this size fit on this node" if per_node else
-                   "not even one rank of this size fits on this node"))
     raise UserError(f"model.width = {cfg.model.width} needs about {total / gib:.2f} GiB per rank ({split} GiB), "
                     f"but {source}; {fit}")
 
@@ -115,10 +120,26 @@ def _widest_that_fits(cfg, ranks, workers, resuming, avail) -> int:
     return lo if lo >= cfg.masks.subnets else 0
 
 
+def _fewest_ranks_that_fit(cfg, ranks, workers, resuming, avail) -> int | None:
+    """The fewest ranks above `ranks` (up to 4096) at which one rank's share fits `avail`: divisors
+    of p, or any K when p is one per rank (then p = K); None if none does."""
+    import copy
+    trial = copy.deepcopy(cfg)
+    p = cfg.masks.subnets
+    for K in range(ranks + 1, 4097):
+        if p == ranks and cfg.masks.kind in ("partition", "categorical"):
+            trial.masks.subnets, trial.masks.keep = K, 1.0 / K
+        elif p % K:
+            continue
+        if sum(memory_per_rank(trial, K, workers, resuming).values()) <= avail:
+            return K
+    return None
+
+
 def disk_needed(cfg, resuming: bool = False) -> dict:
     """Bytes the run folder will hold at its fullest: run.h5, and two checkpoints while one
     replaces the other (and, on resume, the old run.h5 until the new one replaces it)."""
-    s, m, d, n, c, _, _ = _dims(cfg, 1)
+    s, m, d, n, c = np.dtype(cfg.model.dtype).itemsize, cfg.model.width, cfg.data.d, cfg.data.n, cfg.data.outputs
     rounds, p = cfg.train.rounds, cfg.masks.subnets
     run = (2 * m * d * s + m * c * s + rounds * 9 * 8 + SLACK
            + (n * (d + c) * s if cfg.data.source == "synthetic" else 0)

@@ -180,7 +180,9 @@ class RunFile:
                                   dtype=np.uint8, chunks=(1, subnets, width))
         self.rows, self.pending, self.written_at = 0, [], 0.0
 
-    def write_start(self, X, Y, a, W_init, source: str = "synthetic") -> None:
+    def write_start(self, X, Y, a, shape: tuple, dtype, source: str = "synthetic") -> None:
+        """The data (or the data file's name), a, and room for W_init and W, which `save` fills
+        block by block (no process holds all of W)."""
         if self.data_sha256:  # a user's file: say which one, rather than copy it
             g = self.f.create_group("data")
             g.attrs["source"], g.attrs["sha256"] = source, self.data_sha256
@@ -188,8 +190,8 @@ class RunFile:
             self.f["data/X"] = X
             self.f["data/Y"] = Y
         self.f["model/a"] = a
-        self.f["model/W_init"] = W_init
-        self.f["model/W"] = W_init
+        self.f.create_dataset("model/W_init", shape=shape, dtype=dtype)
+        self.f.create_dataset("model/W", shape=shape, dtype=dtype)
         self.f["model/W"].attrs["round"] = 0
         self.f.flush()
 
@@ -224,18 +226,36 @@ class RunFile:
         self.f.flush()  # what is written stays on disk if the job is killed
         self.written_at = time.monotonic()
 
-    def write_weights(self, W, rounds_done: int) -> None:
-        self.f["model/W"][...] = W
-        self.f["model/W"].attrs["round"] = rounds_done
-        self.write_pending()
-
     def write_peak_memory(self, megabytes: list) -> None:
         self.f.attrs["peak_rss_mb"] = np.asarray(megabytes, dtype=np.float64)
 
-    def checkpoint(self, W, rounds_done: int, metrics: dict, loss_init: float) -> None:
+    def save(self, blocks, rounds_done: int, *, init: bool = False, weights: bool = True,
+             checkpoint: dict | None = None) -> None:
+        """One pass over W's row blocks `(lo, rows)` (rank 0 receives them one at a time): into
+        /model/W_init (init), /model/W (weights) and a new checkpoint (`checkpoint`: its metrics
+        and loss_init), which replaces the previous one only once it is whole."""
         self.write_pending()
-        write_checkpoint(self.folder, W=W, rounds_done=rounds_done, metrics=metrics, loss_init=loss_init,
-                         config_json=self.config_json, data_sha256=self.data_sha256, created=self.created)
+        W = self.f["model/W"]
+        ck = _Checkpoint(self.folder, W.shape, W.dtype, rounds_done, config_json=self.config_json,
+                         data_sha256=self.data_sha256, created=self.created, **checkpoint) if checkpoint else None
+        try:
+            for lo, rows in blocks:
+                hi = lo + len(rows)
+                if init:
+                    self.f["model/W_init"][lo:hi] = rows
+                if weights:
+                    W[lo:hi] = rows
+                if ck:
+                    ck.f["W"][lo:hi] = rows
+            if weights:
+                W.attrs["round"] = rounds_done
+            self.f.flush()
+            if ck:
+                ck.commit()
+        except BaseException:
+            if ck:
+                ck.abort()
+            raise
 
     def publish(self) -> None:
         """run.h5.tmp becomes run.h5: from here on it holds all that the run file it replaces held."""
@@ -270,29 +290,58 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+class _Checkpoint:
+    """A checkpoint being written: `<folder>/checkpoint.h5.tmp`, renamed over checkpoint.h5 by
+    commit() after an fsync (a crash at any instant leaves the old or the new one, whole);
+    abort() removes the torn temporary file (a full disk, a quota)."""
+
+    def __init__(self, folder: str, shape, dtype, rounds_done: int, *, metrics: dict, loss_init: float,
+                 config_json: str, data_sha256: str, created: str):
+        from . import __version__
+
+        self.folder = folder
+        self.path = os.path.join(folder, CHECKPOINT)
+        self.tmp = self.path + ".tmp"
+        try:
+            self.f = h5py.File(self.tmp, "w", locking=False)
+            self.f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__, "config": config_json,
+                                 "round": rounds_done, "loss_init": loss_init, "data_sha256": data_sha256,
+                                 "created": created})
+            self.f.create_dataset("W", shape=shape, dtype=dtype)
+            for name, kind in METRICS.items():
+                self.f[f"metrics/{name}"] = np.asarray(metrics.get(name, []), dtype=kind)
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self) -> None:
+        try:
+            self.f.close()
+            _fsync(self.tmp)
+        except BaseException:
+            self.abort()
+            raise
+        os.replace(self.tmp, self.path)
+        _fsync(self.folder)  # the rename itself reaches the disk
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.f.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
 def write_checkpoint(folder: str, *, W, rounds_done: int, metrics: dict, loss_init: float,
                      config_json: str, data_sha256: str, created: str) -> None:
-    """Everything a run needs to continue, replacing the previous checkpoint atomically: a crash at
-    any instant leaves either the old or the new one, whole."""
-    from . import __version__
-
-    path = os.path.join(folder, CHECKPOINT)
-    tmp = path + ".tmp"
+    """A whole checkpoint from one array W (tests, tools); a run streams its blocks through RunFile.save."""
+    ck = _Checkpoint(folder, W.shape, W.dtype, rounds_done, metrics=metrics, loss_init=loss_init,
+                     config_json=config_json, data_sha256=data_sha256, created=created)
     try:
-        with h5py.File(tmp, "w", locking=False) as f:
-            f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__, "config": config_json,
-                            "round": rounds_done, "loss_init": loss_init, "data_sha256": data_sha256,
-                            "created": created})
-            f["W"] = W
-            for name, dtype in METRICS.items():
-                f[f"metrics/{name}"] = np.asarray(metrics.get(name, []), dtype=dtype)
-        _fsync(tmp)
-    except BaseException:  # a full disk, a quota: the previous checkpoint stays, the torn one goes
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        ck.f["W"][...] = W
+    except BaseException:
+        ck.abort()
         raise
-    os.replace(tmp, path)
-    _fsync(folder)  # the rename itself reaches the disk
+    ck.commit()
 
 
 def read_checkpoint(folder: str) -> dict:
@@ -314,7 +363,7 @@ def read_checkpoint(folder: str) -> dict:
                     f"(format {ck.get('format')}), this is mpisub {__version__} (format {CHECKPOINT_FORMAT}); "
                     f"a run continues bit-exactly only with the version that started it: resume with that "
                     f"version, or start a new run")
-            ck["W"] = f["W"][()]
+            ck["shape"], ck["folder"] = f["W"].shape, folder
             ck["metrics"] = {name: f[f"metrics/{name}"][()] for name in METRICS}
             ck["config"] = json.loads(ck["config"])
             ck["round"] = int(ck["round"])
@@ -322,6 +371,12 @@ def read_checkpoint(folder: str) -> dict:
         raise UserError(f"--resume {folder!r}: {CHECKPOINT} is not a readable mpisub checkpoint ({e}); "
                         f"the run cannot continue from it") from None
     return ck
+
+
+def read_checkpoint_W(folder: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Rows lo:hi of the checkpoint's W: each rank reads its own block on resume."""
+    with h5py.File(os.path.join(folder, CHECKPOINT), "r") as f:
+        return f["W"][lo:hi]
 
 
 def read_run(path: str, arrays: bool = True) -> dict:

@@ -2,85 +2,100 @@
 
     for round k:
         M_k = masks of this round (p x m), the same on every rank
+        pull: each rank receives from their owners the rows its subnets hold
         for each subnet l on this rank:                       (1. local steps)
             W_l = W_k[active rows of l];  tau gradient steps on L_l;  W_l -> W^l_{k,tau}
-        w_{k+1,r} = mean of w^l_{k,tau,r} over the subnets l holding r;   (2. aggregate)
-                    a neuron held by none keeps w_{k,r}
+        push: the trained rows go back to their owners, where       (2. aggregate)
+            w_{k+1,r} = mean of w^l_{k,tau,r} over the subnets l holding r (in subnet order);
+            a neuron held by none keeps w_{k,r}
         record the full network's loss L(W_{k+1})
+
+Rank k owns the neurons shard.owned(m, K, k) for the whole run (its rows of W live nowhere else).
 """
 import contextlib
 import math
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 
 import numpy as np
 
-from . import kernels, masks, theory
+from . import kernels, masks, shard, theory
 from .errors import UserError, cause
 
 # a loss this many times the initial one means the steps are too large: stop rather than burn the
 # allocation on overflowing weights
 DIVERGED = 1e3
+# W and a are drawn in chunks of this many neurons, each from its own stream: a rank draws only
+# the chunks of its own rows, and W_init is the same for any number of ranks
+INIT_CHUNK = 1024
 
 
-def init_model(cfg) -> tuple[np.ndarray, np.ndarray]:
-    """W (m x d): w_r ~ N(0, kappa^2 I); a (m x c): entries uniform in {+1, -1}; from train.seed."""
-    rng = masks.stream(cfg.train.seed, masks.INIT)
-    m, d, c = cfg.model.width, cfg.data.d, cfg.data.outputs
-    W = cfg.model.init_scale * rng.standard_normal((m, d))
-    a = 2.0 * rng.integers(0, 2, size=(m, c)) - 1.0
-    with np.errstate(over="ignore"):  # a huge init_scale in float32: reported by check_start
-        return W.astype(cfg.model.dtype), a.astype(cfg.model.dtype)
+def _chunk(cfg, c: int, d: int) -> np.random.Generator:
+    return masks.stream(cfg.train.seed, masks.INIT, c, d)
 
 
-def subnets_of_rank(p: int, ranks: int, rank: int) -> range:
-    """Contiguous blocks: rank k holds subnets [k p/K, (k+1) p/K), so gathering the ranks' rows in
-    rank order gives them in subnet order, whatever K is."""
-    return range(rank * p // ranks, (rank + 1) * p // ranks)
+def init_rows(cfg, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of W_init: w_r ~ N(0, kappa^2 I), drawn chunk by chunk."""
+    m, d = cfg.model.width, cfg.data.d
+    W = np.empty((hi - lo, d), dtype=cfg.model.dtype)
+    for c in range(lo // INIT_CHUNK, (hi - 1) // INIT_CHUNK + 1 if hi > lo else 0):
+        first, last = c * INIT_CHUNK, min((c + 1) * INIT_CHUNK, m)
+        block = _chunk(cfg, c, 0).standard_normal((last - first, d))
+        b, e = max(first, lo), min(last, hi)
+        with np.errstate(over="ignore"):  # a huge init_scale in float32: reported by check_start
+            W[b - lo:e - lo] = cfg.model.init_scale * block[b - first:e - first]
+    return W
 
 
-def aggregate(W, M, rows, updated, comm, disjoint: bool) -> np.ndarray:
-    """W_{k+1} from the subnetworks' updated rows: rows[l] are subnetwork l's active neurons (all l),
-    updated[l] its trained rows W^l_{k,tau} (the subnetworks of this rank)."""
-    p, m = M.shape
-    if disjoint:
-        # categorical / partition / full: each neuron is held by exactly one subnetwork, so the
-        # average is that subnetwork's row; gather every rank's rows (N_r = 1 for all r)
-        counts = [sum(len(rows[l]) for l in subnets_of_rank(p, comm.size, k)) for k in range(comm.size)]
-        gathered = np.empty_like(W)
-        comm.allgather_rows(np.concatenate(list(updated.values())), counts, gathered)
-        W_next = np.empty_like(W)
-        W_next[np.concatenate(rows)] = gathered
-        return W_next
-    # bernoulli: sum the masked rows over all subnetworks, divide by N_r where N_r > 0
-    S = np.zeros_like(W)
-    for l, W_l in updated.items():
-        S[rows[l]] += W_l
-    comm.sum(S)
-    N = M.sum(axis=0, dtype=np.int64)
-    held = N > 0
-    W_next = W.copy()
-    W_next[held] = S[held] / N[held, None].astype(W.dtype)
-    return W_next
+def init_output_weights(cfg) -> np.ndarray:
+    """a (m x c): entries uniform in {+1, -1}, fixed. Every rank holds all of a: m c numbers, small
+    beside W's m d, and any rank's subnetworks may hold any neuron."""
+    m, c = cfg.model.width, cfg.data.outputs
+    chunks = [2.0 * _chunk(cfg, k, 1).integers(0, 2, size=(min(INIT_CHUNK, m - k * INIT_CHUNK), c)) - 1.0
+              for k in range(-(-m // INIT_CHUNK))]
+    return np.concatenate(chunks).astype(cfg.model.dtype)
 
 
-def network_loss(W, a, X, Y, comm, extra=(), each=map, parts: int = 1) -> tuple[float, np.ndarray]:
+def network_loss(W_own, a_own, X, Y, m: int, comm, extra=(), each=map, parts: int = 1) -> tuple[float, np.ndarray]:
     """The full network's loss L(W), with the sums over ranks of the numbers in `extra` riding
-    along in the same Allreduce. Each rank evaluates a contiguous block of neurons (in `parts`
-    pieces mapped by `each`, e.g. over threads); the blocks' outputs add up."""
-    m = W.shape[0]
-    lo, hi = comm.rank * m // comm.size, (comm.rank + 1) * m // comm.size
-    cuts = [lo + i * (hi - lo) // parts for i in range(parts + 1)]
-    pieces = each(kernels.partial_output, [W[b:e] for b, e in zip(cuts, cuts[1:])],
-                  [a[b:e] for b, e in zip(cuts, cuts[1:])], repeat(X), repeat(W.dtype.type(1.0 / math.sqrt(m))))
-    out = sum(pieces)  # in block order, however they ran
+    along in the same Allreduce. Each rank evaluates its own block of neurons (in `parts` pieces
+    mapped by `each`, e.g. over threads); the blocks' outputs add up."""
+    k = len(W_own)
+    cuts = [i * k // parts for i in range(parts + 1)]
+    pieces = each(kernels.partial_output, [W_own[b:e] for b, e in zip(cuts, cuts[1:])],
+                  [a_own[b:e] for b, e in zip(cuts, cuts[1:])], repeat(X),
+                  repeat(W_own.dtype.type(1.0 / math.sqrt(m))))
+    out = sum(pieces, np.zeros(Y.shape, dtype=W_own.dtype))  # in block order, however they ran
     buf = np.concatenate([out.astype(np.float64).ravel(), np.asarray(extra, dtype=np.float64)])
     comm.sum(buf)
     outputs = buf[:out.size].reshape(Y.shape)
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the caller
         loss = float(np.sum((outputs - Y) ** 2) / (2 * Y.shape[0]))
     return loss, buf[out.size:]
+
+
+def pull(W_own, plan, comm) -> np.ndarray:
+    """The rows this rank's subnetworks hold, each once, from their owners (plan.need order)."""
+    pulled = np.empty((len(plan.need), W_own.shape[1]), dtype=W_own.dtype)
+    comm.alltoall_rows(W_own[plan.pull_index], plan.pull_send, pulled, plan.pull_recv)
+    return pulled
+
+
+def push(W_own, trained: dict, plan, counts, comm, disjoint: bool) -> None:
+    """In place on W_own: the trained rows go to their owners, which average them (shard.combine)."""
+    send = np.empty((sum(plan.push_send), W_own.shape[1]), dtype=W_own.dtype)
+    at = 0
+    for l, first, last in plan.push_slices:
+        send[at: at + last - first] = trained[l][first:last]
+        at += last - first
+    trained.clear()  # their rows are in `send` now: free them before the receive buffer exists
+    d = W_own.shape[1]
+    received = np.empty((sum(plan.push_recv), d), dtype=W_own.dtype)
+    comm.alltoall_rows(send, plan.push_send, received, plan.push_recv)
+    del send
+    shard.combine(W_own, received, plan.segments, disjoint, counts)
 
 
 def ntk_lambda0(X, comm, store_H: bool) -> tuple[float | None, np.ndarray | None]:
@@ -107,13 +122,15 @@ def record_lambda0(cfg, comm, X, out, log) -> None:
         log(f"NTK Gram matrix of the data: lambda_0 = {lambda0:.4e} (n = {n}, {time.perf_counter() - t:.2f} s)")
 
 
-def restore(cfg, start: dict, out, dtype):
-    """(rounds done, loss_init, W, metrics history) from a checkpoint; rank 0 rebuilds the run file's
-    rows. The checkpoint's W and round are all the state there is: masks and minibatches are
-    functions of (seed, round, subnet), so the rounds ahead are the ones an unbroken run takes.
-    The checkpoint written before round 1 has no rows: the history starts empty."""
+def restore(cfg, start: dict, out, comm, bounds, dtype):
+    """(rounds done, loss_init, this rank's rows of W, metrics history) from a checkpoint; each rank
+    reads its own block, rank 0 rebuilds the run file's rows. The checkpoint's W and round are all
+    the state there is: masks and minibatches are functions of (seed, round, subnet), so the rounds
+    ahead are the ones an unbroken run takes. The checkpoint written before round 1 has no rows."""
+    from .store import read_checkpoint_W
+
     first = start["round"]
-    W = start["W"].astype(dtype)
+    W = read_checkpoint_W(start["folder"], bounds[comm.rank], bounds[comm.rank + 1]).astype(dtype)
     history = {name: list(values) for name, values in start["metrics"].items()}
     if out.store is not None:
         mk = cfg.masks
@@ -121,31 +138,41 @@ def restore(cfg, start: dict, out, dtype):
             M = masks.sample(mk.kind, mk.subnets, mk.keep, cfg.model.width, cfg.train.seed, i) \
                 if cfg.output.record_masks else None
             out("append", {name: values[i] for name, values in history.items()}, M)
-        out("write_weights", W, first)
+    save(out, comm, W, bounds, first)
     out.last_checkpoint = first
     return first, start["loss_init"], W, history
+
+
+def save(out, comm, W_own, bounds, rounds_done: int, *, init=False, weights=True, checkpoint=None) -> None:
+    """Every rank's rows stream to rank 0, one block at a time, into the run file and (with
+    `checkpoint`: its metrics and loss_init) a new checkpoint. Every rank calls it."""
+    out("save", comm.blocks_at_root(W_own, bounds), rounds_done, init=init, weights=weights, checkpoint=checkpoint)
 
 
 class Writer:
     """Rank 0's run file and checkpoints (store is None on the other ranks). A write that fails
     (a full disk, a quota, an I/O error) is held, not raised: rank 0 alone knows of it, so it rides
     as a flag in the next loss Allreduce and every rank stops together (a raise on rank 0 alone
-    would leave the others waiting in a collective). Writes after a failure are skipped."""
+    would leave the others waiting in a collective). Writes after a failure are skipped, but the
+    blocks other ranks send are still received (a generator argument is always run to its end)."""
 
     def __init__(self, store):
         self.store, self.error = store, None
         self.last_checkpoint = None  # rounds done at the last checkpoint on disk (rank 0 knows)
 
-    def __call__(self, method: str, *args) -> None:
-        if self.store is None or self.error is not None:
-            return
+    def __call__(self, method: str, *args, **kwargs) -> None:
         try:
-            getattr(self.store, method)(*args)
+            if self.store is not None and self.error is None:
+                getattr(self.store, method)(*args, **kwargs)
+                if kwargs.get("checkpoint"):
+                    self.last_checkpoint = args[1]
         except (OSError, RuntimeError) as e:  # h5py reports failed writes as either
             self.error = e
-            return
-        if method == "checkpoint":
-            self.last_checkpoint = args[1]
+        finally:
+            for arg in args:
+                if isinstance(arg, types.GeneratorType):
+                    for _ in arg:
+                        pass
 
     @property
     def failed(self) -> float:
@@ -196,16 +223,19 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
 
 def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> dict:
     out = Writer(store)
-    W, a = init_model(cfg)
-    out("write_start", X, Y, a, W, cfg.data.source)
+    p, m = cfg.masks.subnets, cfg.model.width
+    bounds = [shard.owned(m, comm.size, k)[0] for k in range(comm.size)] + [m]
+    lo, hi = bounds[comm.rank], bounds[comm.rank + 1]
+    a = init_output_weights(cfg)
+    W = init_rows(cfg, lo, hi)                      # this rank's rows of W_init: all it ever holds
+    out("write_start", X, Y, a, (m, cfg.data.d), W.dtype, cfg.data.source)
+    save(out, comm, W, bounds, 0, init=True)
     if X.shape[0] <= cfg.theory.max_n:
         record_lambda0(cfg, comm, X, out, log)
 
-    p, m = cfg.masks.subnets, cfg.model.width
     keep = cfg.masks.keep
     tau, rounds = cfg.train.local_steps, cfg.train.rounds
     disjoint = cfg.masks.kind != "bernoulli"
-    my_subnets = subnets_of_rank(p, comm.size, comm.rank)
     real = np.dtype(cfg.model.dtype).type   # scalars in the model's dtype keep float32 kernels in float32
     sub_scale = real(1.0 / (keep * math.sqrt(m)))  # the surrogate f_l's 1/xi times the NTK 1/sqrt(m)
     lr = real(cfg.train.lr)
@@ -218,10 +248,11 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
 
     first, history = 0, {}
     if start is not None:
-        first, loss_init, W, history = restore(cfg, start, out, W.dtype)
+        first, loss_init, W, history = restore(cfg, start, out, comm, bounds, W.dtype)
     # the loss at the starting weights; its Allreduce also carries any rank's stop request (a signal
     # during start-up) and a failed write on rank 0, so every rank acts on them together
-    loss, (stops, failed) = network_loss(W, a, X, Y, comm, (float(stop_requested()), out.failed), each, workers)
+    loss, (stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, (float(stop_requested()), out.failed),
+                                         each, workers)
     if start is None:
         loss_init = loss
         check_start(loss, X, Y, cfg)
@@ -234,8 +265,8 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
         log(f"round {first:>{digits}}/{rounds}  loss {loss:.4e}  {how}")
     comm.take_counters()
     out("write_loss_init", loss_init)
-    if start is None:
-        out("checkpoint", W, 0, history, loss_init)  # --resume works from the first second on
+    if start is None:  # --resume works from the first second on
+        save(out, comm, W, bounds, 0, weights=False, checkpoint={"metrics": history, "loss_init": loss_init})
     out("publish")
 
     t_mark = time.perf_counter()   # seconds_wall: from one round's row to the next, store writes included
@@ -243,25 +274,30 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
         t_start = time.perf_counter()
         M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, k)
         rows = [np.flatnonzero(M[l]) for l in range(p)]  # each subnetwork's active neurons
+        plan = shard.Exchange(rows, m, comm.size, comm.rank)
+
+        # pull the rows this rank's subnetworks hold from their owners
+        pulled = pull(W, plan, comm)
+        trained = {l: _rows_of(pulled, plan.position[l]) for l in plan.subnets}
+        del pulled
 
         # 1. every subnetwork on this rank: tau local steps from W_k, on its active rows only
-        #    (updated in place; side by side on `workers` threads)
-        updated = {l: W[rows[l]] for l in my_subnets}
+        #    (in place; side by side on `workers` threads)
         batches = [masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, k, l)
-                   for l in my_subnets]
+                   for l in plan.subnets]
         t = time.perf_counter()
-        sub_losses = list(each(kernels.local_steps, updated.values(), [a[rows[l]] for l in my_subnets],
+        sub_losses = list(each(kernels.local_steps, trained.values(), [a[rows[l]] for l in plan.subnets],
                                repeat(X), repeat(Y), repeat(sub_scale), repeat(lr), batches))
         seconds_local = time.perf_counter() - t
         sub_loss_sum = sum(sub_losses)  # in subnet order, however they ran
 
-        # 2. aggregate per neuron over the subnetworks that hold it
-        W = aggregate(W, M, rows, updated, comm, disjoint)
+        # 2. push the trained rows to their owners, which average them per neuron
+        push(W, trained, plan, M[:, lo:hi].sum(axis=0, dtype=np.int64), comm, disjoint)
 
         # the loss, the subnetworks' losses, any rank's stop request and a failed write, in one Allreduce
         t = time.perf_counter()
         loss, (sub_loss_sum, stops, failed) = network_loss(
-            W, a, X, Y, comm, (sub_loss_sum, float(stop_requested()), out.failed), each, workers)
+            W, a[lo:hi], X, Y, m, comm, (sub_loss_sum, float(stop_requested()), out.failed), each, workers)
         seconds_loss = time.perf_counter() - t
         sub_loss = sub_loss_sum / p
         seconds_comm, bytes_comm = comm.take_counters()
@@ -283,10 +319,11 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
         _record(history, row)
         done, stop = k + 1 == rounds, stops > 0
         out("append", row, M if cfg.output.record_masks else None)
-        if done or stop or (k + 1) % log_every == 0:
-            out("write_weights", W, k + 1)
-        if done or stop or (k + 1) % checkpoint_every == 0:
-            out("checkpoint", W, k + 1, history, loss_init)
+        weights_due = done or stop or (k + 1) % log_every == 0
+        checkpoint_due = done or stop or (k + 1) % checkpoint_every == 0
+        if weights_due or checkpoint_due:
+            save(out, comm, W, bounds, k + 1, weights=weights_due,
+                 checkpoint={"metrics": history, "loss_init": loss_init} if checkpoint_due else None)
         if comm.rank == 0 and (done or stop or k == first or (k + 1) % log_every == 0):
             log(f"round {k + 1:>{digits}}/{rounds}  loss {loss:.4e}  sub_loss {sub_loss:.4e}  "
                 f"compute {seconds_compute:.3f}s  comm {seconds_comm:.3f}s  "
@@ -298,6 +335,14 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
     if comm.agree(out.failed):  # the last round's writes: no Allreduce follows to carry the flag
         raise out.failure(rounds, cfg)
     return {"W": W, "loss_init": loss_init, "metrics": {k: np.array(v) for k, v in history.items()}}
+
+
+def _rows_of(pulled: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """A subnetwork's rows of the pulled buffer: a view when they are one run of it (IST with one
+    subnetwork per rank), else a copy."""
+    if len(position) and position[-1] - position[0] + 1 == len(position):
+        return pulled[position[0]: position[-1] + 1]
+    return pulled[position]
 
 
 def _record(history: dict, row: dict) -> None:

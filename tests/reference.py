@@ -49,3 +49,17 @@ def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None):
         W = W_next
         losses.append(surrogate_loss(W, a, X, Y, full, 1.0))
     return W, np.array(losses), np.array(sub_losses)
+
+
+def rows_sent_by_rank0(M, K: int) -> int:
+    """Rows rank 0 sends to other ranks in one round (docs/design.md, section 3): rank k owns
+    neurons [k m/K, (k+1) m/K) and holds subnets [k p/K, (k+1) p/K); it sends each other rank the
+    rows it owns that the other's subnetworks hold (once per rank), then each trained row of its
+    own subnetworks that another rank owns (once per subnetwork)."""
+    p, m = M.shape
+    owned = np.zeros(m, dtype=bool)
+    owned[: m // K] = True
+    subnets = [range(k * p // K, (k + 1) * p // K) for k in range(K)]
+    pulled = sum(int((M[list(subnets[k])].any(axis=0) & owned).sum()) for k in range(1, K))
+    pushed = sum(int((M[l].astype(bool) & ~owned).sum()) for l in subnets[0])
+    return pulled + pushed

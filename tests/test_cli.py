@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import ONE_THREAD, mpirun, sets
-from mpisub import cli
+from mpisub import cli, masks
+from reference import rows_sent_by_rank0
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,10 @@ def test_run_file_layout(default_job):
         for name in names:
             assert f["metrics"][name].shape == (rounds,) and f["metrics"][name].maxshape == (None,)
         np.testing.assert_array_equal(f["metrics/round"][()], np.arange(1, rounds + 1))
-        # partition over 4 ranks: each rank sends its quarter of the rows
-        np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0], m // 4 * d * 8 + 8 * (n + 3))  # + loss buffer, sub-loss sum, stop and write flags
+        # the rows rank 0 sends in round 1 (masks rebuilt from the seed), + loss buffer, sub-loss sum,
+        # stop and write flags
+        M = masks.sample("partition", 4, 0.25, m, cfg["train"]["seed"], 0)
+        np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0], rows_sent_by_rank0(M, 4) * d * 8 + 8 * (n + 3))
         assert np.all(f["metrics/seconds_wall"][()] >= f["metrics/seconds_compute"][()])
         assert "masks" not in f
 

@@ -5,7 +5,7 @@ import pytest
 from conftest import ONE_THREAD, mpirun, sets
 from mpisub import masks as mpisub_masks
 from mpisub.store import read_run
-from reference import replay
+from reference import replay, rows_sent_by_rank0
 
 SMALL = dict(data__n=40, data__d=5, data__outputs=2, model__width=24, train__rounds=4,
              train__local_steps=3, train__lr=1.5, output__record_masks=True)
@@ -71,10 +71,9 @@ def test_same_seed_same_weights_for_any_number_of_ranks(runs, kind):
     W1, W2, W4 = (runs(kind, K)["model/W"] for K in (1, 2, 4))
     for K in (2, 4):
         np.testing.assert_array_equal(runs(kind, K)["masks"], runs(kind, 1)["masks"])
-    if kind == "bernoulli":  # overlapping masks are summed across ranks: equal to rounding
-        assert rel_diff(W2, W1) <= 1e-13 and rel_diff(W4, W1) <= 1e-13
-    else:  # disjoint masks: identical bits
-        assert W2.tobytes() == W1.tobytes() and W4.tobytes() == W1.tobytes()
+    # each owner sums a neuron's trained copies in subnet order: identical bits for every kind,
+    # overlapping (bernoulli) masks included
+    assert W2.tobytes() == W1.tobytes() and W4.tobytes() == W1.tobytes()
 
 
 def test_identical_bits_for_any_number_of_ranks_at_a_realistic_size(tmp_path):
@@ -110,13 +109,12 @@ def test_float32_run_tracks_the_float64_replay(runs):
 
 @pytest.mark.parametrize("kind,K", [("partition", 1), ("partition", 2), ("partition", 4),
                                     ("bernoulli", 2), ("bernoulli", 4)])
-def test_bytes_show_which_collective_combined_the_rows(runs, kind, K):
-    """Disjoint masks: Allgatherv of this rank's updated rows; bernoulli: Allreduce of all m rows.
-    Both plus the Allreduce of the n x c output block, the subnetwork loss sum, the stop flag and
-    rank 0's failed-write flag (docs/design.md, section 8)."""
+def test_bytes_are_the_rows_rank_0_sends_to_their_owners_and_holders(runs, kind, K):
+    """Pull: rank 0's owned rows that other ranks' subnetworks hold; push: its subnetworks'
+    trained rows that other ranks own. Plus the Allreduce of the n x c output block, the
+    subnetwork loss sum, the stop flag and rank 0's failed-write flag (docs/design.md, section 8)."""
     run = runs(kind, K)
-    n, c, m, d = 40, 2, 24, 5
+    n, c, d = 40, 2, 5
     metrics = (n * c + 3) * 8
-    rows = m if kind == "bernoulli" else run["masks"][:, : 4 // K].sum(axis=(1, 2))  # rank 0's subnets
-    expected = 0 if K == 1 else rows * d * 8 + metrics
-    np.testing.assert_array_equal(run["metrics"]["bytes_comm"], np.broadcast_to(expected, (4,)))
+    expected = [0 if K == 1 else rows_sent_by_rank0(M, K) * d * 8 + metrics for M in run["masks"]]
+    np.testing.assert_array_equal(run["metrics"]["bytes_comm"], expected)

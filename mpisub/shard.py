@@ -1,0 +1,85 @@
+"""Who holds which rows of W (docs/design.md, section 3): plain-numpy bookkeeping, no MPI.
+
+Rank k owns the fixed contiguous block of neurons `owned(m, K, k)` for the whole run: its rows of
+W live there and nowhere else between rounds. Each round, every rank works out from the masks
+(which every rank knows) the same exchange plan, with no communication:
+
+- pull: rank k receives, from their owners, the rows its subnetworks hold, each once per rank even
+  when several of its subnetworks hold it;
+- push: rank k sends each trained row of each of its subnetworks, in subnetwork order, to the
+  row's owner; the owner averages the copies it receives in subnetwork order (so the result has
+  the same bits for every K dividing p), and keeps a row no subnetwork held.
+"""
+import numpy as np
+
+
+def owned(m: int, ranks: int, rank: int) -> tuple[int, int]:
+    """[lo, hi): the neurons rank `rank` owns."""
+    return rank * m // ranks, (rank + 1) * m // ranks
+
+
+def subnets_of_rank(p: int, ranks: int, rank: int) -> range:
+    """Contiguous blocks: rank k holds subnets [k p/K, (k+1) p/K), so visiting the ranks in order
+    visits the subnetworks in order, whatever K is."""
+    return range(rank * p // ranks, (rank + 1) * p // ranks)
+
+
+def _counts(sorted_rows: np.ndarray, bounds: list[int]) -> list[int]:
+    """How many of the sorted neuron indices each rank owns."""
+    return np.diff(np.searchsorted(sorted_rows, bounds)).tolist()
+
+
+class Exchange:
+    """One round's row traffic for rank `rank`, from rows[l] (subnetwork l's active neurons, sorted)."""
+
+    def __init__(self, rows: list[np.ndarray], m: int, ranks: int, rank: int):
+        p = len(rows)
+        self.bounds = [owned(m, ranks, k)[0] for k in range(ranks)] + [m]
+        lo, hi = owned(m, ranks, rank)
+        self.subnets = subnets_of_rank(p, ranks, rank)
+
+        # pull: the union of this rank's subnetworks' rows, sorted, hence grouped by owner
+        def needed(k):
+            mine = [rows[l] for l in subnets_of_rank(p, ranks, k)]
+            return np.unique(np.concatenate(mine)) if len(mine) > 1 else (mine[0] if mine else np.zeros(0, np.int64))
+
+        self.need = needed(rank)
+        self.pull_recv = _counts(self.need, self.bounds)
+        send = [needed(k) for k in range(ranks)]
+        send = [r[np.searchsorted(r, lo): np.searchsorted(r, hi)] for r in send]
+        self.pull_send = [len(r) for r in send]
+        self.pull_index = np.concatenate(send) - lo      # rows of the owned block, by destination
+        # where each of this rank's subnetworks finds its rows in the pulled buffer
+        self.position = {l: np.searchsorted(self.need, rows[l]) for l in self.subnets}
+
+        # push: each subnetwork's rows, split by owner; for each destination in turn, the
+        # subnetworks in order: (subnet, first, last) slices of its trained rows, in send order
+        parts = {l: np.searchsorted(rows[l], self.bounds) for l in self.subnets}
+        self.push_slices = [(l, int(parts[l][j]), int(parts[l][j + 1])) for j in range(ranks) for l in self.subnets]
+        self.push_send = [sum(int(parts[l][j + 1] - parts[l][j]) for l in self.subnets) for j in range(ranks)]
+        # what the owner receives: from ranks in order, each rank's subnetworks in order
+        self.segments = []                               # (subnet, owned-block indices), in subnet order
+        for k in range(ranks):
+            for l in subnets_of_rank(p, ranks, k):
+                r = rows[l]
+                self.segments.append((l, r[np.searchsorted(r, lo): np.searchsorted(r, hi)] - lo))
+        self.push_recv = [sum(len(seg) for l, seg in self.segments if l in subnets_of_rank(p, ranks, k))
+                          for k in range(ranks)]
+
+
+def combine(W_own: np.ndarray, received: np.ndarray, segments, disjoint: bool, counts: np.ndarray) -> None:
+    """In place: each owned neuron becomes the mean of the trained copies received for it, summed
+    in subnet order (`segments`: (subnet, owned indices) in subnet order, the order of `received`);
+    a neuron held by no subnetwork keeps its row. `counts`: N_r for the owned neurons."""
+    at = 0
+    if disjoint:  # one copy per neuron: it is the mean
+        for _, idx in segments:
+            W_own[idx] = received[at: at + len(idx)]
+            at += len(idx)
+        return
+    S = np.zeros_like(W_own)
+    for _, idx in segments:
+        S[idx] += received[at: at + len(idx)]
+        at += len(idx)
+    held = counts > 0
+    W_own[held] = S[held] / counts[held, None].astype(W_own.dtype)
