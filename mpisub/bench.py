@@ -205,7 +205,13 @@ def bench_main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test, not a measurement)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--json", metavar="FILE", help="also write every number as JSON")
+    p.add_argument("--scaling", action="store_true", help="instead: memory and bytes per rank at K = 1, 2, 4, "
+                   "8 measured here and projected to K = 1024 with the cost model (mpisub.scaling)")
+    p.add_argument("--width", type=int, default=262144, help="--scaling: model.width (default 262144)")
     args = p.parse_args(argv)
+    if args.scaling:
+        from .scaling import scaling_main
+        return scaling_main(args.width, args.json)
 
     shapes = QUICK if args.quick else SHAPES
     default_rounds = {"theory-small": 20, "paper": 3, "wide-ist": 5}

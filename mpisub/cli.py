@@ -97,10 +97,9 @@ class _Exit(SystemExit):
 
 
 def _prepare(args, comm, cores: int):
-    """Every check a user's input can fail, local to this rank (no collective): the config, the
-    checkpoint to resume from, the data, the memory it all needs. Returns (cfg, X, Y, data_sha256,
-    checkpoint or None)."""
-    from . import data, resources, store
+    """The checks of the config and the checkpoint to resume from, and of the memory the run needs,
+    local to this rank (no collective). Returns (cfg, checkpoint or None)."""
+    from . import store
 
     step_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
     if comm.size == 1 and step_tasks > 1:
@@ -117,17 +116,40 @@ def _prepare(args, comm, cores: int):
     else:
         cfg = config.build(args.preset, args.config, args.overrides)
     cfg = config.resolve(cfg, comm.size, resuming=checkpoint is not None)
-    workers = split_cores(cores, cfg.masks.subnets // comm.size)[0] if cores else 1
-
-    def check_memory():
-        resources.check_memory(cfg, comm.size, comm.ranks_per_node, workers, checkpoint is not None)
-
     if cfg.data.source == "synthetic":  # before drawing it: n and d are the config's
-        check_memory()
-    X, Y, digest = data.load(cfg)
+        _check_memory(cfg, comm, cores, checkpoint)
+    return cfg, checkpoint
+
+
+def _check_memory(cfg, comm, cores: int, checkpoint) -> None:
+    from . import resources
+
+    workers = split_cores(cores, cfg.masks.subnets // comm.size)[0] if cores else 1
+    resources.check_memory(cfg, comm.size, comm.ranks_per_node, workers, checkpoint is not None)
+
+
+def _shared_data(cfg, comm):
+    """X, Y and the data file's sha256: one rank per node reads (or draws) them, the others map its
+    copy (an MPI-3 shared-memory window): one copy of the data per node (docs/design.md, section 3)."""
+    from . import data
+
+    loaded, error = None, None
+    if comm.node.rank == 0:
+        try:
+            loaded = data.load(cfg)
+        except UserError as e:
+            error = str(e)
+    first = comm.first_error(error)
+    if first:
+        raise UserError(first)
+    return comm.share_on_node(loaded)
+
+
+def _check_data(args, cfg, X, Y, digest: str, checkpoint, comm, cores: int):
+    """The checks that need the data (local, like _prepare). Returns the config with the data's shape."""
     cfg = config.fit_data(cfg, X.shape[0], X.shape[1], Y.shape[1])
     if cfg.data.source != "synthetic":  # n and d are the file's
-        check_memory()
+        _check_memory(cfg, comm, cores, checkpoint)
     if checkpoint is not None:
         if digest != checkpoint["data_sha256"]:
             raise UserError(f"--resume {args.resume!r}: data.source {cfg.data.source!r} changed since the run "
@@ -135,7 +157,7 @@ def _prepare(args, comm, cores: int):
         if checkpoint["round"] >= cfg.train.rounds:
             raise UserError(f"--resume {args.resume!r}: the run has done all {checkpoint['round']} rounds; "
                             f"to train longer add --set train.rounds=N with N > {checkpoint['round']}")
-    return cfg, X, Y, digest, checkpoint
+    return cfg
 
 
 def _lock_wait() -> float:
@@ -185,20 +207,28 @@ def _say(comm):
     return lambda text: print(text, flush=True) if comm.rank == 0 else None
 
 
+def _agreed(comm, check, *args):
+    """check(*args) on every rank, then every rank agrees on the lowest rank's error, if any."""
+    error, result = None, None
+    try:
+        result = check(*args)
+    except UserError as e:
+        error = e
+    first = comm.first_error(str(error) if error else None)
+    if first:
+        raise UserError(first) from error
+    return result
+
+
 def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
     """`held`: rank 0's lock on the run folder (taken here for a new run), for the caller to release."""
     from . import kernels, train
 
     # every rank checks its inputs before the first collective; then all agree on the first error,
     # so a file one node cannot read stops every rank the same way instead of hanging the others
-    error = None
-    try:
-        cfg, X, Y, digest, checkpoint = _prepare(args, comm, cores)
-    except UserError as e:
-        error = e
-    first = comm.first_error(str(error) if error else None)
-    if first:
-        raise UserError(first) from error
+    cfg, checkpoint = _agreed(comm, _prepare, args, comm, cores)
+    X, Y, digest = _shared_data(cfg, comm)
+    cfg = _agreed(comm, _check_data, args, cfg, X, Y, digest, checkpoint, comm, cores)
     if args.print_config:
         if comm.rank == 0:
             print(cfg.to_toml())
@@ -214,7 +244,8 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
     if comm.rank == 0:
         print("# mpisub-train: resolved config\n" + cfg.to_toml(), flush=True)
         resumed = f"; resuming after round {checkpoint['round']}" if checkpoint else ""
-        print(f"# {comm.size} rank(s), {cfg.masks.subnets} subnetwork(s) of keep {cfg.masks.keep:g}, "
+        print(f"# {comm.size} rank(s) on {comm.nodes} node(s) (one copy of the data each), "
+              f"{cfg.masks.subnets} subnetwork(s) of keep {cfg.masks.keep:g}, "
               f"BLAS threads per rank: {threads}; writing {run_file.path}{resumed}", flush=True)
     t0 = time.perf_counter()
     status = "failed"
@@ -307,22 +338,34 @@ def catch_stop_signals() -> list:
     return stop
 
 
+def _node_comm(world, MPI):
+    """The ranks sharing this rank's node (memory), or, with MPISUB_FAKE_NODE_SIZE = s (a test hook),
+    fake nodes of s consecutive ranks, so that several nodes' paths run on one machine.
+    Returns (node communicator, an error message for a bad hook value or None)."""
+    text = os.environ.get("MPISUB_FAKE_NODE_SIZE", "")
+    if text:
+        if text.isdigit() and int(text) > 0:
+            return world.Split(world.Get_rank() // int(text), world.Get_rank()), None
+        error = f"MPISUB_FAKE_NODE_SIZE = {text!r} is not a positive number of ranks per node; unset it or give e.g. 2"
+        return world.Split_type(MPI.COMM_TYPE_SHARED), error
+    return world.Split_type(MPI.COMM_TYPE_SHARED), None
+
+
 def train_main(argv=None) -> None:
     stop = catch_stop_signals()  # first thing: a signal during imports or data loading is not fatal
     argv = sys.argv[1:] if argv is None else argv
     from mpi4py import MPI  # initialises MPI; numpy and the BLAS are not loaded yet
 
     world = MPI.COMM_WORLD
-    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    node, fake_error = _node_comm(world, MPI)
     cores = set_threads(node)
-    ranks_per_node = node.Get_size()
-    node.Free()
 
     from .comm import Comm
 
-    comm = Comm(world)
-    comm.ranks_per_node = ranks_per_node
+    comm = Comm(world, node)
     try:
+        if fake_error:
+            raise UserError(fake_error)
         _train(argv, comm, cores, stop)
     except UserError as e:
         if "--debug" in argv and comm.rank == 0:

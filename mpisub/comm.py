@@ -16,13 +16,17 @@ def _offsets(counts: list[int]) -> list[int]:
 
 
 class Comm:
-    def __init__(self, mpi_comm=None):
+    def __init__(self, mpi_comm=None, node=None):
         self.mpi = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
+        self.node = self.mpi.Split_type(MPI.COMM_TYPE_SHARED) if node is None else node  # this rank's node
         self.rank = self.mpi.Get_rank()
         self.size = self.mpi.Get_size()
-        self.ranks_per_node = 1  # set by the launcher code, which splits the node's ranks anyway
+        self.ranks_per_node = self.node.Get_size()
+        self.nodes = self.mpi.allreduce(int(self.node.Get_rank() == 0))
+        self._windows = []  # shared-memory windows, alive as long as the arrays that map them
         self.seconds = 0.0
-        self.bytes = 0
+        self.bytes = 0          # sent to other ranks
+        self.bytes_recv = 0     # received from other ranks
         self.last_seconds = 0.0  # of the latest collective
         self._row_types = {}
 
@@ -30,17 +34,19 @@ class Comm:
         # Open MPI's string ends in a NUL, which HDF5 strings cannot hold
         return " ".join(MPI.Get_library_version().replace("\0", "").split("\n")[0].split())
 
-    def take_counters(self) -> tuple[float, int]:
-        """(seconds, bytes) since the last call."""
-        out = (self.seconds, self.bytes)
-        self.seconds, self.bytes = 0.0, 0
+    def take_counters(self) -> tuple[float, int, int]:
+        """(seconds, bytes sent, bytes received) since the last call."""
+        out = (self.seconds, self.bytes, self.bytes_recv)
+        self.seconds, self.bytes, self.bytes_recv = 0.0, 0, 0
         return out
 
-    def _count(self, t0: float, nbytes: int) -> None:
+    def _count(self, t0: float, sent: int, received: int | None = None) -> None:
+        """`received` defaults to `sent` (a reduction's buffer goes both ways)."""
         self.last_seconds = time.perf_counter() - t0
         self.seconds += self.last_seconds
         if self.size > 1:
-            self.bytes += int(nbytes)
+            self.bytes += int(sent)
+            self.bytes_recv += int(sent if received is None else received)
 
     def _rows(self, A: np.ndarray):
         """An MPI datatype of one row of A: counts and offsets are in rows, so no count nears a C
@@ -60,7 +66,9 @@ class Comm:
             row = self._rows(out)
             self.mpi.Alltoallv([send, (send_counts, _offsets(send_counts)), row],
                                [out, (recv_counts, _offsets(recv_counts)), row])
-        self._count(t0, (sum(send_counts) - send_counts[self.rank]) * send[:1].nbytes)
+        row = out.dtype.itemsize * out.shape[1]
+        self._count(t0, (sum(send_counts) - send_counts[self.rank]) * row,
+                    (sum(recv_counts) - recv_counts[self.rank]) * row)
 
     def blocks_at_root(self, block: np.ndarray, bounds: list[int]):
         """Every rank's block of rows in turn, for rank 0 to write: on rank 0 a generator of (lo, rows)
@@ -87,7 +95,27 @@ class Comm:
         width = mine.shape[1] if mine.ndim == 2 else 1
         sizes = [c * width for c in counts]
         self.mpi.Gatherv(mine, [out, (sizes, _offsets(sizes))] if self.rank == 0 else None, root=0)
-        self._count(t0, mine.nbytes)
+        self._count(t0, mine.nbytes, (sum(sizes) - sizes[self.rank]) * mine.itemsize if self.rank == 0 else 0)
+
+    def share_on_node(self, arrays):
+        """One copy per node of read-only arrays: the node's first rank passes (*arrays, tag), the
+        others None; every rank gets numpy views of one MPI-3 shared-memory window, and `tag`."""
+        leader = self.node.Get_rank() == 0
+        meta = self.node.bcast([(A.shape, A.dtype.str) for A in arrays[:-1]] + [arrays[-1]] if leader else None)
+        *shapes, tag = meta
+        dtype = np.dtype(shapes[0][1])
+        sizes = [int(np.prod(shape)) for shape, _ in shapes]
+        win = MPI.Win.Allocate_shared(sum(sizes) * dtype.itemsize if leader else 0, dtype.itemsize, comm=self.node)
+        self._windows.append(win)
+        buffer, _ = win.Shared_query(0)
+        flat = np.ndarray(buffer=buffer, dtype=dtype, shape=(sum(sizes),))
+        views = [flat[b:e].reshape(shape) for (shape, _), b, e in
+                 zip(shapes, np.cumsum([0] + sizes[:-1]).tolist(), np.cumsum(sizes).tolist())]
+        if leader:
+            for view, A in zip(views, arrays[:-1]):
+                view[...] = A
+        self.node.Barrier()  # the copy is there before anyone reads it
+        return (*views, tag)
 
     def sum(self, buf: np.ndarray) -> None:
         """In place: every rank's buf becomes the elementwise sum over ranks."""

@@ -8,7 +8,8 @@ rank 0 alone. The run file's layout is a contract (README):
   /model/W                    latest aggregated input weights (attr `round`: rounds done)
   /metrics/<name>             one row per round, resizable: round, loss, sub_loss,
                               seconds_compute, seconds_comm, seconds_wall, bytes_comm,
-                              seconds_local, seconds_loss (parts of seconds_compute);
+                              seconds_local, seconds_loss (parts of seconds_compute),
+                              bytes_recv;
                               attr `loss_init`: the loss at W_init
   /masks                      uint8 (rounds x p x m), only with output.record_masks
   /theory/lambda0, /theory/H  the data's NTK Gram matrix's smallest eigenvalue (n <= theory.max_n)
@@ -49,10 +50,11 @@ METRICS = {
     "bytes_comm": np.int64,
     "seconds_local": np.float64,
     "seconds_loss": np.float64,
+    "bytes_recv": np.int64,
 }
 FILENAME = "run.h5"
 CHECKPOINT = "checkpoint.h5"
-CHECKPOINT_FORMAT = 1   # bump when the checkpoint's layout changes
+CHECKPOINT_FORMAT = 2   # bump when the checkpoint's layout changes (2: metrics bytes_recv)
 WRITE_SECONDS = 1.0     # metrics rows reach run.h5 at most this late (the first at once)
 
 

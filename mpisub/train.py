@@ -300,7 +300,7 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
             W, a[lo:hi], X, Y, m, comm, (sub_loss_sum, float(stop_requested()), out.failed), each, workers)
         seconds_loss = time.perf_counter() - t
         sub_loss = sub_loss_sum / p
-        seconds_comm, bytes_comm = comm.take_counters()
+        seconds_comm, bytes_comm, bytes_recv = comm.take_counters()
         seconds_loss -= comm.last_seconds  # its Allreduce counts as comm
         seconds_compute = time.perf_counter() - t_start - seconds_comm
 
@@ -314,7 +314,7 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
         now = time.perf_counter()
         row = {"round": k + 1, "loss": loss, "sub_loss": sub_loss, "seconds_compute": seconds_compute,
                "seconds_comm": seconds_comm, "seconds_wall": now - t_mark, "bytes_comm": bytes_comm,
-               "seconds_local": seconds_local, "seconds_loss": seconds_loss}
+               "seconds_local": seconds_local, "seconds_loss": seconds_loss, "bytes_recv": bytes_recv}
         t_mark = now
         _record(history, row)
         done, stop = k + 1 == rounds, stops > 0

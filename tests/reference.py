@@ -63,3 +63,15 @@ def rows_sent_by_rank0(M, K: int) -> int:
     pulled = sum(int((M[list(subnets[k])].any(axis=0) & owned).sum()) for k in range(1, K))
     pushed = sum(int((M[l].astype(bool) & ~owned).sum()) for l in subnets[0])
     return pulled + pushed
+
+
+def rows_received_by_rank0(M, K: int) -> int:
+    """Rows rank 0 receives from other ranks in one round: its subnetworks' rows that others own
+    (pull, once per rank), then every other rank's subnetworks' trained rows that it owns (push)."""
+    p, m = M.shape
+    owned = np.zeros(m, dtype=bool)
+    owned[: m // K] = True
+    subnets = [range(k * p // K, (k + 1) * p // K) for k in range(K)]
+    pulled = int((M[list(subnets[0])].any(axis=0) & ~owned).sum())
+    pushed = sum(int((M[l].astype(bool) & owned).sum()) for k in range(1, K) for l in subnets[k])
+    return pulled + pushed

@@ -5,7 +5,7 @@ import pytest
 from conftest import ONE_THREAD, mpirun, sets
 from mpisub import masks as mpisub_masks
 from mpisub.store import read_run
-from reference import replay, rows_sent_by_rank0
+from reference import replay, rows_received_by_rank0, rows_sent_by_rank0
 
 SMALL = dict(data__n=40, data__d=5, data__outputs=2, model__width=24, train__rounds=4,
              train__local_steps=3, train__lr=1.5, output__record_masks=True)
@@ -118,3 +118,5 @@ def test_bytes_are_the_rows_rank_0_sends_to_their_owners_and_holders(runs, kind,
     metrics = (n * c + 3) * 8
     expected = [0 if K == 1 else rows_sent_by_rank0(M, K) * d * 8 + metrics for M in run["masks"]]
     np.testing.assert_array_equal(run["metrics"]["bytes_comm"], expected)
+    expected = [0 if K == 1 else rows_received_by_rank0(M, K) * d * 8 + metrics for M in run["masks"]]
+    np.testing.assert_array_equal(run["metrics"]["bytes_recv"], expected)

@@ -1,0 +1,114 @@
+"""`mpisub-bench --scaling`: memory and traffic per rank as the ranks grow, measured here and
+projected past this machine with the cost model (docs/design.md, section 3).
+
+Measured: `mpirun -n K mpisub-train` for K = 1, 2, 4, 8 on one model (oversubscribed ranks are
+fine: bytes and memory do not depend on cores), reading rank 0's bytes sent and received per
+round and every rank's peak RSS from the run file.
+
+Modelled, for partition masks (p subnetworks, a multiple of K), W_bytes = m d itemsize:
+  owner storage (plan rows): a rank pulls the rows of its subnetworks that others own and pushes
+    them back: sent = received = 2 (K-1)/K * W_bytes/K per round, one pairwise Alltoallv each
+    way: 2 ((K-1) alpha + (K-1)/K * W_bytes/K * beta)
+  replicated (mpisub before owner storage): every rank holds all of W and receives the others'
+    trained rows by a ring Allgatherv: sent W_bytes/K, received (K-1)/K * W_bytes,
+    (K-1) alpha + (K-1)/K * W_bytes * beta
+with the alpha-beta costs of Thakur, Rabenseifner & Gropp (MPICH's collectives) for a 200 Gb/s
+link: beta = 1/25 GB/s, alpha = 1.5 us. Both add the loss Allreduce of n c + 3 float64
+(Rabenseifner: 2 log K alpha + 2 (K-1)/K bytes beta).
+"""
+import json
+import math
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+
+from . import config, resources
+from .store import read_run
+from .sweep import executables
+
+ALPHA, BETA = 1.5e-6, 1 / 25e9
+MEASURED = (1, 2, 4, 8)
+PROJECTED = (16, 64, 256, 1024)
+CASE = {"model.width": 262144, "data.d": 256, "data.n": 256, "masks.kind": "partition", "masks.subnets": 8,
+        "train.local_steps": 1, "train.rounds": 3, "theory.max_n": 0, "output.checkpoint_every": 1000}
+
+
+def model(K: int, W_bytes: float, loss_bytes: float) -> dict:
+    """Bytes per rank per round and seconds per round of communication, both designs."""
+    allreduce = 2 * math.log2(K) * ALPHA + 2 * (K - 1) / K * loss_bytes * BETA if K > 1 else 0.0
+    loss = loss_bytes if K > 1 else 0
+    one_way = (K - 1) / K * W_bytes / K
+    return {
+        "rows_sent": 2 * one_way + loss, "rows_recv": 2 * one_way + loss,
+        "rows_seconds": (2 * ((K - 1) * ALPHA + one_way * BETA) if K > 1 else 0.0) + allreduce,
+        "replicated_sent": (W_bytes / K + loss) if K > 1 else 0, "replicated_recv": ((K - 1) / K * W_bytes + loss),
+        "replicated_seconds": ((K - 1) * ALPHA + (K - 1) / K * W_bytes * BETA if K > 1 else 0.0) + allreduce,
+    }
+
+
+def replicated_memory(cfg, K: int) -> float:
+    """Peak bytes per rank of the replicated design: W_k, W_{k+1} and the gathered rows (3 W), the
+    rank's subnetworks' rows and a local step's workspaces, libraries and data."""
+    s = np.dtype(cfg.model.dtype).itemsize
+    m, d, n, p = cfg.model.width, cfg.data.d, cfg.data.n, cfg.masks.subnets
+    k = m // p
+    return 3 * m * d * s + (p // K) * k * d * s + (n * k + k * d) * s + resources.BASE + n * d * 16
+
+
+def measure(K: int, width: int, folder: str) -> dict:
+    mpirun, train = executables()
+    values = {**CASE, "model.width": width, "output.dir": folder}
+    args = [a for key, v in values.items() for a in ("--set", f"{key}={json.dumps(v)}")]
+    env = {**os.environ, **{v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                             "NUMBA_NUM_THREADS")}}
+    r = subprocess.run([mpirun, "-n", str(K), train, *args], capture_output=True, text=True, env=env, timeout=1800)
+    if r.returncode:
+        raise RuntimeError(f"mpisub-train failed at K = {K}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    run = read_run(folder, arrays=False)
+    m = run["metrics"]
+    return {"sent": float(np.mean(m["bytes_comm"])), "recv": float(np.mean(m["bytes_recv"])),
+            "peak_rss_mb": float(np.max(run["attrs"]["peak_rss_mb"]))}
+
+
+def scaling_main(width: int, as_json: str | None) -> None:
+    cfg = config.build(None, None, [f"{k}={json.dumps(v)}" for k, v in {**CASE, "model.width": width}.items()])
+    s = np.dtype(cfg.model.dtype).itemsize
+    W_bytes = width * cfg.data.d * s
+    loss_bytes = (cfg.data.n * cfg.data.outputs + 3) * 8
+    mib = 2**20
+    print(f"# mpisub-bench --scaling: m = {width}, d = {cfg.data.d}, float64 (W = {W_bytes / mib:.0f} MiB), "
+          f"n = {cfg.data.n}, partition p = {cfg.masks.subnets}, tau = 1; measured with mpirun -n K here, "
+          f"projected with alpha = {ALPHA * 1e6:g} us, beta = 1/{1 / BETA / 1e9:g} GB/s", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mpisub-scaling-") as tmp:
+        for K in MEASURED + PROJECTED:
+            c = config.resolve(cfg, K) if cfg.masks.subnets % K == 0 else None
+            if c is None:  # p grows with K past the measured range: one subnetwork per rank
+                c = config.resolve(config.build(None, None, [f"{k}={json.dumps(v)}" for k, v in
+                                                             {**CASE, "model.width": width,
+                                                              "masks.subnets": K}.items()]), K)
+            row = {"K": K, **model(K, W_bytes, loss_bytes),
+                   "rows_memory": sum(resources.memory_per_rank(c, K).values()),
+                   "replicated_memory": replicated_memory(c, K)}
+            if K in MEASURED:
+                print(f"# measuring K = {K} ...", flush=True)
+                row.update(measure(K, width, os.path.join(tmp, f"K{K}")))
+            rows.append(row)
+    print(f"\n{'K':>5} | {'sent+recv MB/round per rank':>27} | {'model':>8} | {'ratio':>5} | {'replicated':>10} | "
+          f"{'peak MiB/rank':>13} | {'estimate':>8} | {'replicated':>10} | {'comm s/round':>12} | {'replicated':>10}")
+    for r in rows:
+        model_total = r["rows_sent"] + r["rows_recv"]
+        measured = r["sent"] + r["recv"] if "sent" in r else None
+        ratio = f"{measured / model_total:5.2f}" if measured and model_total else ("    -" if measured is None else " 1.00")
+        print(f"{r['K']:>5} | {measured / 1e6 if measured is not None else float('nan'):>27.1f} | "
+              f"{model_total / 1e6:>8.1f} | {ratio} | {(r['replicated_sent'] + r['replicated_recv']) / 1e6:>10.1f} | "
+              f"{r.get('peak_rss_mb', float('nan')):>13.0f} | {r['rows_memory'] / mib:>8.0f} | "
+              f"{r['replicated_memory'] / mib:>10.0f} | {r['rows_seconds']:>12.5f} | {r['replicated_seconds']:>10.5f}")
+    print("\nsent+recv: rank 0's bytes per round (measured: run file metrics bytes_comm + bytes_recv); model: "
+          "owner storage; replicated: every rank holding all of W (before owner storage). peak: the largest "
+          "rank's peak RSS (measured), the resources estimate, and the replicated design's estimate.")
+    if as_json:
+        with open(as_json, "w") as f:
+            json.dump(rows, f, indent=1)

@@ -1,0 +1,93 @@
+"""Owner storage and one copy of the data per node (docs/design.md, section 3): the multi-node
+paths run here through the fake-node hook (MPISUB_FAKE_NODE_SIZE), and give the bits of one node;
+the exchange plan against an independent statement; the scaling report against its model."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BIN, ONE_THREAD, mpirun, sets
+from mpisub import shard
+from mpisub.store import read_run
+
+JOB = dict(data__n=48, data__d=6, data__outputs=2, model__width=96, train__rounds=4, train__local_steps=2,
+           train__lr=1.5, output__record_masks=True, masks__subnets=4)
+
+
+@pytest.mark.parametrize("kind", ["partition", "bernoulli"])
+def test_two_fake_nodes_of_two_ranks_give_the_bits_of_one_rank(tmp_path, kind):
+    extra = dict(masks__kind=kind, **({"masks__keep": 0.6} if kind == "bernoulli" else {}))
+    one = mpirun(1, *sets(output__dir="one", **JOB, **extra), cwd=tmp_path, env=ONE_THREAD)
+    assert one.returncode == 0, one.stderr
+    nodes = mpirun(4, *sets(output__dir="nodes", **JOB, **extra), cwd=tmp_path,
+                   env={**ONE_THREAD, "MPISUB_FAKE_NODE_SIZE": "2"})
+    assert nodes.returncode == 0, nodes.stderr
+    assert "# 4 rank(s) on 2 node(s) (one copy of the data each)" in nodes.stdout
+    a, b = read_run(str(tmp_path / "one")), read_run(str(tmp_path / "nodes"))
+    assert a["model/W"].tobytes() == b["model/W"].tobytes()       # every rank saw the node's one copy
+    assert a["model/W_init"].tobytes() == b["model/W_init"].tobytes()
+    np.testing.assert_array_equal(a["data/X"], b["data/X"])
+
+
+def test_a_bad_fake_node_size_is_one_line(tmp_path):
+    r = mpirun(2, cwd=tmp_path, env={"MPISUB_FAKE_NODE_SIZE": "two"})
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "mpisub-train: error: MPISUB_FAKE_NODE_SIZE = 'two' is not a positive number of ranks per node; "
+        "unset it or give e.g. 2"]
+
+
+@pytest.mark.parametrize("kind,p,K", [("bernoulli", 4, 2), ("bernoulli", 6, 3), ("partition", 8, 4),
+                                      ("categorical", 4, 4)])
+def test_the_exchange_plan_moves_every_row_where_the_algorithm_needs_it(kind, p, K):
+    """Simulate the two Alltoallv with the plans of all K ranks: every rank receives exactly its
+    subnetworks' rows, and every owner receives each copy of its rows, in subnet order."""
+    from mpisub import masks
+    m = 50
+    M = masks.sample(kind, p, 0.5 if kind == "bernoulli" else 1 / p, m, 7, 3)
+    rows = [np.flatnonzero(M[l]) for l in range(p)]
+    plans = [shard.Exchange(rows, m, K, k) for k in range(K)]
+    bounds = [shard.owned(m, K, k) for k in range(K)]
+    W = np.arange(m, dtype=float)[:, None] * np.ones((1, 2))           # row r holds the value r
+    # pull: what rank j sends to rank k is the slice k of j's send buffer
+    for k, plan in enumerate(plans):
+        got = []
+        for j, sender in enumerate(plans):
+            lo = bounds[j][0]
+            send = W[lo:bounds[j][1]][sender.pull_index]
+            start = sum(sender.pull_send[:k])
+            got.append(send[start:start + sender.pull_send[k]])
+        pulled = np.concatenate(got)
+        for l in shard.subnets_of_rank(p, K, k):
+            np.testing.assert_array_equal(pulled[plan.position[l], 0], rows[l])
+    # push: every owner's received copies, in order, are the segments' neurons
+    for j, owner in enumerate(plans):
+        lo = bounds[j][0]
+        received = []
+        for k, sender in enumerate(plans):
+            trained = {l: W[rows[l]] for l in sender.subnets}
+            send = np.concatenate([trained[l][a:b] for l, a, b in sender.push_slices] or [np.zeros((0, 2))])
+            start = sum(sender.push_send[:j])
+            received.append(send[start:start + sender.push_send[j]])
+        received = np.concatenate(received)
+        expected = np.concatenate([idx + lo for _, idx in owner.segments])
+        np.testing.assert_array_equal(received[:, 0], expected)
+        assert [l for l, _ in owner.segments] == list(range(p))        # subnet order
+
+
+def test_the_scaling_report_measures_what_its_model_says(tmp_path):
+    out = tmp_path / "scaling.json"
+    r = subprocess.run([f"{BIN}/mpisub-bench", "--scaling", "--width", "4096", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = {row["K"]: row for row in json.loads(out.read_text())}
+    assert sorted(rows) == [1, 2, 4, 8, 16, 64, 256, 1024]
+    for K in (2, 4, 8):
+        measured = rows[K]["sent"] + rows[K]["recv"]
+        model = rows[K]["rows_sent"] + rows[K]["rows_recv"]
+        assert abs(measured / model - 1) <= 0.10, (K, measured, model)
+    # the model: traffic per rank falls with K for owner storage, not for the replicated design
+    assert rows[1024]["rows_sent"] < rows[16]["rows_sent"] < rows[2]["rows_sent"]
+    assert rows[1024]["replicated_recv"] > rows[2]["replicated_recv"]
+    assert f"{'K':>5} |" in r.stdout
