@@ -9,6 +9,11 @@ for the full network, 1/(keep sqrt(m)) for a subnetwork's surrogate f_l.
 import numpy as np
 from numba import njit
 
+# the gradient G = D^T X of a subnetwork with many rows is computed in row blocks of at most this
+# many bytes: its workspace would otherwise be the subnetwork's k x d, at owner storage's scale W's
+# own size per rank. Smaller subnetworks take one block, as fast as one product.
+GRAD_BYTES = 32 * 2**20
+
 
 @njit(cache=True, nogil=True)
 def _forward(X, W, a, scale, A, out):
@@ -38,7 +43,7 @@ def _loss(out, Y):
 
 
 @njit(cache=True, nogil=True)
-def _step(X, Y, W, a, aT, scale, lr, A, out, G):
+def _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk):
     """One gradient step W <- W - lr * grad L(W) for L = 1/(2n) sum ||scale relu(X W^T) a - Y||^2,
     in place. aT = a^T, contiguous (c x k)."""
     n, k = A.shape
@@ -65,12 +70,24 @@ def _step(X, Y, W, a, aT, scale, lr, A, out, G):
                     for j in range(c):
                         s += R[i, j] * aT[j, r]
                     Ai[r] = s
-    np.dot(A.T, X, G)
-    # d/dw_r of 1/(2n) sum ||f - y||^2 = (scale/n) sum_i D[i, r] x_i
+    # d/dw_r of 1/(2n) sum ||f - y||^2 = (scale/n) sum_i D[i, r] x_i, in blocks of G's rows
+    # (GRAD_BYTES): the gradient's workspace stays small however many rows the subnetwork holds
     step = lr * scale / n
-    w, g = W.ravel(), G.ravel()
-    for t in range(w.size):
-        w[t] -= step * g[t]
+    B = G.shape[0]
+    for lo in range(0, k, B):
+        cols = min(B, k - lo)
+        Gb = G[:cols]
+        if cols == k:  # one block: D is A itself
+            np.dot(A.T, X, Gb)
+        else:
+            D = Dblk if cols == B else np.empty((n, cols), dtype=A.dtype)
+            for i in range(n):
+                for r in range(cols):
+                    D[i, r] = A[i, lo + r]
+            np.dot(D.T, X, Gb)
+        w, g = W[lo:lo + cols].ravel(), Gb.ravel()
+        for t in range(w.size):
+            w[t] -= step * g[t]
 
 
 @njit(cache=True, nogil=True)
@@ -86,18 +103,20 @@ def local_steps(W, a, X, Y, scale, lr, batches):
     # one set of workspaces for all tau steps
     A = np.empty((nb, k), dtype=W.dtype)
     out = np.empty((nb, c), dtype=W.dtype)
-    G = np.empty((k, d), dtype=W.dtype)
+    block = max(1, GRAD_BYTES // (d * W.itemsize))
+    G = np.empty((min(k, block), d), dtype=W.dtype)
+    Dblk = np.empty((nb, block if k > block else 0), dtype=W.dtype)
     aT = np.ascontiguousarray(a.T)
     Xb = np.empty((nb if b else 0, d), dtype=W.dtype)
     Yb = np.empty((nb if b else 0, c), dtype=W.dtype)
     for t in range(tau):
         if b == 0:
-            _step(X, Y, W, a, aT, scale, lr, A, out, G)
+            _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk)
         else:
             for i in range(b):
                 Xb[i] = X[batches[t, i]]
                 Yb[i] = Y[batches[t, i]]
-            _step(Xb, Yb, W, a, aT, scale, lr, A, out, G)
+            _step(Xb, Yb, W, a, aT, scale, lr, A, out, G, Dblk)
     return loss(W, a, X, Y, scale)
 
 

@@ -33,7 +33,10 @@ def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -
     received = own * (p * xi if bernoulli else 1)
     k = xi * m
     nb = cfg.train.batch_size or n
-    workspace = workers * ((nb * k + k * d) + n * 512) * s   # a local step's A and G, the forward block
+    from .kernels import GRAD_BYTES
+    block = max(1, GRAD_BYTES // row)                    # the gradient's rows per block
+    blocked = k > block
+    workspace = workers * (nb * k + min(k, block) * d + (nb * block if blocked else 0) + n * 512) * s
     phases = (own + pull_send + pulled,                               # pull
               own + pulled + copies,                                  # each subnetwork's rows copied out
               own + trained + workspace / row,                        # local steps
