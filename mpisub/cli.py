@@ -146,10 +146,13 @@ def _shared_data(cfg, comm):
 
 
 def _check_data(args, cfg, X, Y, digest: str, checkpoint, comm, cores: int):
-    """The checks that need the data (local, like _prepare). Returns the config with the data's shape."""
+    """The checks that need the data (local, like _prepare). Returns the config with the data's shape
+    and the plan (train.plan) resolved, and why that plan."""
+    from . import resources
+
     cfg = config.fit_data(cfg, X.shape[0], X.shape[1], Y.shape[1])
-    if cfg.data.source != "synthetic":  # n and d are the file's
-        _check_memory(cfg, comm, cores, checkpoint)
+    cfg.train.plan, why = resources.choose_plan(cfg, comm.size)  # its cost needs the data's n and d
+    _check_memory(cfg, comm, cores, checkpoint)
     if checkpoint is not None:
         if digest != checkpoint["data_sha256"]:
             raise UserError(f"--resume {args.resume!r}: data.source {cfg.data.source!r} changed since the run "
@@ -157,7 +160,7 @@ def _check_data(args, cfg, X, Y, digest: str, checkpoint, comm, cores: int):
         if checkpoint["round"] >= cfg.train.rounds:
             raise UserError(f"--resume {args.resume!r}: the run has done all {checkpoint['round']} rounds; "
                             f"to train longer add --set train.rounds=N with N > {checkpoint['round']}")
-    return cfg
+    return cfg, why
 
 
 def _lock_wait() -> float:
@@ -228,7 +231,7 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
     # so a file one node cannot read stops every rank the same way instead of hanging the others
     cfg, checkpoint = _agreed(comm, _prepare, args, comm, cores)
     X, Y, digest = _shared_data(cfg, comm)
-    cfg = _agreed(comm, _check_data, args, cfg, X, Y, digest, checkpoint, comm, cores)
+    cfg, plan_reason = _agreed(comm, _check_data, args, cfg, X, Y, digest, checkpoint, comm, cores)
     if args.print_config:
         if comm.rank == 0:
             print(cfg.to_toml())
@@ -239,11 +242,12 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
     else:
         workers = 1
     threads = f"{blas} x {workers} subnetwork workers" if workers > 1 else str(cores or "set by the environment")
-    run_file = _open_run_file(cfg, comm, digest, checkpoint, held)
+    run_file = _open_run_file(cfg, comm, digest, checkpoint, held, plan_reason)
 
     if comm.rank == 0:
         print("# mpisub-train: resolved config\n" + cfg.to_toml(), flush=True)
         resumed = f"; resuming after round {checkpoint['round']}" if checkpoint else ""
+        print(f"# plan {cfg.train.plan}: {plan_reason}", flush=True)
         print(f"# {comm.size} rank(s) on {comm.nodes} node(s) (one copy of the data each), "
               f"{cfg.masks.subnets} subnetwork(s) of keep {cfg.masks.keep:g}, "
               f"BLAS threads per rank: {threads}; writing {run_file.path}{resumed}", flush=True)
@@ -294,7 +298,7 @@ def _record_peak_memory(comm, run_file) -> None:
             run_file.write_peak_memory(peaks)
 
 
-def _open_run_file(cfg, comm, digest: str, checkpoint, held: list):
+def _open_run_file(cfg, comm, digest: str, checkpoint, held: list, plan_reason: str):
     """Rank 0 creates the run file (None on the other ranks) under the folder's lock, after checking
     the folder and the disk space the run needs. Only rank 0 touches the output folder, and its
     verdict is shared, so a bad folder stops every rank the same way. A resumed run's file is
@@ -319,7 +323,7 @@ def _open_run_file(cfg, comm, digest: str, checkpoint, held: list):
                                      record_masks=cfg.output.record_masks, data_sha256=digest,
                                      created=checkpoint["created"] if checkpoint else "",
                                      attrs={"mpisub_version": __version__, "ranks": comm.size,
-                                            "mpi_library": comm.library()})
+                                            "mpi_library": comm.library(), "plan_reason": plan_reason})
         except UserError as e:
             error = str(e)
     error, cfg.output.dir = comm.agree((error, folder))

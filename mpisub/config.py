@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = 0         # 0 = full batch (the paper); >0 = minibatch SGD local steps
     memory_limit_mb: int = 0    # refuse a run whose estimated memory per rank exceeds this (0 = what the node has)
+    plan: str = "auto"          # rows | outputs | auto (the one with fewer bytes per rank per round)
 
 
 @dataclass
@@ -133,6 +134,7 @@ RULES = {
     "train.seed": (0, 2**63 - 1, False, False),
     "train.batch_size": (0, None, False, False),
     "train.memory_limit_mb": (0, None, False, False),
+    "train.plan": ("auto", "rows", "outputs"),
     "output.log_every": (0, None, False, False),
     "output.checkpoint_every": (1, None, False, False),
     "theory.max_n": (0, None, False, False),
@@ -325,19 +327,15 @@ def resolve(cfg: Config, ranks: int, resuming: bool = False) -> Config:
     p = m.subnets
     if m.kind == "full" and p != 1:
         raise UserError(f"masks.kind = 'full' means one subnetwork, but masks.subnets = {p}; set masks.subnets = 1")
-    if p % ranks:
+    if p % ranks and cfg.train.plan == "rows":
         fits = max(k for k in range(1, min(p, ranks) + 1) if p % k == 0)
         if resuming:
-            raise UserError(f"--resume: the run has masks.subnets = {p}, and every rank holds whole subnetworks: "
-                            f"resume it with a number of ranks that divides {p} (e.g. mpirun -n {fits})")
-        if p == 1:
-            what = "plain gradient descent (masks.kind = 'full', --preset gd)" if m.kind == "full" else \
-                "one subnetwork (e.g. --preset dropout)"
-            raise UserError(f"{what} trains one network, which lives on one rank: run it with mpirun -n 1"
-                            + ("" if m.kind == "full" else f", or set masks.subnets to a multiple of {ranks} "
-                                                           f"(multi-sample dropout)"))
-        raise UserError(f"masks.subnets = {p} is not a multiple of the {ranks} MPI ranks; "
-                        f"set masks.subnets to a multiple of {ranks} (0 = one per rank) or change mpirun -n")
+            raise UserError(f"--resume: the run has masks.subnets = {p} and train.plan = 'rows', where every rank "
+                            f"holds whole subnetworks: resume it with a number of ranks that divides {p} "
+                            f"(e.g. mpirun -n {fits})")
+        raise UserError(f"masks.subnets = {p} is not a multiple of the {ranks} MPI ranks, which train.plan = 'rows' "
+                        f"needs (every rank holds whole subnetworks); set train.plan = 'outputs' (or 'auto'), "
+                        f"set masks.subnets to a multiple of {ranks}, or change mpirun -n")
     if cfg.model.width < p:
         raise UserError(f"model.width = {cfg.model.width} is smaller than masks.subnets = {p}; "
                         f"every subnetwork needs neurons: raise model.width")

@@ -47,15 +47,24 @@ def _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk):
     """One gradient step W <- W - lr * grad L(W) for L = 1/(2n) sum ||scale relu(X W^T) a - Y||^2,
     in place. aT = a^T, contiguous (c x k)."""
     n, k = A.shape
-    c = a.shape[1]
     if k == 0:
         return
     _forward(X, W, a, scale, A, out)
     R = out  # the residual, in place
     for i in range(n):
-        for j in range(c):
+        for j in range(out.shape[1]):
             R[i, j] -= Y[i, j]
-    # D[i, r] = [z_ir > 0] * sum_j R[i, j] a[r, j], written over A
+    _backward(X, R, W, aT, lr * scale / n, A, G, Dblk)
+
+
+@njit(cache=True, nogil=True)
+def _backward(X, R, W, aT, step, A, G, Dblk):
+    """W <- W - step * D^T X, in place, from the residual R (n x c) and the forward pass's
+    A = relu(X W^T): D[i, r] = [z_ir > 0] * sum_j R[i, j] a[r, j], written over A."""
+    n, k = A.shape
+    c = R.shape[1]
+    if k == 0:
+        return
     for i in range(n):
         Ai = A[i]
         if c == 1:
@@ -72,7 +81,6 @@ def _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk):
                     Ai[r] = s
     # d/dw_r of 1/(2n) sum ||f - y||^2 = (scale/n) sum_i D[i, r] x_i, in blocks of G's rows
     # (GRAD_BYTES): the gradient's workspace stays small however many rows the subnetwork holds
-    step = lr * scale / n
     B = G.shape[0]
     for lo in range(0, k, B):
         cols = min(B, k - lo)
@@ -88,6 +96,26 @@ def _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk):
         w, g = W[lo:lo + cols].ravel(), Gb.ravel()
         for t in range(w.size):
             w[t] -= step * g[t]
+
+
+def _workspaces(k: int, d: int, nb: int, dtype):
+    """The gradient's blocks (see GRAD_BYTES) for a subnetwork part of k rows and nb samples."""
+    block = max(1, GRAD_BYTES // (d * np.dtype(dtype).itemsize))
+    return np.empty((min(k, block), d), dtype=dtype), np.empty((nb, block if k > block else 0), dtype=dtype)
+
+
+@njit(cache=True, nogil=True)
+def part_forward(X, W, a, scale, A, out):
+    """Plan "outputs": this rank's part of a subnetwork's output, out = scale relu(X W^T) a for its
+    own rows W (k x d), keeping A = relu(X W^T) for part_backward."""
+    _forward(X, W, a, scale, A, out)
+
+
+@njit(cache=True, nogil=True)
+def part_backward(X, R, W, aT, step, A, G, Dblk):
+    """Plan "outputs": the gradient step of this rank's rows of a subnetwork, from the whole
+    subnetwork's residual R (summed over the ranks' parts)."""
+    _backward(X, R, W, aT, step, A, G, Dblk)
 
 
 @njit(cache=True, nogil=True)
@@ -155,3 +183,6 @@ def compile_for(dtype) -> None:
     for batches in (np.zeros((1, 0), np.int64), np.zeros((1, 2), np.int64)):
         local_steps(W.copy(), a, X, Y, one, one, batches)
     partial_output(W, a, X, one)
+    A, out = np.empty((3, 2), dtype), np.empty((3, 1), dtype)
+    part_forward(X, W, a, one, A, out)
+    part_backward(X, out, W.copy(), np.ascontiguousarray(a.T), np.float64(1.0), A, *_workspaces(2, 2, 3, dtype))

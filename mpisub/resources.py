@@ -4,6 +4,7 @@ cannot fit stops with one line saying how much it needs and what would fit, inst
 MemoryError, an OOM kill or a half-written run file (docs/design.md, "Sizes before work").
 
 """
+import math
 import os
 import shutil
 
@@ -43,6 +44,10 @@ def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -
               own + 2 * trained,                                      # packing the push
               own + trained + received + (own if bernoulli else 0))   # receiving the push, combining
     peak_rows = max(phases)
+    if cfg.train.plan == "outputs":   # neurons never move: one working copy per holding subnetwork
+        copies = p * xi * own
+        activations = (p * xi * own) * (nb + n) / d + p * (nb + n) * c / d   # A per subnetwork, outputs
+        peak_rows = own + 2 * copies + activations + workspace / row
     parts = {"weights": int(peak_rows * row + (own * row if resuming else 0)),
              "masks": int(m * c * s + p * m + 2 * here * k * 8 + ranks * pulled * 8),
              "data": n * (d + c) * (8 + s)}
@@ -50,6 +55,47 @@ def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -
         parts["ntk"] = n * n * 8 + 4 * (n // ranks + 1) * n * 8
     parts["base"] = BASE
     return parts
+
+
+# the alpha-beta costs of MPICH's collectives (Thakur, Rabenseifner & Gropp) on a 200 Gb/s link
+ALPHA, BETA = 1.5e-6, 1 / 25e9
+
+
+def plan_costs(cfg, ranks: int) -> dict:
+    """Per plan, the bytes one rank sends plus receives per round (as bytes_comm + bytes_recv count
+    them) and the modelled seconds of those collectives (docs/design.md, section 3). rows: two
+    pairwise Alltoallv, (K-1) alpha + bytes beta each; outputs: tau + 1 Allreduces of the p
+    subnetworks' outputs (the last for their losses), Rabenseifner: 2 log K alpha + 2 (K-1)/K
+    bytes beta each. Both leave out the loss Allreduce they share."""
+    K, p, xi, m = ranks, cfg.masks.subnets, cfg.masks.keep, cfg.model.width
+    s = np.dtype(cfg.model.dtype).itemsize
+    if K == 1:
+        return {"rows": (0.0, 0.0), "outputs": (0.0, 0.0)}
+    here = p / K
+    held = 1 - (1 - xi) ** here if cfg.masks.kind == "bernoulli" else min(1.0, here * xi)
+    one_way = (K - 1) / K * m * (held + here * xi) / 2 * cfg.data.d * s   # each Alltoallv, each way
+    n, c, tau = cfg.data.n, cfg.data.outputs, cfg.train.local_steps
+    nb = cfg.train.batch_size or n
+    buffers = [p * nb * c * s] * tau + [p * n * c * s]
+    # bytes as the run file counts them: an Allreduce's buffer goes out once and comes back once
+    return {"rows": (4 * one_way, 2 * ((K - 1) * ALPHA + one_way * BETA)),
+            "outputs": (sum(2 * b for b in buffers),
+                        sum(2 * math.log2(K) * ALPHA + 2 * (K - 1) / K * b * BETA for b in buffers))}
+
+
+def choose_plan(cfg, ranks: int) -> tuple[str, str]:
+    """The plan to run and why: the one asked for, or (auto) the one whose collectives the cost
+    model says take less time (latency included: tau + 1 small Allreduces can cost more than two
+    larger Alltoallv); rows when they tie (K = 1); outputs when p is not a multiple of K."""
+    cost = plan_costs(cfg, ranks)
+    costs = ", ".join(f"{plan} {b / 1e6:.3g} MB and {t * 1e6:.3g} us" for plan, (b, t) in cost.items())
+    costs += " per rank per round (sent + received; alpha-beta model)"
+    if cfg.train.plan != "auto":
+        return cfg.train.plan, f"as set ({costs})"
+    if cfg.masks.subnets % ranks:
+        return "outputs", f"auto: {cfg.masks.subnets} subnetwork(s) over {ranks} ranks need plan outputs ({costs})"
+    plan = "outputs" if cost["outputs"][1] < cost["rows"][1] else "rows"
+    return plan, f"auto: the faster by the model ({costs})"
 
 
 def memory_available(ranks_on_node: int) -> int | None:

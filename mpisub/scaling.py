@@ -28,7 +28,7 @@ from . import config, resources
 from .store import read_run
 from .sweep import executables
 
-ALPHA, BETA = 1.5e-6, 1 / 25e9
+ALPHA, BETA = resources.ALPHA, resources.BETA
 MEASURED = (1, 2, 4, 8)
 PROJECTED = (16, 64, 256, 1024)
 CASE = {"model.width": 262144, "data.d": 256, "data.n": 256, "masks.kind": "partition", "masks.subnets": 8,
@@ -57,9 +57,16 @@ def replicated_memory(cfg, K: int) -> float:
     return 3 * m * d * s + (p // K) * k * d * s + (n * k + k * d) * s + resources.BASE + n * d * 16
 
 
-def measure(K: int, width: int, folder: str) -> dict:
+def _with_plan(cfg, plan: str):
+    import copy
+    cfg = copy.deepcopy(cfg)
+    cfg.train.plan = plan
+    return cfg
+
+
+def measure(K: int, width: int, folder: str, plan: str = "rows") -> dict:
     mpirun, train = executables()
-    values = {**CASE, "model.width": width, "output.dir": folder}
+    values = {**CASE, "model.width": width, "output.dir": folder, "train.plan": plan}
     args = [a for key, v in values.items() for a in ("--set", f"{key}={json.dumps(v)}")]
     env = {**os.environ, **{v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                              "NUMBA_NUM_THREADS")}}
@@ -92,9 +99,14 @@ def scaling_main(width: int, as_json: str | None) -> None:
             row = {"K": K, **model(K, W_bytes, loss_bytes),
                    "rows_memory": sum(resources.memory_per_rank(c, K).values()),
                    "replicated_memory": replicated_memory(c, K)}
+            cost = resources.plan_costs(c, K)["outputs"]
+            row.update(outputs_bytes=cost[0] + (2 * loss_bytes if K > 1 else 0), outputs_seconds=cost[1],
+                       outputs_memory=sum(resources.memory_per_rank(_with_plan(c, "outputs"), K).values()))
             if K in MEASURED:
-                print(f"# measuring K = {K} ...", flush=True)
+                print(f"# measuring K = {K} (plans rows and outputs) ...", flush=True)
                 row.update(measure(K, width, os.path.join(tmp, f"K{K}")))
+                row.update({f"outputs_{k}": v for k, v in
+                            measure(K, width, os.path.join(tmp, f"K{K}-outputs"), "outputs").items()})
             rows.append(row)
     print(f"\n{'K':>5} | {'sent+recv MB/round per rank':>27} | {'model':>8} | {'ratio':>5} | {'replicated':>10} | "
           f"{'peak MiB/rank':>13} | {'estimate':>8} | {'replicated':>10} | {'comm s/round':>12} | {'replicated':>10}")
@@ -106,6 +118,16 @@ def scaling_main(width: int, as_json: str | None) -> None:
               f"{model_total / 1e6:>8.1f} | {ratio} | {(r['replicated_sent'] + r['replicated_recv']) / 1e6:>10.1f} | "
               f"{r.get('peak_rss_mb', float('nan')):>13.0f} | {r['rows_memory'] / mib:>8.0f} | "
               f"{r['replicated_memory'] / mib:>10.0f} | {r['rows_seconds']:>12.5f} | {r['replicated_seconds']:>10.5f}")
+    print(f"\nplan outputs (neurons never move; tau + 1 Allreduces of p x n x c per round):\n"
+          f"{'K':>5} | {'sent+recv MB/round per rank':>27} | {'model':>8} | {'ratio':>5} | {'peak MiB/rank':>13} | "
+          f"{'estimate':>8} | {'comm s/round':>12}")
+    for r in rows:
+        measured = r["outputs_sent"] + r["outputs_recv"] if "outputs_sent" in r else None
+        model_total = r["outputs_bytes"]
+        ratio = f"{measured / model_total:5.2f}" if measured and model_total else ("    -" if measured is None else " 1.00")
+        print(f"{r['K']:>5} | {measured / 1e6 if measured is not None else float('nan'):>27.3f} | "
+              f"{model_total / 1e6:>8.3f} | {ratio} | {r.get('outputs_peak_rss_mb', float('nan')):>13.0f} | "
+              f"{r['outputs_memory'] / mib:>8.0f} | {r['outputs_seconds']:>12.6f}")
     print("\nsent+recv: rank 0's bytes per round (measured: run file metrics bytes_comm + bytes_recv); model: "
           "owner storage; replicated: every rank holding all of W (before owner storage). peak: the largest "
           "rank's peak RSS (measured), the resources estimate, and the replicated design's estimate.")

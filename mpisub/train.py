@@ -274,25 +274,12 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
         t_start = time.perf_counter()
         M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, k)
         rows = [np.flatnonzero(M[l]) for l in range(p)]  # each subnetwork's active neurons
-        plan = shard.Exchange(rows, m, comm.size, comm.rank)
-
-        # pull the rows this rank's subnetworks hold from their owners
-        pulled = pull(W, plan, comm)
-        trained = {l: _rows_of(pulled, plan.position[l]) for l in plan.subnets}
-        del pulled
-
-        # 1. every subnetwork on this rank: tau local steps from W_k, on its active rows only
-        #    (in place; side by side on `workers` threads)
-        batches = [masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, k, l)
-                   for l in plan.subnets]
-        t = time.perf_counter()
-        sub_losses = list(each(kernels.local_steps, trained.values(), [a[rows[l]] for l in plan.subnets],
-                               repeat(X), repeat(Y), repeat(sub_scale), repeat(lr), batches))
-        seconds_local = time.perf_counter() - t
-        sub_loss_sum = sum(sub_losses)  # in subnet order, however they ran
-
-        # 2. push the trained rows to their owners, which average them per neuron
-        push(W, trained, plan, M[:, lo:hi].sum(axis=0, dtype=np.int64), comm, disjoint)
+        batches = [masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, k, l) for l in range(p)]
+        counts = M[:, lo:hi].sum(axis=0, dtype=np.int64)  # N_r of the owned neurons
+        # 1. tau local steps of every subnetwork from W_k, on its active rows only, and
+        # 2. the mean per neuron over the subnetworks that hold it, on its owner
+        sub_loss_sum, seconds_local = (round_rows if cfg.train.plan == "rows" else round_outputs)(
+            W, a, X, Y, rows, batches, counts, (lo, hi), sub_scale, lr, disjoint, comm, each)
 
         # the loss, the subnetworks' losses, any rank's stop request and a failed write, in one Allreduce
         t = time.perf_counter()
@@ -335,6 +322,64 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
     if comm.agree(out.failed):  # the last round's writes: no Allreduce follows to carry the flag
         raise out.failure(rounds, cfg)
     return {"W": W, "loss_init": loss_init, "metrics": {k: np.array(v) for k, v in history.items()}}
+
+
+def round_rows(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjoint, comm, each):
+    """Plan "rows" (IST's pattern): pull the rows this rank's subnetworks hold from their owners,
+    run each subnetwork's tau steps in one kernel call (side by side on `each`'s threads), push the
+    trained rows back to their owners, which average them. Returns (sub-loss sum, seconds local)."""
+    plan = shard.Exchange(rows, len(a), comm.size, comm.rank)
+    pulled = pull(W, plan, comm)
+    trained = {l: _rows_of(pulled, plan.position[l]) for l in plan.subnets}
+    del pulled
+    t = time.perf_counter()
+    sub_losses = list(each(kernels.local_steps, trained.values(), [a[rows[l]] for l in plan.subnets],
+                           repeat(X), repeat(Y), repeat(sub_scale), repeat(lr), [batches[l] for l in plan.subnets]))
+    seconds_local = time.perf_counter() - t
+    push(W, trained, plan, counts, comm, disjoint)
+    return sum(sub_losses), seconds_local  # in subnet order, however they ran
+
+
+def round_outputs(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjoint, comm, each):
+    """Plan "outputs" (neurons never move): every rank steps its own rows of every subnetwork
+    (one working copy per holding subnetwork). Each local step sums the ranks' parts of the p
+    subnetworks' outputs with one Allreduce, then each rank takes the gradient step of its rows
+    from the whole residual. One more Allreduce gives the subnetworks' losses after the last step.
+    Returns (sub-loss sum, seconds in the local steps' kernels)."""
+    lo, hi = owned
+    p, (n, c), d = len(rows), Y.shape, X.shape[1]
+    mine = [r[np.searchsorted(r, lo): np.searchsorted(r, hi)] - lo for r in rows]
+    W_l = [W[i] for i in mine]                            # working copies of this rank's rows
+    a_l = [np.ascontiguousarray(a[lo:hi][i]) for i in mine]
+    aT_l = [np.ascontiguousarray(x.T) for x in a_l]
+    tau, nb = batches[0].shape[0], batches[0].shape[1] or n
+    out = np.empty((p, nb, c), dtype=W.dtype)
+    A = [np.empty((nb, len(i)), dtype=W.dtype) for i in mine]
+    spaces = [kernels._workspaces(len(i), d, nb, W.dtype) for i in mine]
+    step = np.float64(lr) * np.float64(sub_scale) / nb
+    seconds_local = 0.0
+    for t in range(tau):
+        Xb = [X if not batches[l].shape[1] else X[batches[l][t]] for l in range(p)]
+        Yb = [Y if not batches[l].shape[1] else Y[batches[l][t]] for l in range(p)]
+        t0 = time.perf_counter()
+        list(each(kernels.part_forward, Xb, W_l, a_l, repeat(sub_scale), A, out))
+        seconds_local += time.perf_counter() - t0
+        comm.sum(out)                                     # the subnetworks' outputs, whole
+        t0 = time.perf_counter()
+        R = [out[l] - Yb[l] for l in range(p)]
+        list(each(kernels.part_backward, Xb, R, W_l, aT_l, repeat(step), A,
+                  [g for g, _ in spaces], [b for _, b in spaces]))
+        seconds_local += time.perf_counter() - t0
+    # the subnetworks' full-batch losses after their last step
+    full = out if nb == n else np.empty((p, n, c), dtype=W.dtype)
+    A = A if nb == n else [np.empty((n, len(i)), dtype=W.dtype) for i in mine]
+    list(each(kernels.part_forward, repeat(X), W_l, a_l, repeat(sub_scale), A, full))
+    comm.sum(full)
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the caller
+        sub_losses = [float(np.sum((full[l].astype(np.float64) - Y) ** 2) / (2 * n)) for l in range(p)]
+    shard.combine(W, np.concatenate(W_l), [(l, mine[l]) for l in range(p)], disjoint, counts)
+    # every rank has all p losses; the round loop sums this over the ranks: rank 0 alone counts them
+    return (sum(sub_losses) if comm.rank == 0 else 0.0), seconds_local
 
 
 def _rows_of(pulled: np.ndarray, position: np.ndarray) -> np.ndarray:

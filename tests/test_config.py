@@ -90,7 +90,7 @@ def test_bad_values_name_the_key(overrides, message):
 
 
 BAD_RESOLVE = [
-    (["masks.subnets=3"], 2, "masks.subnets = 3 is not a multiple of the 2 MPI ranks"),
+    (["masks.subnets=3", "train.plan='rows'"], 2, "masks.subnets = 3 is not a multiple of the 2 MPI ranks"),
     (["model.width=3", "masks.subnets=4"], 4, "model.width = 3 is smaller than masks.subnets = 4"),
     (["masks.kind='full'", "masks.subnets=2"], 2, "masks.kind = 'full' means one subnetwork"),
     (["masks.keep=0.3"], 2, "masks.keep = 0.3 does not apply to masks.kind = 'partition'"),

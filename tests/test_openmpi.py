@@ -12,7 +12,7 @@ import pytest
 from conftest import ONE_THREAD, mpirun, sets, system_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JOB = sets(masks__subnets=4, model__width=512, data__n=128, train__rounds=20)
+JOB = sets(masks__subnets=4, model__width=512, data__n=128, train__rounds=20, train__plan="rows")
 
 
 pytestmark = system_test

@@ -19,7 +19,7 @@ from mpisub import store
 # partition masks are K-invariant to the bit (with one BLAS thread per rank), so a run stopped at
 # K = 2 and resumed at K = 1 or 4 must end on exactly the weights of an unbroken run
 ROUNDS = 150
-JOB = dict(masks__subnets=4, train__rounds=ROUNDS, output__checkpoint_every=7, output__log_every=10)
+JOB = dict(masks__subnets=4, train__rounds=ROUNDS, output__checkpoint_every=7, output__log_every=10, train__plan="rows")
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,8 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_a_finished_run_trains_longer_with_its_masks_rebuilt(tmp_path):
-    job = dict(masks__kind="categorical", masks__subnets=2, model__width=256, data__n=64, output__record_masks=True)
+    job = dict(masks__kind="categorical", masks__subnets=2, model__width=256, data__n=64, output__record_masks=True,
+               train__plan="rows")
     assert mpirun(2, *sets(output__dir="long", train__rounds=12, **job), cwd=tmp_path, env=ONE_THREAD).returncode == 0
     assert mpirun(2, *sets(output__dir="short", train__rounds=7, **job), cwd=tmp_path, env=ONE_THREAD).returncode == 0
     r = mpirun(1, "--resume", "short", "--set", "train.rounds=12", cwd=tmp_path, env=ONE_THREAD)

@@ -8,7 +8,7 @@ from mpisub.store import read_run
 from reference import replay, rows_received_by_rank0, rows_sent_by_rank0
 
 SMALL = dict(data__n=40, data__d=5, data__outputs=2, model__width=24, train__rounds=4,
-             train__local_steps=3, train__lr=1.5, output__record_masks=True)
+             train__local_steps=3, train__lr=1.5, output__record_masks=True, train__plan="rows")
 KINDS = {
     "partition": dict(masks__kind="partition", masks__subnets=4),
     "categorical": dict(masks__kind="categorical", masks__subnets=4),
@@ -81,7 +81,7 @@ def test_identical_bits_for_any_number_of_ranks_at_a_realistic_size(tmp_path):
     W = {}
     for K in (1, 4):
         args = sets(data__n=1000, data__d=100, data__outputs=3, model__width=2048, masks__kind="categorical",
-                    masks__subnets=8, train__rounds=3, train__lr=4.0, output__dir=f"K{K}")
+                    masks__subnets=8, train__rounds=3, train__lr=4.0, train__plan="rows", output__dir=f"K{K}")
         r = mpirun(K, *args, cwd=tmp_path, env=ONE_THREAD)
         assert r.returncode == 0, r.stderr
         W[K] = read_run(str(tmp_path / f"K{K}"))["model/W"]

@@ -13,7 +13,7 @@ from mpisub import shard
 from mpisub.store import read_run
 
 JOB = dict(data__n=48, data__d=6, data__outputs=2, model__width=96, train__rounds=4, train__local_steps=2,
-           train__lr=1.5, output__record_masks=True, masks__subnets=4)
+           train__lr=1.5, output__record_masks=True, masks__subnets=4, train__plan="rows")
 
 
 @pytest.mark.parametrize("kind", ["partition", "bernoulli"])
@@ -84,10 +84,69 @@ def test_the_scaling_report_measures_what_its_model_says(tmp_path):
     rows = {row["K"]: row for row in json.loads(out.read_text())}
     assert sorted(rows) == [1, 2, 4, 8, 16, 64, 256, 1024]
     for K in (2, 4, 8):
-        measured = rows[K]["sent"] + rows[K]["recv"]
-        model = rows[K]["rows_sent"] + rows[K]["rows_recv"]
-        assert abs(measured / model - 1) <= 0.10, (K, measured, model)
+        for measured, model in ((rows[K]["sent"] + rows[K]["recv"], rows[K]["rows_sent"] + rows[K]["rows_recv"]),
+                                (rows[K]["outputs_sent"] + rows[K]["outputs_recv"], rows[K]["outputs_bytes"])):
+            assert abs(measured / model - 1) <= 0.10, (K, measured, model)
     # the model: traffic per rank falls with K for owner storage, not for the replicated design
     assert rows[1024]["rows_sent"] < rows[16]["rows_sent"] < rows[2]["rows_sent"]
     assert rows[1024]["replicated_recv"] > rows[2]["replicated_recv"]
     assert f"{'K':>5} |" in r.stdout
+
+
+PLAN_JOB = dict(data__n=40, data__d=5, data__outputs=2, model__width=24, train__rounds=4, train__local_steps=3,
+                train__lr=1.5, output__record_masks=True)
+PLAN_KINDS = {"partition": dict(masks__kind="partition", masks__subnets=4),
+              "categorical": dict(masks__kind="categorical", masks__subnets=4),
+              "bernoulli": dict(masks__kind="bernoulli", masks__subnets=4, masks__keep=0.6),
+              "full": dict(masks__kind="full", masks__subnets=1)}
+
+
+@pytest.mark.parametrize("kind,K", [("partition", 2), ("categorical", 4), ("bernoulli", 2), ("bernoulli", 3),
+                                    ("full", 2)])
+def test_plan_outputs_matches_the_replay_and_plan_rows(tmp_path, kind, K):
+    """Neurons never move: every rank steps its rows of every subnetwork from the Allreduced
+    outputs. Same mathematics as plan rows (to rounding), for any K, p a multiple of K or not."""
+    from reference import replay
+    keep = {"bernoulli": 0.6, "full": 1.0}.get(kind, 0.25)
+    r = mpirun(K, *sets(output__dir="outputs", train__plan="outputs", **PLAN_JOB, **PLAN_KINDS[kind]),
+               cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    assert "# plan outputs: as set" in r.stdout
+    run = read_run(str(tmp_path / "outputs"))
+    W, losses, sub_losses = replay(run["model/W_init"], run["model/a"], run["data/X"], run["data/Y"],
+                                   run["masks"].astype(float), keep, lr=1.5, local_steps=3)
+    rel = lambda x, y: np.abs(x - y).max() / np.abs(y).max()  # noqa: E731
+    assert rel(W, run["model/W_init"]) > 1e-3
+    assert rel(run["model/W"], W) <= 1e-10
+    assert rel(run["metrics"]["loss"], losses) <= 1e-10
+    assert rel(run["metrics"]["sub_loss"], sub_losses) <= 1e-10
+    r = mpirun(1, *sets(output__dir="rows", train__plan="rows", **PLAN_JOB, **PLAN_KINDS[kind]),
+               cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    assert rel(run["model/W"], read_run(str(tmp_path / "rows"))["model/W"]) <= 1e-12
+
+
+def test_gd_at_two_ranks_is_gd_at_one_to_rounding(tmp_path):
+    a = mpirun(1, "--preset", "gd", *sets(output__dir="one", train__rounds=15), cwd=tmp_path, env=ONE_THREAD)
+    b = mpirun(2, "--preset", "gd", *sets(output__dir="two", train__rounds=15), cwd=tmp_path, env=ONE_THREAD)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    one, two = read_run(str(tmp_path / "one")), read_run(str(tmp_path / "two"))
+    assert json.loads(two["attrs"]["config"])["train"]["plan"] == "outputs" and "outputs" in two["attrs"]["plan_reason"]
+    np.testing.assert_allclose(two["model/W"], one["model/W"], rtol=0, atol=1e-12 * np.abs(one["model/W"]).max())
+    np.testing.assert_allclose(two["metrics"]["loss"], one["metrics"]["loss"], rtol=1e-12)
+
+
+def test_plan_outputs_on_two_fake_nodes_and_resumed_at_three_ranks(tmp_path):
+    job = sets(train__plan="outputs", masks__kind="bernoulli", masks__subnets=4, masks__keep=0.5,
+               train__rounds=12, output__checkpoint_every=5, model__width=256, data__n=64)
+    unbroken = mpirun(4, *job, *sets(output__dir="unbroken"), cwd=tmp_path,
+                      env={**ONE_THREAD, "MPISUB_FAKE_NODE_SIZE": "2"})
+    assert unbroken.returncode == 0, unbroken.stderr
+    part = mpirun(4, *job, *sets(output__dir="part"), "--set", "train.rounds=7", cwd=tmp_path,
+                  env={**ONE_THREAD, "MPISUB_FAKE_NODE_SIZE": "2"})
+    assert part.returncode == 0, part.stderr
+    rest = mpirun(3, "--resume", "part", "--set", "train.rounds=12", cwd=tmp_path, env=ONE_THREAD)
+    assert rest.returncode == 0, rest.stderr                           # p = 4 over 3 ranks: plan outputs
+    a, b = read_run(str(tmp_path / "unbroken")), read_run(str(tmp_path / "part"))
+    np.testing.assert_array_equal(b["metrics"]["round"], np.arange(1, 13))
+    np.testing.assert_allclose(b["model/W"], a["model/W"], rtol=0, atol=1e-12 * np.abs(a["model/W"]).max())
