@@ -4,11 +4,17 @@ Buffer (upper-case) mpi4py methods on contiguous numpy arrays, no pickling in th
 `seconds` and `bytes` accumulate what this rank spent in collectives and what it contributed to
 them; the round loop reads and resets them once per round.
 """
+import os
 import time
 
 import numpy as np
 from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
+
+
+# the most elements one collective call carries (counts are C ints); MPISUB_MAX_COUNT lowers it so
+# that tests run the chunked path with small buffers
+MAX_COUNT = int(os.environ.get("MPISUB_MAX_COUNT", str(2**31 - 1)))
 
 
 def _offsets(counts: list[int]) -> list[int]:
@@ -92,10 +98,11 @@ class Comm:
         """Rank k contributes `counts[k]` rows; rank 0 receives all of them in rank order into `out`
         (ignored elsewhere)."""
         t0 = time.perf_counter()
-        width = mine.shape[1] if mine.ndim == 2 else 1
-        sizes = [c * width for c in counts]
-        self.mpi.Gatherv(mine, [out, (sizes, _offsets(sizes))] if self.rank == 0 else None, root=0)
-        self._count(t0, mine.nbytes, (sum(sizes) - sizes[self.rank]) * mine.itemsize if self.rank == 0 else 0)
+        row = self._rows(mine)  # counts in rows: n x n elements can pass 2^31
+        self.mpi.Gatherv([mine, len(mine), row], [out, (counts, _offsets(counts)), row] if self.rank == 0 else None,
+                         root=0)
+        received = (sum(counts) - counts[self.rank]) * mine[:1].nbytes if self.rank == 0 else 0
+        self._count(t0, mine.nbytes, received)
 
     def share_on_node(self, arrays):
         """One copy per node of read-only arrays: the node's first rank passes (*arrays, tag), the
@@ -118,9 +125,13 @@ class Comm:
         return (*views, tag)
 
     def sum(self, buf: np.ndarray) -> None:
-        """In place: every rank's buf becomes the elementwise sum over ranks."""
+        """In place: every rank's buf becomes the elementwise sum over ranks. A buffer of more than
+        MAX_COUNT elements (p x n x c can pass a C int's 2^31) goes in pieces; every rank's buffer
+        has the same size, so all cut it the same way."""
         t0 = time.perf_counter()
-        self.mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        flat = buf.reshape(-1)
+        for lo in range(0, max(flat.size, 1), MAX_COUNT):
+            self.mpi.Allreduce(MPI.IN_PLACE, flat[lo: lo + MAX_COUNT], op=MPI.SUM)
         self._count(t0, buf.nbytes)
 
     def barrier(self, poll_seconds: float = 0.01) -> None:

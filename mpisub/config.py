@@ -122,7 +122,7 @@ RULES = {
     "data.noise": (0.0, None, False, False),
     "data.seed": (0, 2**63 - 1, False, False),
     "data.normalize": NORMALIZE,
-    "model.width": (1, None, False, False),
+    "model.width": (1, 2**31 - 1, False, False),  # neuron counts travel as C ints
     "model.init_scale": (0.0, None, True, False),
     "model.dtype": DTYPES,
     "masks.kind": MASK_KINDS,

@@ -12,7 +12,7 @@ from numba import njit
 # the gradient G = D^T X of a subnetwork with many rows is computed in row blocks of at most this
 # many bytes: its workspace would otherwise be the subnetwork's k x d, at owner storage's scale W's
 # own size per rank. Smaller subnetworks take one block, as fast as one product.
-GRAD_BYTES = 32 * 2**20
+GRAD_BYTES = 8 * 2**20
 
 
 @njit(cache=True, nogil=True)

@@ -46,8 +46,9 @@ def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -
     peak_rows = max(phases)
     if cfg.train.plan == "outputs":   # neurons never move: one working copy per holding subnetwork
         copies = p * xi * own
-        activations = (p * xi * own) * (nb + n) / d + p * (nb + n) * c / d   # A per subnetwork, outputs
-        peak_rows = own + 2 * copies + activations + workspace / row
+        samples = nb + (n if nb != n else 0)          # the last, full-batch forward has its own with minibatches
+        activations = (p * xi * own + p * c) * samples / d  # A per subnetwork, the outputs
+        peak_rows = own + copies + max(activations + workspace / row, own if bernoulli else 0)
     parts = {"weights": int(peak_rows * row + (own * row if resuming else 0)),
              "masks": int(m * c * s + p * m + 2 * here * k * 8 + ranks * pulled * 8),
              "data": n * (d + c) * (8 + s)}

@@ -67,19 +67,24 @@ class Exchange:
                           for k in range(ranks)]
 
 
-def combine(W_own: np.ndarray, received: np.ndarray, segments, disjoint: bool, counts: np.ndarray) -> None:
-    """In place: each owned neuron becomes the mean of the trained copies received for it, summed
-    in subnet order (`segments`: (subnet, owned indices) in subnet order, the order of `received`);
-    a neuron held by no subnetwork keeps its row. `counts`: N_r for the owned neurons."""
-    at = 0
+def combine(W_own: np.ndarray, pieces, disjoint: bool, counts: np.ndarray) -> None:
+    """In place: each owned neuron becomes the mean of the trained copies of it in `pieces`, an
+    iterable of (owned indices, their trained rows) in subnet order, summed in that order; a
+    neuron held by no subnetwork keeps its row. `counts`: N_r for the owned neurons."""
     if disjoint:  # one copy per neuron: it is the mean
-        for _, idx in segments:
-            W_own[idx] = received[at: at + len(idx)]
-            at += len(idx)
+        for idx, rows in pieces:
+            W_own[idx] = rows
         return
     S = np.zeros_like(W_own)
-    for _, idx in segments:
-        S[idx] += received[at: at + len(idx)]
-        at += len(idx)
+    for idx, rows in pieces:
+        S[idx] += rows
     held = counts > 0
     W_own[held] = S[held] / counts[held, None].astype(W_own.dtype)
+
+
+def received_pieces(received: np.ndarray, segments):
+    """The (owned indices, rows) pieces of a push's receive buffer, in its (subnet) order."""
+    at = 0
+    for _, idx in segments:
+        yield idx, received[at: at + len(idx)]
+        at += len(idx)

@@ -95,7 +95,7 @@ def push(W_own, trained: dict, plan, counts, comm, disjoint: bool) -> None:
     received = np.empty((sum(plan.push_recv), d), dtype=W_own.dtype)
     comm.alltoall_rows(send, plan.push_send, received, plan.push_recv)
     del send
-    shard.combine(W_own, received, plan.segments, disjoint, counts)
+    shard.combine(W_own, shard.received_pieces(received, plan.segments), disjoint, counts)
 
 
 def ntk_lambda0(X, comm, store_H: bool) -> tuple[float | None, np.ndarray | None]:
@@ -377,7 +377,8 @@ def round_outputs(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjo
     comm.sum(full)
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the caller
         sub_losses = [float(np.sum((full[l].astype(np.float64) - Y) ** 2) / (2 * n)) for l in range(p)]
-    shard.combine(W, np.concatenate(W_l), [(l, mine[l]) for l in range(p)], disjoint, counts)
+    del A, out, full, R                                   # before the combine's sum buffer exists
+    shard.combine(W, zip(mine, W_l), disjoint, counts)
     # every rank has all p losses; the round loop sums this over the ranks: rank 0 alone counts them
     return (sum(sub_losses) if comm.rank == 0 else 0.0), seconds_local
 

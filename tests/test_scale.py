@@ -150,3 +150,17 @@ def test_plan_outputs_on_two_fake_nodes_and_resumed_at_three_ranks(tmp_path):
     a, b = read_run(str(tmp_path / "unbroken")), read_run(str(tmp_path / "part"))
     np.testing.assert_array_equal(b["metrics"]["round"], np.arange(1, 13))
     np.testing.assert_allclose(b["model/W"], a["model/W"], rtol=0, atol=1e-12 * np.abs(a["model/W"]).max())
+
+
+def test_a_collective_past_the_count_limit_goes_in_pieces_with_the_same_bits(tmp_path):
+    """MPISUB_MAX_COUNT = 7 forces every Allreduce (plan outputs' p x n x c, the loss's n x c + 3)
+    into pieces of 7 elements: the same bits as whole buffers (elementwise sums over 2 ranks)."""
+    job = sets(train__plan="outputs", masks__kind="bernoulli", masks__subnets=3, train__rounds=5, data__n=50,
+               model__width=64)
+    whole = mpirun(2, *job, *sets(output__dir="whole"), cwd=tmp_path, env=ONE_THREAD)
+    cut = mpirun(2, *job, *sets(output__dir="cut"), cwd=tmp_path, env={**ONE_THREAD, "MPISUB_MAX_COUNT": "7"})
+    assert whole.returncode == 0 and cut.returncode == 0, whole.stderr + cut.stderr
+    a, b = read_run(str(tmp_path / "whole")), read_run(str(tmp_path / "cut"))
+    assert a["model/W"].tobytes() == b["model/W"].tobytes()
+    np.testing.assert_array_equal(a["metrics"]["loss"], b["metrics"]["loss"])
+    assert a["lambda0"] == b["lambda0"]
