@@ -76,8 +76,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config value (repeatable), e.g. --set train.lr=2.0")
     p.add_argument("--preset", choices=list(config.PRESETS), help="start from a preset (default: the ist defaults)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (any K "
-                   "dividing its subnets); --set may change only " + ", ".join(config.RESUME_KEYS))
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (at any K "
+                   "under plan outputs, a K dividing its subnets under plan rows); --set may change only "
+                   + ", ".join(config.RESUME_KEYS))
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
     p.add_argument("--version", action="version", version=f"mpisub {__version__}")

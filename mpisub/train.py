@@ -78,6 +78,8 @@ def network_loss(W_own, a_own, X, Y, m: int, comm, extra=(), each=map, parts: in
 
 def pull(W_own, plan, comm) -> np.ndarray:
     """The rows this rank's subnetworks hold, each once, from their owners (plan.need order)."""
+    if comm.size == 1:  # it owns them all: one copy, no exchange
+        return W_own[plan.pull_index]
     pulled = np.empty((len(plan.need), W_own.shape[1]), dtype=W_own.dtype)
     comm.alltoall_rows(W_own[plan.pull_index], plan.pull_send, pulled, plan.pull_recv)
     return pulled
@@ -85,6 +87,9 @@ def pull(W_own, plan, comm) -> np.ndarray:
 
 def push(W_own, trained: dict, plan, counts, comm, disjoint: bool) -> None:
     """In place on W_own: the trained rows go to their owners, which average them (shard.combine)."""
+    if comm.size == 1:  # its own rows: average them where they are
+        shard.combine(W_own, ((idx, trained[l]) for l, idx in plan.segments), disjoint, counts)
+        return
     send = np.empty((sum(plan.push_send), W_own.shape[1]), dtype=W_own.dtype)
     at = 0
     for l, first, last in plan.push_slices:
