@@ -24,10 +24,11 @@ def _files(folder) -> list[str]:
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
-def test_a_run_killed_before_its_second_checkpoint_resumes_bit_for_bit(tmp_path):
-    ref = mpirun(2, *sets(output__dir="ref", **SLOW), cwd=tmp_path, env=ONE_THREAD)
+@pytest.mark.parametrize("plan", ["rows", "outputs"])
+def test_a_run_killed_before_its_second_checkpoint_resumes_bit_for_bit(tmp_path, plan):
+    ref = mpirun(2, *sets(output__dir="ref", train__plan=plan, **SLOW), cwd=tmp_path, env=ONE_THREAD)
     assert ref.returncode == 0, ref.stderr
-    proc = start_job(2, tmp_path, *sets(output__dir="cut", **SLOW))
+    proc = start_job(2, tmp_path, *sets(output__dir="cut", train__plan=plan, **SLOW))
     wait_for_rows(proc, tmp_path / "cut" / "run.h5", 1)
     os.kill(rank_pids("output.dir=\"cut\"")[-1], signal.SIGKILL)
     assert wait_job(proc, 30) != 0
