@@ -188,6 +188,9 @@ def _fail(prog: str, message: str) -> None:
 
 
 def inspect_main(argv=None) -> None:
+    import signal
+    # a pipe closed by the reader (mpisub-inspect ... | head) ends the output quietly, as cat does
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     import argparse
 
     p = argparse.ArgumentParser(prog="mpisub-inspect", description=(

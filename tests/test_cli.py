@@ -195,3 +195,32 @@ def test_divergence_stops_with_a_hint_and_status_failed(tmp_path):
                         r"diverged; lower train.lr \(now 1e\+06\): .*\n", r.stderr)
     with h5py.File(tmp_path / "out" / "run.h5") as f:
         assert f.attrs["status"] == "failed"
+
+
+def test_python_dash_m_mpisub_trains_also_under_mpi4py_run(tmp_path):
+    """`python -m mpisub` is mpisub-train, and so is `python -m mpi4py -m mpisub` under mpirun."""
+    from conftest import MPIRUN
+    import subprocess
+    import sys
+    job = sets(train__rounds=2, model__width=64, data__n=32)
+    r = subprocess.run([sys.executable, "-m", "mpisub", *job, "--set", 'output.dir="one"'], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([MPIRUN, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "mpisub", *job,
+                        "--set", 'output.dir="two"'], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for folder, ranks in (("one", 1), ("two", 2)):
+        with h5py.File(tmp_path / folder / "run.h5") as f:
+            assert f.attrs["status"] == "completed" and f.attrs["ranks"] == ranks
+            np.testing.assert_array_equal(f["metrics/round"][()], [1, 2])
+
+
+def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+    r = mpirun(1, *sets(train__rounds=2, model__width=64, data__n=32, output__dir="run"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    inspect = os.path.join(os.path.dirname(sys.executable), "mpisub-inspect")
+    p = subprocess.run(f"{inspect} run run run run run run | head -1", shell=True, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout.count("\n") == 1 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
