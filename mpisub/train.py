@@ -96,8 +96,7 @@ def push(W_own, trained: dict, plan, counts, comm, disjoint: bool) -> None:
         send[at: at + last - first] = trained[l][first:last]
         at += last - first
     trained.clear()  # their rows are in `send` now: free them before the receive buffer exists
-    d = W_own.shape[1]
-    received = np.empty((sum(plan.push_recv), d), dtype=W_own.dtype)
+    received = np.empty((sum(plan.push_recv), W_own.shape[1]), dtype=W_own.dtype)
     comm.alltoall_rows(send, plan.push_send, received, plan.push_recv)
     del send
     shard.combine(W_own, shard.received_pieces(received, plan.segments), disjoint, counts)

@@ -2,12 +2,14 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import ONE_THREAD, mpirun, sets
+from conftest import MPIRUN, ONE_THREAD, mpirun, sets
 from mpisub import cli, masks
 from reference import rows_sent_by_rank0
 
@@ -199,9 +201,6 @@ def test_divergence_stops_with_a_hint_and_status_failed(tmp_path):
 
 def test_python_dash_m_mpisub_trains_also_under_mpi4py_run(tmp_path):
     """`python -m mpisub` is mpisub-train, and so is `python -m mpi4py -m mpisub` under mpirun."""
-    from conftest import MPIRUN
-    import subprocess
-    import sys
     job = sets(train__rounds=2, model__width=64, data__n=32)
     r = subprocess.run([sys.executable, "-m", "mpisub", *job, "--set", 'output.dir="one"'], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
@@ -216,8 +215,6 @@ def test_python_dash_m_mpisub_trains_also_under_mpi4py_run(tmp_path):
 
 
 def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
-    import subprocess
-    import sys
     r = mpirun(1, *sets(train__rounds=2, model__width=64, data__n=32, output__dir="run"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     inspect = os.path.join(os.path.dirname(sys.executable), "mpisub-inspect")

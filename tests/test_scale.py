@@ -3,7 +3,6 @@ paths run here through the fake-node hook (MPISUB_FAKE_NODE_SIZE), and give the 
 the exchange plan against an independent statement; the scaling report against its model."""
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
