@@ -43,18 +43,31 @@ def _loss(out, Y):
 
 
 @njit(cache=True, nogil=True)
+def residual_loss(R):
+    """1/(2n) sum_i ||r_i||^2 of a residual R = out - Y, accumulated in float64."""
+    s = 0.0
+    r = R.ravel()
+    for t in range(r.size):
+        e = np.float64(r[t])
+        s += e * e
+    return s / (2.0 * R.shape[0])
+
+
+@njit(cache=True, nogil=True)
 def _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk):
     """One gradient step W <- W - lr * grad L(W) for L = 1/(2n) sum ||scale relu(X W^T) a - Y||^2,
-    in place. aT = a^T, contiguous (c x k)."""
+    in place. aT = a^T, contiguous (c x k). Returns L at the weights the step started from: its
+    forward pass has it for free."""
     n, k = A.shape
-    if k == 0:
-        return
     _forward(X, W, a, scale, A, out)
     R = out  # the residual, in place
     for i in range(n):
         for j in range(out.shape[1]):
             R[i, j] -= Y[i, j]
-    _backward(X, R, W, aT, lr * scale / n, A, G, Dblk)
+    loss = residual_loss(R)
+    if k > 0:
+        _backward(X, R, W, aT, lr * scale / n, A, G, Dblk)
+    return loss
 
 
 @njit(cache=True, nogil=True)
@@ -123,7 +136,8 @@ def local_steps(W, a, X, Y, scale, lr, batches):
     """tau = batches.shape[0] gradient steps of one subnetwork, in place on its active rows W (k x d).
 
     batches: (tau x b) sample indices per step, or (tau x 0) for full-batch steps (the paper).
-    Returns the subnetwork's full-batch loss after the last step."""
+    Returns the subnetwork's loss in its last step's forward pass (at the weights that step started
+    from, over that step's samples): the sub_loss metric, free of any extra product."""
     k, d = W.shape
     n, c = Y.shape
     tau, b = batches.shape
@@ -137,15 +151,16 @@ def local_steps(W, a, X, Y, scale, lr, batches):
     aT = np.ascontiguousarray(a.T)
     Xb = np.empty((nb if b else 0, d), dtype=W.dtype)
     Yb = np.empty((nb if b else 0, c), dtype=W.dtype)
+    last = 0.0
     for t in range(tau):
         if b == 0:
-            _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk)
+            last = _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk)
         else:
             for i in range(b):
                 Xb[i] = X[batches[t, i]]
                 Yb[i] = Y[batches[t, i]]
-            _step(Xb, Yb, W, a, aT, scale, lr, A, out, G, Dblk)
-    return loss(W, a, X, Y, scale)
+            last = _step(Xb, Yb, W, a, aT, scale, lr, A, out, G, Dblk)
+    return last
 
 
 # neurons per block of the forward pass: the n x block workspace stays small where the whole
@@ -185,4 +200,5 @@ def compile_for(dtype) -> None:
     partial_output(W, a, X, one)
     A, out = np.empty((3, 2), dtype), np.empty((3, 1), dtype)
     part_forward(X, W, a, one, A, out)
+    residual_loss(out)
     part_backward(X, out, W.copy(), np.ascontiguousarray(a.T), np.float64(1.0), A, *_workspaces(2, 2, 3, dtype))

@@ -65,8 +65,8 @@ ALPHA, BETA = 1.5e-6, 1 / 25e9
 def plan_costs(cfg, ranks: int) -> dict:
     """Per plan, the bytes one rank sends plus receives per round (as bytes_comm + bytes_recv count
     them) and the modelled seconds of those collectives (docs/design.md, section 3). rows: two
-    pairwise Alltoallv, (K-1) alpha + bytes beta each; outputs: tau + 1 Allreduces of the p
-    subnetworks' outputs (the last for their losses), Rabenseifner: 2 log K alpha + 2 (K-1)/K
+    pairwise Alltoallv, (K-1) alpha + bytes beta each; outputs: tau Allreduces of the p
+    subnetworks' outputs (one per local step), Rabenseifner: 2 log K alpha + 2 (K-1)/K
     bytes beta each. Both leave out the loss Allreduce they share."""
     K, p, xi, m = ranks, cfg.masks.subnets, cfg.masks.keep, cfg.model.width
     s = np.dtype(cfg.model.dtype).itemsize
@@ -77,7 +77,7 @@ def plan_costs(cfg, ranks: int) -> dict:
     one_way = (K - 1) / K * m * (held + here * xi) / 2 * cfg.data.d * s   # each Alltoallv, each way
     n, c, tau = cfg.data.n, cfg.data.outputs, cfg.train.local_steps
     nb = cfg.train.batch_size or n
-    buffers = [p * nb * c * s] * tau + [p * n * c * s]
+    buffers = [p * nb * c * s] * tau
     # bytes as the run file counts them: an Allreduce's buffer goes out once and comes back once
     return {"rows": (4 * one_way, 2 * ((K - 1) * ALPHA + one_way * BETA)),
             "outputs": (sum(2 * b for b in buffers),
@@ -86,7 +86,7 @@ def plan_costs(cfg, ranks: int) -> dict:
 
 def choose_plan(cfg, ranks: int) -> tuple[str, str]:
     """The plan to run and why: the one asked for, or (auto) the one whose collectives the cost
-    model says take less time (latency included: tau + 1 small Allreduces can cost more than two
+    model says take less time (latency included: tau small Allreduces can cost more than two
     larger Alltoallv); rows when they tie (K = 1); outputs when p is not a multiple of K."""
     cost = plan_costs(cfg, ranks)
     costs = ", ".join(f"{plan} {b / 1e6:.3g} MB and {t * 1e6:.3g} us" for plan, (b, t) in cost.items())

@@ -32,7 +32,7 @@ ALPHA, BETA = resources.ALPHA, resources.BETA
 MEASURED = (1, 2, 4, 8)
 PROJECTED = (16, 64, 256, 1024)
 CASE = {"model.width": 262144, "data.d": 256, "data.n": 256, "masks.kind": "partition", "masks.subnets": 8,
-        "train.local_steps": 1, "train.rounds": 3, "theory.max_n": 0, "output.checkpoint_every": 1000}
+        "train.local_steps": 2, "train.rounds": 3, "theory.max_n": 0, "output.checkpoint_every": 1000}
 
 
 def model(K: int, W_bytes: float, loss_bytes: float) -> dict:
@@ -86,7 +86,7 @@ def scaling_main(width: int, as_json: str | None) -> None:
     loss_bytes = (cfg.data.n * cfg.data.outputs + 3) * 8
     mib = 2**20
     print(f"# mpisub-bench --scaling: m = {width}, d = {cfg.data.d}, float64 (W = {W_bytes / mib:.0f} MiB), "
-          f"n = {cfg.data.n}, partition p = {cfg.masks.subnets}, tau = 1; measured with mpirun -n K here, "
+          f"n = {cfg.data.n}, partition p = {cfg.masks.subnets}, tau = {cfg.train.local_steps}; measured with mpirun -n K here, "
           f"projected with alpha = {ALPHA * 1e6:g} us, beta = 1/{1 / BETA / 1e9:g} GB/s", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpisub-scaling-") as tmp:
@@ -118,7 +118,7 @@ def scaling_main(width: int, as_json: str | None) -> None:
               f"{model_total / 1e6:>8.1f} | {ratio} | {(r['replicated_sent'] + r['replicated_recv']) / 1e6:>10.1f} | "
               f"{r.get('peak_rss_mb', float('nan')):>13.0f} | {r['rows_memory'] / mib:>8.0f} | "
               f"{r['replicated_memory'] / mib:>10.0f} | {r['rows_seconds']:>12.5f} | {r['replicated_seconds']:>10.5f}")
-    print(f"\nplan outputs (neurons never move; tau + 1 Allreduces of p x n x c per round):\n"
+    print(f"\nplan outputs (neurons never move; tau Allreduces of p x n x c per round):\n"
           f"{'K':>5} | {'sent+recv MB/round per rank':>27} | {'model':>8} | {'ratio':>5} | {'peak MiB/rank':>13} | "
           f"{'estimate':>8} | {'comm s/round':>12}")
     for r in rows:

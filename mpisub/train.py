@@ -348,8 +348,7 @@ def round_outputs(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjo
     """Plan "outputs" (neurons never move): every rank steps its own rows of every subnetwork
     (one working copy per holding subnetwork). Each local step sums the ranks' parts of the p
     subnetworks' outputs with one Allreduce, then each rank takes the gradient step of its rows
-    from the whole residual. One more Allreduce gives the subnetworks' losses after the last step.
-    Returns (sub-loss sum, seconds in the local steps' kernels)."""
+    from the whole residual. Returns (sub-loss sum, seconds in the local steps' kernels)."""
     lo, hi = owned
     p, (n, c), d = len(rows), Y.shape, X.shape[1]
     mine = [r[np.searchsorted(r, lo): np.searchsorted(r, hi)] - lo for r in rows]
@@ -374,14 +373,9 @@ def round_outputs(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjo
         list(each(kernels.part_backward, Xb, R, W_l, aT_l, repeat(step), A,
                   [g for g, _ in spaces], [b for _, b in spaces]))
         seconds_local += time.perf_counter() - t0
-    # the subnetworks' full-batch losses after their last step
-    full = out if nb == n else np.empty((p, n, c), dtype=W.dtype)
-    A = A if nb == n else [np.empty((n, len(i)), dtype=W.dtype) for i in mine]
-    list(each(kernels.part_forward, repeat(X), W_l, a_l, repeat(sub_scale), A, full))
-    comm.sum(full)
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the caller
-        sub_losses = [float(np.sum((full[l].astype(np.float64) - Y) ** 2) / (2 * n)) for l in range(p)]
-    del A, out, full, R                                   # before the combine's sum buffer exists
+    # sub_loss as plan rows has it: each subnetwork's loss in its last step's forward pass
+    sub_losses = [kernels.residual_loss(R[l]) for l in range(p)]
+    del A, out, R                                     # before the combine's sum buffer exists
     shard.combine(W, zip(mine, W_l), disjoint, counts)
     # every rank has all p losses; the round loop sums this over the ranks: rank 0 alone counts them
     return (sum(sub_losses) if comm.rank == 0 else 0.0), seconds_local

@@ -24,13 +24,14 @@ def surrogate_grad(W, a, X, Y, mask, keep):
 
 def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None):
     """Every round of a run from its recorded masks (rounds x p x m). Returns the final W and per
-    round (loss of the aggregated network, mean subnetwork loss after the local steps)."""
+    round (loss of the aggregated network, mean over subnetworks of the loss their last local step
+    descended from: at its starting weights, over its samples)."""
     W = W_init.copy()
     full = np.ones(W.shape[0])
     losses, sub_losses = [], []
     for k, M in enumerate(masks):
         p, m = M.shape
-        trained = []
+        trained, last = [], []
         for l in range(p):
             W_l = W.copy()
             for t in range(local_steps):
@@ -38,9 +39,11 @@ def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None):
                     Xb, Yb = X, Y
                 else:
                     Xb, Yb = X[batches[k][l][t]], Y[batches[k][l][t]]
+                if t == local_steps - 1:
+                    last.append(surrogate_loss(W_l, a, Xb, Yb, M[l], keep))
                 W_l = W_l - lr * surrogate_grad(W_l, a, Xb, Yb, M[l], keep)
             trained.append(W_l)
-        sub_losses.append(np.mean([surrogate_loss(trained[l], a, X, Y, M[l], keep) for l in range(p)]))
+        sub_losses.append(np.mean(last))
         W_next = W.copy()
         for r in range(m):
             holders = [l for l in range(p) if M[l, r]]

@@ -57,15 +57,22 @@ def test_minibatch_gradient_matches_finite_differences_on_the_batch():
     np.testing.assert_allclose(G, G_fd, rtol=1e-6, atol=1e-8)
 
 
-def test_local_steps_return_the_subnetwork_loss_after_the_last_step():
+def test_local_steps_return_the_loss_their_last_step_descended_from():
+    """The sub_loss metric (docs/design.md, run file): the loss in the last step's forward pass,
+    at the weights after tau - 1 steps, over the last step's samples."""
     X, Y, W, a, mask, keep = problem(4)
-    rows = np.flatnonzero(mask)
-    W_l = W[rows].copy()
-    got = kernels.local_steps(W_l, a[rows].copy(), X, Y, 1 / (keep * np.sqrt(20)), 0.3, np.zeros((4, 0), np.int64))
-    W_after = W.copy()
-    W_after[rows] = W_l
-    assert got == pytest.approx(surrogate_loss(W_after, a, X, Y, mask, keep), rel=1e-12)
-    assert got < surrogate_loss(W, a, X, Y, mask, keep)  # four small steps went downhill
+    rows, scale = np.flatnonzero(mask), 1 / (keep * np.sqrt(20))
+    for batches in (np.zeros((4, 0), np.int64), np.array([[0, 3, 7], [2, 5, 9], [1, 4, 8], [6, 10, 12]])):
+        before_last = W[rows].copy()
+        kernels.local_steps(before_last, a[rows].copy(), X, Y, scale, 0.3, batches[:3])
+        got = kernels.local_steps(W[rows].copy(), a[rows].copy(), X, Y, scale, 0.3, batches)
+        W_at = W.copy()
+        W_at[rows] = before_last
+        on = batches[3] if batches.shape[1] else slice(None)
+        assert got == pytest.approx(surrogate_loss(W_at, a, X[on], Y[on], mask, keep), rel=1e-12)
+    full = kernels.local_steps(W[rows].copy(), a[rows].copy(), X, Y, scale, 0.3, np.zeros((4, 0), np.int64))
+    assert full < surrogate_loss(W, a, X, Y, mask, keep)  # three small steps went downhill
+
 
 
 def test_empty_subnetwork_outputs_zero():
