@@ -1,6 +1,7 @@
 """Example 5: real data. scikit-learn's bundled diabetes set (442 patients, 10 features, disease
 progression after a year; no download), written to a CSV and trained through `data.source` like
-any user file, with every sample scaled to unit norm (as the theory assumes) and a standardised target; IST against full gradient descent.
+any user file, with every sample scaled to unit norm (as the theory assumes) and a standardised target;
+IST against full gradient descent.
 
     pip install scikit-learn                  # or: pip install -e '.[examples]'
     python examples/diabetes.py               # about a minute on 2 cores; writes examples/out/diabetes.png
@@ -16,7 +17,7 @@ args = example_args(__doc__.split("\n")[0])
 try:
     from sklearn.datasets import load_diabetes
 except ImportError:
-    raise SystemExit("this example needs scikit-learn: pip install scikit-learn")
+    raise SystemExit("this example needs scikit-learn: pip install scikit-learn") from None
 d = load_diabetes()
 os.makedirs(args.out, exist_ok=True)
 csv = os.path.join(args.out, "diabetes.csv")

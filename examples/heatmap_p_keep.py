@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from mpisub.plot import _pyplot
+from mpisub.plot import pyplot
 from mpisub.sweep import example_args, launch
 
 args = example_args(__doc__.split("\n")[0])
@@ -27,7 +27,7 @@ for i, p in enumerate(P):
                      ranks=1 if p == 1 else min(args.ranks, p), tag=f"[{k}/{final.size}] ")
         final[i, j] = run.metrics["loss"][-50:].mean()
 
-plt = _pyplot("heatmap_p_keep")
+plt = pyplot()
 fig, ax = plt.subplots(figsize=(6, 4))
 im = ax.imshow(np.log10(final), cmap="viridis", origin="lower", aspect="auto")
 ax.set_xticks(range(len(KEEP)), [f"{k:g}" for k in KEEP])

@@ -16,11 +16,13 @@ if args.quick:
     base.update({"data.n": 64, "model.width": 256})
     steps = 10
 jobs = [
-    ("gd", "full gradient descent", {"masks.kind": "full", "masks.subnets": 1, "train.local_steps": 1, "train.lr": 4.0}, 1),
+    ("gd", "full gradient descent",
+     {"masks.kind": "full", "masks.subnets": 1, "train.local_steps": 1, "train.lr": 4.0}, 1),
     ("dropout", "dropout (bernoulli keep 0.5, p=1)",
      {"masks.kind": "bernoulli", "masks.subnets": 1, "masks.keep": 0.5, "train.local_steps": 1, "train.lr": 2.0}, 1),
     ("multisample", "multi-sample dropout (keep 0.5, p=4)",
-     {"masks.kind": "bernoulli", "masks.subnets": 4, "masks.keep": 0.5, "train.local_steps": 1, "train.lr": 2.0}, args.ranks),
+     {"masks.kind": "bernoulli", "masks.subnets": 4, "masks.keep": 0.5, "train.local_steps": 1, "train.lr": 2.0},
+     args.ranks),
     ("ist", "IST (partition, p=4, tau=5)",
      {"masks.kind": "partition", "masks.subnets": 4, "train.local_steps": 5, "train.lr": 4.0}, args.ranks),
 ]

@@ -5,7 +5,7 @@ for widths m from 64 to 8192: the final loss falls as the network widens, as the
 """
 import os
 
-from mpisub.plot import _pyplot
+from mpisub.plot import pyplot
 from mpisub.sweep import example_args, launch
 
 args = example_args(__doc__.split("\n")[0])
@@ -17,7 +17,7 @@ if args.quick:
 runs = [launch(os.path.join(args.out, "width", f"m{m}"), {**base, "model.width": m}, args.ranks,
                tag=f"[{i + 1}/{len(WIDTHS)}] ") for i, m in enumerate(WIDTHS)]
 
-plt = _pyplot("width")
+plt = pyplot()
 fig, ax = plt.subplots(figsize=(6, 4))
 ax.loglog(WIDTHS, [r.metrics["loss"][-1] for r in runs], "o-", label=f"after {base['train.rounds']} rounds")
 ax.loglog(WIDTHS, [r.loss_init for r in runs], "s--", color="gray", label="at initialisation")

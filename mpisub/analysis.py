@@ -4,12 +4,12 @@ No MPI, no numba: runs can be analysed anywhere h5py is installed.
 import glob as globbing
 import json
 import os
-import sys
 import time
 
 import h5py
 
 from . import theory
+from .errors import UserError, exit_with
 from .store import FILENAME, read_run
 
 
@@ -170,21 +170,17 @@ def comparison_table(runs: list[Run], summaries: list[dict]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows] + [note])
 
 
-def _open_all(prog: str, paths: list[str]) -> list[Run]:
+def open_all(paths: list[str]) -> list[Run]:
+    """Runs from folders or run.h5 paths; a UserError names the first that cannot be read."""
     runs = []
     for path in paths:
         if not os.path.exists(path):
-            _fail(prog, f"{path!r} does not exist; give a run folder or its run.h5")
+            raise UserError(f"{path!r} does not exist; give a run folder or its run.h5")
         try:
             runs.append(Run(path))
         except (OSError, KeyError, ValueError) as e:
-            _fail(prog, f"{path!r} is not a readable mpisub run file ({e})")
+            raise UserError(f"{path!r} is not a readable mpisub run file ({e})") from None
     return runs
-
-
-def _fail(prog: str, message: str) -> None:
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def inspect_main(argv=None) -> None:
@@ -199,7 +195,10 @@ def inspect_main(argv=None) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = p.parse_args(argv)
-    runs = _open_all("mpisub-inspect", args.runs)
+    try:
+        runs = open_all(args.runs)
+    except UserError as e:
+        exit_with("mpisub-inspect", str(e))
     summaries = [summary(r) for r in runs]
     if args.json:
         print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=1))

@@ -13,10 +13,10 @@ import traceback
 
 from . import __version__, config
 from .errors import UserError
+from .launch import THREAD_VARS
 
 # numpy, scipy and numba are imported only inside functions, after set_threads: their BLAS reads
 # the thread variables once, when it loads.
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def threads_per_rank(mine: set, on_node: list) -> int:
@@ -272,7 +272,7 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
             then = (f", checkpoint written; continue with: mpirun -n {comm.size} mpisub-train --resume "
                     f"{cfg.output.dir}") if e.checkpointed else ""
             print(f"mpisub-train: {name}: {e}{then}", file=sys.stderr, flush=True)
-        raise _Exit(EXIT_INTERRUPTED)
+        raise _Exit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
         status = "interrupted"
         raise

@@ -11,7 +11,6 @@ import numpy as np
 from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
-
 # the most elements one collective call carries (counts are C ints); MPISUB_MAX_COUNT lowers it so
 # that tests run the chunked path with small buffers
 MAX_COUNT = int(os.environ.get("MPISUB_MAX_COUNT", str(2**31 - 1)))

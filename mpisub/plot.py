@@ -6,15 +6,18 @@ import os
 import numpy as np
 
 from . import theory
-from .analysis import Run, _fail, _open_all, differing_keys, flat_config
+from .analysis import Run, differing_keys, flat_config, open_all
+from .errors import UserError, exit_with
 
 
-def _pyplot(prog: str):
+def pyplot():
+    """matplotlib.pyplot drawing to files (no display needed on a cluster); a UserError says how to
+    install it when it is missing."""
     try:
         import matplotlib
     except ImportError:
-        _fail(prog, "plotting needs matplotlib: pip install 'mpisub[plot]' (or pip install matplotlib)")
-    matplotlib.use("Agg")  # files only: no display needed on a cluster
+        raise UserError("plotting needs matplotlib: pip install 'mpisub[plot]' (or pip install matplotlib)") from None
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
@@ -25,10 +28,10 @@ def label(run: Run, keys: list[str]) -> str:
 
 
 def plot_runs(runs: list[Run], out: str, x: str = "rounds", reference: bool = False, title: str = "",
-              labels: list[str] | None = None, prog: str = "mpisub-plot") -> str:
+              labels: list[str] | None = None) -> str:
     """Full-network loss (solid) and mean subnetwork loss (dashed) of each run against rounds or
     seconds; with `reference`, the NTK gradient-descent rate from lambda_0 (dotted)."""
-    plt = _pyplot(prog)
+    plt = pyplot()
     keys = differing_keys(runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, run in enumerate(runs):
@@ -68,9 +71,12 @@ def plot_main(argv=None) -> None:
                    help="add the NTK gradient-descent rate (1 - lr lambda_0 / n)^(2 tau k) from each run's lambda_0")
     p.add_argument("--title", default="")
     args = p.parse_args(argv)
-    runs = _open_all("mpisub-plot", args.runs)
     folder = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(folder):
-        _fail("mpisub-plot", f"-o {args.output!r}: folder {folder!r} does not exist")
-    plot_runs(runs, args.output, x=args.x, reference=args.theory, title=args.title)
+    try:
+        runs = open_all(args.runs)
+        if not os.path.isdir(folder):
+            raise UserError(f"-o {args.output!r}: folder {folder!r} does not exist")
+        plot_runs(runs, args.output, x=args.x, reference=args.theory, title=args.title)
+    except UserError as e:
+        exit_with("mpisub-plot", str(e))
     print(f"wrote {args.output} ({len(runs)} run(s))")

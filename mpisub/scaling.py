@@ -25,8 +25,8 @@ import tempfile
 import numpy as np
 
 from . import config, resources
+from .launch import executables, set_args, thread_env
 from .store import read_run
-from .sweep import executables
 
 ALPHA, BETA = resources.ALPHA, resources.BETA
 MEASURED = (1, 2, 4, 8)
@@ -67,10 +67,8 @@ def _with_plan(cfg, plan: str):
 def measure(K: int, width: int, folder: str, plan: str = "rows") -> dict:
     mpirun, train = executables()
     values = {**CASE, "model.width": width, "output.dir": folder, "train.plan": plan}
-    args = [a for key, v in values.items() for a in ("--set", f"{key}={json.dumps(v)}")]
-    env = {**os.environ, **{v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                             "NUMBA_NUM_THREADS")}}
-    r = subprocess.run([mpirun, "-n", str(K), train, *args], capture_output=True, text=True, env=env, timeout=1800)
+    r = subprocess.run([mpirun, "-n", str(K), train, *set_args(values)], capture_output=True, text=True,
+                       env=thread_env(1), timeout=1800)
     if r.returncode:
         raise RuntimeError(f"mpisub-train failed at K = {K}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     run = read_run(folder, arrays=False)
@@ -79,23 +77,29 @@ def measure(K: int, width: int, folder: str, plan: str = "rows") -> dict:
             "peak_rss_mb": float(np.max(run["attrs"]["peak_rss_mb"]))}
 
 
+def _ratio(measured: float | None, model: float) -> str:
+    if measured is None:
+        return "    -"
+    return f"{measured / model:5.2f}" if measured and model else " 1.00"
+
+
 def scaling_main(width: int, as_json: str | None) -> None:
-    cfg = config.build(None, None, [f"{k}={json.dumps(v)}" for k, v in {**CASE, "model.width": width}.items()])
+    cfg = config.build(None, None, set_args({**CASE, "model.width": width})[1::2])
     s = np.dtype(cfg.model.dtype).itemsize
     W_bytes = width * cfg.data.d * s
     loss_bytes = (cfg.data.n * cfg.data.outputs + 3) * 8
     mib = 2**20
     print(f"# mpisub-bench --scaling: m = {width}, d = {cfg.data.d}, float64 (W = {W_bytes / mib:.0f} MiB), "
-          f"n = {cfg.data.n}, partition p = {cfg.masks.subnets}, tau = {cfg.train.local_steps}; measured with mpirun -n K here, "
+          f"n = {cfg.data.n}, partition p = {cfg.masks.subnets}, tau = {cfg.train.local_steps}; "
+          f"measured with mpirun -n K here, "
           f"projected with alpha = {ALPHA * 1e6:g} us, beta = 1/{1 / BETA / 1e9:g} GB/s", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpisub-scaling-") as tmp:
         for K in MEASURED + PROJECTED:
             c = config.resolve(cfg, K) if cfg.masks.subnets % K == 0 else None
             if c is None:  # p grows with K past the measured range: one subnetwork per rank
-                c = config.resolve(config.build(None, None, [f"{k}={json.dumps(v)}" for k, v in
-                                                             {**CASE, "model.width": width,
-                                                              "masks.subnets": K}.items()]), K)
+                c = config.resolve(config.build(None, None, set_args({**CASE, "model.width": width,
+                                                                      "masks.subnets": K})[1::2]), K)
             row = {"K": K, **model(K, W_bytes, loss_bytes),
                    "rows_memory": sum(resources.memory_per_rank(c, K).values()),
                    "replicated_memory": replicated_memory(c, K)}
@@ -113,7 +117,7 @@ def scaling_main(width: int, as_json: str | None) -> None:
     for r in rows:
         model_total = r["rows_sent"] + r["rows_recv"]
         measured = r["sent"] + r["recv"] if "sent" in r else None
-        ratio = f"{measured / model_total:5.2f}" if measured and model_total else ("    -" if measured is None else " 1.00")
+        ratio = _ratio(measured, model_total)
         print(f"{r['K']:>5} | {measured / 1e6 if measured is not None else float('nan'):>27.1f} | "
               f"{model_total / 1e6:>8.1f} | {ratio} | {(r['replicated_sent'] + r['replicated_recv']) / 1e6:>10.1f} | "
               f"{r.get('peak_rss_mb', float('nan')):>13.0f} | {r['rows_memory'] / mib:>8.0f} | "
@@ -124,7 +128,7 @@ def scaling_main(width: int, as_json: str | None) -> None:
     for r in rows:
         measured = r["outputs_sent"] + r["outputs_recv"] if "outputs_sent" in r else None
         model_total = r["outputs_bytes"]
-        ratio = f"{measured / model_total:5.2f}" if measured and model_total else ("    -" if measured is None else " 1.00")
+        ratio = _ratio(measured, model_total)
         print(f"{r['K']:>5} | {measured / 1e6 if measured is not None else float('nan'):>27.3f} | "
               f"{model_total / 1e6:>8.3f} | {ratio} | {r.get('outputs_peak_rss_mb', float('nan')):>13.0f} | "
               f"{r['outputs_memory'] / mib:>8.0f} | {r['outputs_seconds']:>12.6f}")

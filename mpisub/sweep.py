@@ -2,24 +2,17 @@
 `mpirun -n K mpisub-train`, prints one line when it ends, and is reused when the script runs again.
 """
 import argparse
-import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 
 from .analysis import Run, open_run
+from .launch import executables, set_args
 from .store import CHECKPOINT, FILENAME
 
 
-def executables() -> tuple[str, str]:
-    """mpirun (beside this Python first, then on PATH) and this environment's mpisub-train."""
-    bin_dir = os.path.dirname(sys.executable)
-    mpirun = shutil.which("mpirun", path=bin_dir + os.pathsep + os.environ.get("PATH", ""))
-    if mpirun is None:
-        sys.exit("mpisub: mpirun not found; pip install 'mpisub[mpi]' or load your MPI module")
-    return mpirun, os.path.join(bin_dir, "mpisub-train")
+class RunFailed(RuntimeError):
+    """mpisub-train ended with an error; the message holds its stderr."""
 
 
 def _same_settings(run: Run, settings: dict) -> bool:
@@ -45,12 +38,11 @@ def launch(folder: str, settings: dict, ranks: int = 2, tag: str = "") -> Run:
         except (OSError, KeyError, ValueError):
             pass  # unreadable: train again
     if args[0] != "--resume":
-        args += [a for key, value in settings.items() for a in ("--set", f"{key}={json.dumps(value)}")]
-        args += ["--set", f"output.dir={json.dumps(folder)}"]
+        args += set_args({**settings, "output.dir": folder})
     mpirun, train = executables()
     r = subprocess.run([mpirun, "-n", str(ranks), train, *args], capture_output=True, text=True)
     if r.returncode:
-        sys.exit(f"{tag}{folder}: mpisub-train failed (exit {r.returncode}):\n{r.stderr.strip()}")
+        raise RunFailed(f"{tag}{folder}: mpisub-train failed (exit {r.returncode}):\n{r.stderr.strip()}")
     run = open_run(folder)
     print(f"{tag}{folder}: {action} in {time.perf_counter() - t0:.1f} s ({_outcome(run)})", flush=True)
     return run

@@ -1,18 +1,23 @@
 """Helpers shared by the tests: launching mpisub-train under mpirun with a hard timeout."""
 import os
-import time
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
 import pytest
 
+from mpisub.errors import UserError
+from mpisub.launch import executables, set_args
+
 BIN = os.path.dirname(sys.executable)
-MPIRUN = shutil.which("mpirun", path=BIN + os.pathsep + os.environ.get("PATH", ""))
-TRAIN = os.path.join(BIN, "mpisub-train")
+try:
+    MPIRUN, TRAIN = executables()
+except UserError:  # the tests that need mpirun say so
+    MPIRUN, TRAIN = None, os.path.join(BIN, "mpisub-train")
 
 
 def mpirun(ranks: int, *args: str, cwd, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -68,14 +73,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 
 def sets(**values) -> list[str]:
     """sets(train__lr=0.5) -> ['--set', 'train.lr=0.5']"""
-    args = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        elif isinstance(value, str):
-            value = f'"{value}"'
-        args += ["--set", f"{key.replace('__', '.')}={value}"]
-    return args
+    return set_args({key.replace("__", "."): value for key, value in values.items()})
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,9 +9,9 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import mpirun, sets
 
 import mpisub
-from conftest import mpirun, sets
 from mpisub import theory
 
 BIN = os.path.dirname(sys.executable)
@@ -140,7 +140,8 @@ def test_plot_without_matplotlib_says_how_to_install_it(two_runs, tmp_path):
             f"plot_main([{str(two_runs / 'p2')!r}, '-o', {str(tmp_path / 'x.png')!r}])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
-    assert r.stderr.strip() == "mpisub-plot: error: plotting needs matplotlib: pip install 'mpisub[plot]' (or pip install matplotlib)"
+    assert r.stderr.strip() == ("mpisub-plot: error: plotting needs matplotlib: pip install 'mpisub[plot]' "
+                                "(or pip install matplotlib)")
 
 
 def test_inspect_says_when_a_running_run_has_gone_quiet(two_runs, tmp_path):

@@ -1,5 +1,6 @@
-"""mpisub-bench: its baselines compute mpisub's algorithm, and its table says what it measured.
-(Speed itself is not asserted here: the machine is shared; the benchmark prints ratios.)"""
+"""mpisub-bench and benchmarks/peers.py: the peers' rounds compute mpisub's algorithm, and the
+tables say what was measured. (Speed itself is not asserted here: the machine is shared; the
+benchmarks print ratios.)"""
 import json
 import math
 import os
@@ -8,9 +9,13 @@ import sys
 
 import numpy as np
 import pytest
-
-from mpisub import bench, masks
 from reference import replay
+
+from mpisub import masks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import peers  # noqa: E402  (benchmarks/ is not a package: it is run from a checkout)
 
 
 def _problem(kind, p, keep, m=40, n=25, d=6, c=2, seed=3):
@@ -27,7 +32,7 @@ def test_numpy_round_matches_the_reference_replay(kind, p, keep):
     W_ref, losses, _ = replay(W, a, X, Y, M, keep, lr=0.3, local_steps=2)
     W_np = W
     for k in range(3):
-        W_np, loss = bench.numpy_round(W_np, a, X, Y, M[k], keep, 0.3, 2)
+        W_np, loss = peers.numpy_round(W_np, a, X, Y, M[k], keep, 0.3, 2)
         assert math.isclose(loss, losses[k], rel_tol=1e-10)
     np.testing.assert_allclose(W_np, W_ref, rtol=1e-10, atol=1e-12)
 
@@ -39,50 +44,60 @@ def test_torch_round_matches_the_reference_replay(kind, p, keep):
     W_ref, losses, _ = replay(W, a, X, Y, M, keep, lr=0.3, local_steps=2)
     W_t = torch.from_numpy(W)
     for k in range(3):
-        W_t, loss = bench.torch_round(torch, W_t, torch.from_numpy(a), torch.from_numpy(X), torch.from_numpy(Y),
+        W_t, loss = peers.torch_round(torch, W_t, torch.from_numpy(a), torch.from_numpy(X), torch.from_numpy(Y),
                                       M[k], keep, 0.3, 2)
         assert math.isclose(loss, losses[k], rel_tol=1e-10)
     np.testing.assert_allclose(W_t.numpy(), W_ref, rtol=1e-10, atol=1e-12)
 
 
-def test_quick_benchmark_prints_the_table_with_consistent_ratios(tmp_path):
-    exe = os.path.join(os.path.dirname(sys.executable), "mpisub-bench")
+def test_quick_peer_benchmark_prints_the_table_with_consistent_ratios(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([exe, "--quick", "--rounds", "2", "--json", str(out)], capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "peers.py"), "--quick", "--rounds", "2",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == len(bench.ROWS) + 2     # the header, every case, local steps vs bare products
+    assert len(rows) == len(peers.TARGETS) + 2     # the header, every target, local steps vs bare products
     res = json.loads(out.read_text())
-    for name, shape, K, dtype, threads, against, target in bench.ROWS:
-        row = next(cells for cells in rows if cells[0].strip() == name and cells[3].strip() == against)
+    result = lambda key: res["results"][f"{key[0]} K={key[1]} {key[2]} threads={key[3] or 'auto'}"]  # noqa: E731
+    for t in peers.TARGETS:
+        row = next(cells for cells in rows if cells[0].strip() == t.name and cells[3].strip() == t.against)
         if not row[5].strip():
             continue                                 # torch not installed: the row says so
         ratio = float(row[5].split("x")[0])
-        result = lambda k, t=0, dt="float64": res["results"][f"{shape} K={k} {dt} threads={t or 'auto'}"]  # noqa: E731
-        mine = result(K, threads, dtype)["mpisub"]["seconds"]
-        faster = against not in ("numpy", "torch")  # shown as "N x faster" = other / mine
-        if faster:
-            other = result(1, 1 if against.endswith("1 thread") else 0)["mpisub"]["seconds"]
-        else:
-            other = result(1)[against]["seconds"]
-        expected = other / mine if faster else mine / other
+        mine = result((t.case, t.K, t.dtype, t.threads))["mpisub"]["seconds"]
+        base = result(t.baseline_key)
+        other = base[t.against]["seconds"] if t.peer else base["mpisub"]["seconds"]
+        expected = mine / other if t.peer else other / mine   # a variant is shown as "N x faster"
         assert abs(ratio - expected) <= 0.006, row   # printed with two decimals
-        assert row[7].strip() == ("yes" if (1 / expected if faster else expected) <= target else "NO"), row
+        assert row[7].strip() == ("yes" if (expected if t.peer else 1 / expected) <= t.target else "NO"), row
     # the baselines reproduced mpisub's weights, so the three measured the same computation
     for key, value in res["results"].items():
         for how in ("numpy", "torch"):
             if how in value:
                 assert value[how]["agrees"] <= 1e-10, (key, how)
-        split = value["mpisub"]["split"]
-        assert all(v >= 0 for v in split.values()) and len(value["mpisub"]["peak_rss_mb"]) == int(key.split("K=")[1][0])
     assert 0 < res["second_launch_seconds"] < 60
+
+
+def test_mpisub_bench_reports_every_case_at_the_ranks_asked_for(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "mpisub-bench")
+    out = tmp_path / "bench.json"
+    r = subprocess.run([exe, "--quick", "--ranks", "2", "--rounds", "2", "--json", str(out)], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())["results"]
+    assert sorted(res) == ["paper K=2", "theory-small K=2", "wide-ist K=2"]
+    for name, numbers in res.items():
+        assert all(v >= 0 for v in numbers["split"].values()), name
+        assert len(numbers["peak_rss_mb"]) == 2 and min(numbers["peak_rss_mb"]) > 50
+        assert f"{name}: {numbers['seconds']:.4f} s/round" in r.stdout
+    assert res["wide-ist K=2"]["bytes_per_round"] > 0   # two ranks exchange something every round
 
 
 def test_kernels_cache_in_the_user_dir_when_the_package_is_read_only(tmp_path):
     """numba caches next to the package; read-only, it must fall back to ~/.cache/numba and reuse
     that cache on the next launch (no new files the second time: nothing was compiled again)."""
     import shutil
+
     import mpisub
     src, mnt, home = tmp_path / "src", tmp_path / "mnt", tmp_path / "home"
     shutil.copytree(os.path.dirname(mpisub.__file__), src / "mpisub",

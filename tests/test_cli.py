@@ -8,10 +8,10 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
 from conftest import MPIRUN, ONE_THREAD, mpirun, sets
-from mpisub import cli, masks
 from reference import rows_sent_by_rank0
+
+from mpisub import cli, masks
 
 
 @pytest.fixture(scope="module")
@@ -177,17 +177,6 @@ def test_every_preset_trains(tmp_path, preset, ranks):
                                         "ist": "partition"}[preset]
         loss = f["metrics/loss"][()]
         assert loss[-1] < f["metrics"].attrs["loss_init"] / 3 and loss[-1] < loss[0]
-
-
-def test_explosion_without_overflow_also_counts_as_divergence(tmp_path):
-    # p = 16 subnetworks of keep 1/16 at an lr that full GD takes: the loss grows without overflowing
-    r = mpirun(2, *sets(output__dir="out", train__lr=8.0, masks__subnets=16, model__width=1024, data__n=128),
-               cwd=tmp_path)
-    assert r.returncode == 2 and "training diverged" in r.stderr
-    became, initial = map(float, re.search(r"loss became (\S+) in round \d+ \(initial (\S+)\)", r.stderr).groups())
-    assert np.isfinite(became) and became > 1e3 * initial
-    with h5py.File(tmp_path / "out" / "run.h5") as f:
-        assert f.attrs["status"] == "failed"
 
 
 def test_divergence_stops_with_a_hint_and_status_failed(tmp_path):

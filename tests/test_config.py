@@ -21,7 +21,8 @@ def test_precedence_defaults_preset_file_set(tmp_path):
 def test_presets_are_what_design_md_says():
     r = {name: config.resolve(config.build(name), ranks=4 if name in ("ist", "multisample") else 1)
          for name in config.PRESETS}
-    assert (r["gd"].masks.kind, r["gd"].masks.subnets, r["gd"].masks.keep, r["gd"].train.local_steps) == ("full", 1, 1.0, 1)
+    gd = r["gd"]
+    assert (gd.masks.kind, gd.masks.subnets, gd.masks.keep, gd.train.local_steps) == ("full", 1, 1.0, 1)
     assert (r["dropout"].masks.kind, r["dropout"].masks.subnets, r["dropout"].train.local_steps) == ("bernoulli", 1, 1)
     assert r["multisample"].masks.subnets > 1 and r["multisample"].train.local_steps == 1
     assert (r["ist"].masks.kind, r["ist"].masks.subnets, r["ist"].masks.keep) == ("partition", 4, 0.25)
@@ -79,6 +80,10 @@ BAD = [
     (["model.dtype='float16'"], "model.dtype = 'float16' is not one of"),
     (["model.init_scale=0"], "model.init_scale = 0.0 is out of range"),
     (["data.n=0"], "data.n = 0 is out of range"),
+    (["optim.lr=1"], "unknown config key 'optim.lr'"),
+    (["masks.keep=-0.2"], "masks.keep = -0.2 is out of range"),
+    (["train.plan='columns'"], "train.plan = 'columns' is not one of auto, rows, outputs"),
+    (["data.normalize='zscore'"], "data.normalize = 'zscore' is not one of"),
 ]
 
 

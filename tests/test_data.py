@@ -5,8 +5,8 @@ import json
 import h5py
 import numpy as np
 import pytest
-
 from conftest import mpirun, sets
+
 from mpisub import data
 from mpisub.errors import UserError
 

@@ -3,10 +3,9 @@ run-file table names what a real run file holds."""
 import os
 import re
 
-
 import h5py
-
 from conftest import mpirun, sets
+
 from mpisub import config, store
 from mpisub.config import tomllib
 

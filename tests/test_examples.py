@@ -24,7 +24,8 @@ EXAMPLES = {  # script: (runs it writes, a check of their configs)
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example(name, tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", f"{name}.py"), "--quick", "--out", str(tmp_path)],
+    script = os.path.join(ROOT, "examples", f"{name}.py")
+    r = subprocess.run([sys.executable, script, "--quick", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     count, check = EXAMPLES[name]

@@ -5,7 +5,6 @@ import time
 
 import h5py
 import pytest
-
 from conftest import MPIRUN, sets
 
 

@@ -16,7 +16,6 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
 from conftest import mpirun
 
 SEED = int(os.environ.get("MPISUB_FUZZ_SEED", "20261127"))

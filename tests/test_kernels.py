@@ -1,9 +1,9 @@
 """The compiled local steps against central finite differences of an independent numpy loss."""
 import numpy as np
 import pytest
+from reference import surrogate_loss
 
 from mpisub import kernels
-from reference import surrogate_loss
 
 FULL_BATCH = np.zeros((1, 0), np.int64)
 
@@ -35,7 +35,8 @@ def fd_grad(W, a, X, Y, mask, keep, h=1e-6):
         for q in range(W.shape[1]):
             E = np.zeros_like(W)
             E[r, q] = h
-            G[r, q] = (surrogate_loss(W + E, a, X, Y, mask, keep) - surrogate_loss(W - E, a, X, Y, mask, keep)) / (2 * h)
+            up, down = surrogate_loss(W + E, a, X, Y, mask, keep), surrogate_loss(W - E, a, X, Y, mask, keep)
+            G[r, q] = (up - down) / (2 * h)
     return G
 
 
@@ -85,7 +86,8 @@ def test_empty_subnetwork_outputs_zero():
 def test_row_blocks_of_the_output_add_up_to_the_network():
     X, Y, W, a, _, _ = problem(6)
     whole = kernels.partial_output(W, a, X, 0.2)
-    parts = kernels.partial_output(W[:7].copy(), a[:7].copy(), X, 0.2) + kernels.partial_output(W[7:].copy(), a[7:].copy(), X, 0.2)
+    parts = kernels.partial_output(W[:7].copy(), a[:7].copy(), X, 0.2) + \
+        kernels.partial_output(W[7:].copy(), a[7:].copy(), X, 0.2)
     np.testing.assert_allclose(whole, parts, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(whole, np.maximum(X @ W.T, 0) @ a * 0.2, rtol=1e-12, atol=1e-14)
 

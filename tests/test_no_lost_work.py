@@ -10,9 +10,8 @@ import time
 import h5py
 import numpy as np
 import pytest
+from conftest import ONE_THREAD, job_log, mpirun, rank_pids, sets, start_job, system_test, wait_for_rows, wait_job
 
-from conftest import (ONE_THREAD, job_log, mpirun, rank_pids, sets, start_job, system_test, wait_for_rows,
-                      wait_job)
 from mpisub import store
 
 # a slow enough round (about 0.1 s on 2 cores) to act while it trains; no checkpoint between the

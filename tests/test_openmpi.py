@@ -8,7 +8,6 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
 from conftest import ONE_THREAD, mpirun, sets, system_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,9 +11,19 @@ import time
 import h5py
 import numpy as np
 import pytest
+from conftest import (
+    ONE_THREAD,
+    debian_packages,
+    job_log,
+    mpirun,
+    rank_pids,
+    sets,
+    start_job,
+    system_test,
+    wait_for_rows,
+    wait_job,
+)
 
-from conftest import (ONE_THREAD, debian_packages, job_log, mpirun, rank_pids, sets, start_job, system_test,
-                      wait_for_rows, wait_job)
 from mpisub import store
 
 # partition masks are K-invariant to the bit (with one BLAS thread per rank), so a run stopped at
@@ -84,23 +94,45 @@ def test_sigkill_of_a_random_rank_at_a_random_moment_then_resume(tmp_path, unbro
 
 
 WRITER = """
-import sys, numpy as np
+import os, signal, sys, numpy as np
 from mpisub import store
-folder = sys.argv[1]
+folder, die_at, step = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 W = np.empty((1000, 1000))
 for k in range(1, 10**6):
+    if k == die_at:  # SIGKILL inside this checkpoint's write, at the named step
+        kill = lambda *a, **kw: os.kill(os.getpid(), signal.SIGKILL)
+        if step == "fsync":
+            store._fsync = kill           # the data is in checkpoint.h5.tmp, not yet on disk
+        else:
+            store.os.replace = kill       # the whole file is on disk, not yet renamed
     W.fill(k)
     store.write_checkpoint(folder, W=W, rounds_done=k, metrics={"round": np.arange(1, k + 1)}, loss_init=1.0,
                            config_json="{}", data_sha256="", created="now")
 """
 
 
-def test_killing_the_writer_during_checkpoint_writes_leaves_the_last_one_whole(tmp_path):
+def _whole_checkpoint(folder) -> int:
+    """The round of the checkpoint on disk, after checking that it is a whole one."""
+    ck = store.read_checkpoint(str(folder))
+    assert ck["round"] >= 1
+    assert np.all(store.read_checkpoint_W(str(folder)) == ck["round"])
+    np.testing.assert_array_equal(ck["metrics"]["round"], np.arange(1, ck["round"] + 1))
+    return ck["round"]
+
+
+@pytest.mark.parametrize("step", ["fsync", "rename"])
+def test_a_writer_killed_inside_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path, step):
+    r = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path), "4", step], timeout=120)
+    assert r.returncode == -signal.SIGKILL
+    assert os.path.exists(tmp_path / (store.CHECKPOINT + ".tmp"))     # it died mid-write
+    assert _whole_checkpoint(tmp_path) == 3
+
+
+def test_killing_the_writer_at_random_moments_leaves_a_whole_checkpoint(tmp_path):
     """SIGKILL a process that does nothing but write 8 MB checkpoints, at random moments: the
     checkpoint on disk is always a whole one (W all equal to its round, metrics one row per round)."""
-    torn = 0
-    for i in range(12):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "0", "-"])
         deadline = time.monotonic() + 30
         while not os.path.exists(tmp_path / store.CHECKPOINT):
             assert time.monotonic() < deadline and proc.poll() is None
@@ -108,12 +140,7 @@ def test_killing_the_writer_during_checkpoint_writes_leaves_the_last_one_whole(t
         time.sleep(random.uniform(0.05, 0.4))
         proc.kill()
         proc.wait()
-        torn += os.path.exists(tmp_path / (store.CHECKPOINT + ".tmp"))  # killed mid-write
-        ck = store.read_checkpoint(str(tmp_path))
-        assert ck["round"] >= 1
-        assert np.all(store.read_checkpoint_W(str(tmp_path)) == ck["round"])
-        np.testing.assert_array_equal(ck["metrics"]["round"], np.arange(1, ck["round"] + 1))
-    assert torn >= 3, "the kills should mostly land inside a write"
+        _whole_checkpoint(tmp_path)
 
 
 def _read_while_training(tmp_path, read) -> list[int]:
@@ -161,16 +188,20 @@ def test_run_file_is_readable_with_h5dump_while_training(tmp_path):
     _read_while_training(tmp_path, read)
 
 
-def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+def test_divergence_without_overflow_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # p = 16 subnetworks of keep 1/16 at an lr that full GD takes: the loss grows for some rounds
+    # without overflowing, and that counts as divergence too
     r = mpirun(2, *sets(output__dir="out", train__lr=8.0, masks__subnets=16, model__width=1024, data__n=128,
                         output__checkpoint_every=2), cwd=tmp_path)
-    assert r.returncode == 2
+    assert r.returncode == 2 and "training diverged" in r.stderr
+    became, initial = map(float, re.search(r"loss became (\S+) in round \d+ \(initial (\S+)\)", r.stderr).groups())
+    assert np.isfinite(became) and became > 1e3 * initial
     m = re.search(r"in round (\d+) .*the last good checkpoint, round (\d+), is kept", r.stderr)
     failed, kept = int(m.group(1)), int(m.group(2))
     ck = store.read_checkpoint(str(tmp_path / "out"))
     assert ck["round"] == kept == (failed - 1) // 2 * 2
-    assert np.all(np.isfinite(store.read_checkpoint_W(str(tmp_path / "out")))) and np.all(np.isfinite(ck["metrics"]["loss"]))
+    assert np.all(np.isfinite(store.read_checkpoint_W(str(tmp_path / "out"))))
+    assert np.all(np.isfinite(ck["metrics"]["loss"]))
     with h5py.File(tmp_path / "out" / "run.h5") as f:
         assert f.attrs["status"] == "failed"
 

@@ -1,11 +1,11 @@
 """Whole runs under mpirun (K = 1, 2, 4) against the plain-numpy replay, and K-invariance."""
 import numpy as np
 import pytest
-
 from conftest import ONE_THREAD, mpirun, sets
+from reference import replay, rows_received_by_rank0, rows_sent_by_rank0
+
 from mpisub import masks as mpisub_masks
 from mpisub.store import read_run
-from reference import replay, rows_received_by_rank0, rows_sent_by_rank0
 
 SMALL = dict(data__n=40, data__d=5, data__outputs=2, model__width=24, train__rounds=4,
              train__local_steps=3, train__lr=1.5, output__record_masks=True, train__plan="rows")

@@ -6,8 +6,8 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import BIN, ONE_THREAD, mpirun, sets
+
 from mpisub import shard
 from mpisub.store import read_run
 
@@ -64,7 +64,7 @@ def test_the_exchange_plan_moves_every_row_where_the_algorithm_needs_it(kind, p,
     for j, owner in enumerate(plans):
         lo = bounds[j][0]
         received = []
-        for k, sender in enumerate(plans):
+        for sender in plans:
             trained = {l: W[rows[l]] for l in sender.subnets}
             send = np.concatenate([trained[l][a:b] for l, a, b in sender.push_slices] or [np.zeros((0, 2))])
             start = sum(sender.push_send[:j])

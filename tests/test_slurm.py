@@ -12,7 +12,6 @@ import time
 import h5py
 import numpy as np
 import pytest
-
 from conftest import ONE_THREAD, debian_packages, mpirun, sets, system_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,8 +48,9 @@ def slurm(tmp_path_factory):
     key = d / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
     os.chmod(key, 0o400)
-    node = re.search(r"NodeName=(\S+)", subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout).group(1)
-    memory = re.search(r"RealMemory=(\d+)", subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout).group(1)
+    probe = subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout
+    node = re.search(r"NodeName=(\S+)", probe).group(1)
+    memory = re.search(r"RealMemory=(\d+)", probe).group(1)
     conf = d / "slurm.conf"
     conf.write_text(f"""ClusterName=mpisubtest
 SlurmctldHost={node}(127.0.0.1)
@@ -91,7 +91,9 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
             assert time.monotonic() < deadline, (d / "slurmctld.log").read_text()[-2000:]
             time.sleep(0.3)
         subprocess.run(["slurmd"], check=True, env=env, timeout=30)
-        while subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env).stdout.strip() != "idle":
+        def state():
+            return subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env).stdout.strip()
+        while state() != "idle":
             assert time.monotonic() < deadline, (d / "slurmd.log").read_text()[-2000:]
             time.sleep(0.3)
         yield env

@@ -1,0 +1,34 @@
+"""Starting `mpirun -n K mpisub-train` from Python (the sweeps, the benchmark, the scaling report,
+the tests): the one place that knows how a config value goes on the command line, where mpirun
+is, and which environment variables set the threads a rank's BLAS and numba use."""
+import json
+import os
+import shutil
+import sys
+
+from .errors import UserError
+
+# read by OpenMP, OpenBLAS, MKL and numba when they load (docs/design.md, threads per rank)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def set_args(values: dict) -> list[str]:
+    """{"train.lr": 0.5, "output.dir": "a b"} -> ["--set", "train.lr=0.5", "--set", 'output.dir="a b"']:
+    each value as JSON, which TOML reads back as the same number, string (quotes escaped) or bool."""
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+
+
+def executables() -> tuple[str, str]:
+    """mpirun (beside this Python first, then on PATH) and this environment's mpisub-train."""
+    bin_dir = os.path.dirname(sys.executable)
+    mpirun = shutil.which("mpirun", path=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+    if mpirun is None:
+        raise UserError("mpirun not found: pip install 'mpisub[mpi]' or load your MPI module")
+    return mpirun, os.path.join(bin_dir, "mpisub-train")
+
+
+def thread_env(threads: int, base: dict | None = None) -> dict:
+    """The environment with every thread variable set to `threads`, or, for 0, removed (mpisub-train
+    then gives each rank its share of the node's cores)."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in THREAD_VARS}
+    return {**env, **({k: str(threads) for k in THREAD_VARS} if threads else {})}
