@@ -85,10 +85,10 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-# exit codes: 2 = a user error, divergence or a failed write (disk full), 3 = stopped by
-# SIGTERM/SIGUSR1 (with a checkpoint written: continue with --resume; before training: start
-# again), 1 = aborted after an exception, 130 = Ctrl-C
-EXIT_USER, EXIT_INTERRUPTED = 2, 3
+# exit codes (docs/design.md, section 4): 2 = a user error, divergence or a failed write (disk
+# full), 3 = stopped by SIGTERM/SIGUSR1 (with a checkpoint written: continue with --resume; before
+# training: start again), 1 = aborted after an exception, 130 = Ctrl-C (128 + SIGINT, as shells say)
+EXIT_ABORTED, EXIT_USER, EXIT_INTERRUPTED, EXIT_CTRL_C = 1, 2, 3, 130
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -237,21 +237,10 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
         if comm.rank == 0:
             print(cfg.to_toml())
         return
-    workers, blas = split_cores(cores, cfg.masks.subnets // comm.size) if cores else (1, 0)
-    if workers > 1 and "scipy.linalg" not in sys.modules:
-        _set_thread_vars(blas)  # read by the kernels' BLAS (scipy's OpenBLAS) when it first loads, just below
-    else:
-        workers = 1
-    threads = f"{blas} x {workers} subnetwork workers" if workers > 1 else str(cores or "set by the environment")
+    workers, threads = _subnet_workers(cfg, comm, cores)
     run_file = _open_run_file(cfg, comm, digest, checkpoint, held, plan_reason)
-
     if comm.rank == 0:
-        print("# mpisub-train: resolved config\n" + cfg.to_toml(), flush=True)
-        resumed = f"; resuming after round {checkpoint['round']}" if checkpoint else ""
-        print(f"# plan {cfg.train.plan}: {plan_reason}", flush=True)
-        print(f"# {comm.size} rank(s) on {comm.nodes} node(s) (one copy of the data each), "
-              f"{cfg.masks.subnets} subnetwork(s) of keep {cfg.masks.keep:g}, "
-              f"BLAS threads per rank: {threads}; writing {run_file.path}{resumed}", flush=True)
+        _banner(cfg, comm, run_file, checkpoint, plan_reason, threads)
     t0 = time.perf_counter()
     status = "failed"
     try:
@@ -268,10 +257,7 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
         status = "interrupted"
         _record_peak_memory(comm, run_file)
         if comm.rank == 0:
-            name = signal.Signals(stop[0]).name if stop else "a signal on another rank"
-            then = (f", checkpoint written; continue with: mpirun -n {comm.size} mpisub-train --resume "
-                    f"{cfg.output.dir}") if e.checkpointed else ""
-            print(f"mpisub-train: {name}: {e}{then}", file=sys.stderr, flush=True)
+            _report_stop(cfg, comm, stop, e)
         raise _Exit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
         status = "interrupted"
@@ -280,14 +266,44 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
         if run_file is not None:
             run_file.close(status)
     if comm.rank == 0:
-        done = cfg.train.rounds - (checkpoint["round"] if checkpoint else 0)  # rounds of this launch
-        m = {name: values[-done:] for name, values in result["metrics"].items()}
-        first, last = result["loss_init"], m["loss"][-1]
-        print(f"done: {done} rounds in {time.perf_counter() - t0:.1f} s "
-              f"(compute {m['seconds_compute'].sum():.1f} s, comm {m['seconds_comm'].sum():.2f} s); "
-              f"loss {first:.3e} -> {last:.3e} ({first / max(last, 1e-300):.1f}x lower)")
-        print(f"run file: {run_file.path}")
-        print(f"look at it: mpisub-inspect {cfg.output.dir}   (or: h5dump -A {run_file.path})")
+        _report_done(cfg, result, checkpoint, run_file, time.perf_counter() - t0)
+
+
+def _subnet_workers(cfg, comm, cores: int) -> tuple[int, str]:
+    """Threads that train this rank's subnetworks side by side, and the threads line of the banner.
+    More than one only while the kernels' BLAS has not loaded: it reads its thread count once."""
+    workers, blas = split_cores(cores, cfg.masks.subnets // comm.size) if cores else (1, 0)
+    if workers > 1 and "scipy.linalg" not in sys.modules:
+        _set_thread_vars(blas)  # read by the kernels' BLAS (scipy's OpenBLAS) when it first loads
+        return workers, f"{blas} x {workers} subnetwork workers"
+    return 1, str(cores or "set by the environment")
+
+
+def _banner(cfg, comm, run_file, checkpoint, plan_reason: str, threads: str) -> None:
+    print("# mpisub-train: resolved config\n" + cfg.to_toml(), flush=True)
+    resumed = f"; resuming after round {checkpoint['round']}" if checkpoint else ""
+    print(f"# plan {cfg.train.plan}: {plan_reason}", flush=True)
+    print(f"# {comm.size} rank(s) on {comm.nodes} node(s) (one copy of the data each), "
+          f"{cfg.masks.subnets} subnetwork(s) of keep {cfg.masks.keep:g}, "
+          f"BLAS threads per rank: {threads}; writing {run_file.path}{resumed}", flush=True)
+
+
+def _report_stop(cfg, comm, stop: list, e) -> None:
+    name = signal.Signals(stop[0]).name if stop else "a signal on another rank"
+    then = (f", checkpoint written; continue with: mpirun -n {comm.size} mpisub-train --resume "
+            f"{cfg.output.dir}") if e.checkpointed else ""
+    print(f"mpisub-train: {name}: {e}{then}", file=sys.stderr, flush=True)
+
+
+def _report_done(cfg, result: dict, checkpoint, run_file, seconds: float) -> None:
+    done = cfg.train.rounds - (checkpoint["round"] if checkpoint else 0)  # rounds of this launch
+    m = {name: values[-done:] for name, values in result["metrics"].items()}
+    first, last = result["loss_init"], m["loss"][-1]
+    print(f"done: {done} rounds in {seconds:.1f} s "
+          f"(compute {m['seconds_compute'].sum():.1f} s, comm {m['seconds_comm'].sum():.2f} s); "
+          f"loss {first:.3e} -> {last:.3e} ({first / max(last, 1e-300):.1f}x lower)")
+    print(f"run file: {run_file.path}")
+    print(f"look at it: mpisub-inspect {cfg.output.dir}   (or: h5dump -A {run_file.path})")
 
 
 def _record_peak_memory(comm, run_file) -> None:
@@ -383,7 +399,7 @@ def train_main(argv=None) -> None:
     except KeyboardInterrupt:
         print(f"mpisub-train: rank {comm.rank} interrupted; aborting all ranks", file=sys.stderr, flush=True)
         time.sleep(0.5)  # rank 0, if not blocked in a collective, marks the run file 'interrupted'
-        comm.abort(130)
+        comm.abort(EXIT_CTRL_C)
     except BaseException as e:
         # the other ranks may be waiting in a collective: end them all, now. The one-line cause
         # goes first: the launcher may cut this rank's output short when the abort lands.
@@ -392,4 +408,4 @@ def train_main(argv=None) -> None:
         traceback.print_exc()
         sys.stderr.flush()
         time.sleep(0.5)  # let the launcher forward this output before the abort tears it down
-        comm.abort(1)
+        comm.abort(EXIT_ABORTED)

@@ -115,30 +115,61 @@ PRESETS = {
 
 # Declarative constraints, one per key: (low, high, low_open, high_open) for numbers, a tuple of
 # choices for strings. The type of each key is the type of its default.
+@dataclass(frozen=True)
+class Interval:
+    """A number in [low, high] (None: unbounded); `open_low` excludes low itself. NaN and inf are
+    never in range (after scikit-learn's Interval)."""
+    low: float | None
+    high: float | None = None
+    open_low: bool = False
+
+    def holds(self, v) -> bool:
+        return not (isinstance(v, float) and not math.isfinite(v)) and \
+            (self.low is None or (v > self.low if self.open_low else v >= self.low)) and \
+            (self.high is None or v <= self.high)
+
+    def problem(self, key: str, v) -> str:
+        span = f"{'(' if self.open_low else '['}{self.low}, {'inf' if self.high is None else self.high}]"
+        return f"{key} = {v!r} is out of range: must be in {span}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of a few strings."""
+    choices: tuple
+
+    def holds(self, v) -> bool:
+        return v in self.choices
+
+    def problem(self, key: str, v) -> str:
+        return f"{key} = {v!r} is not one of {', '.join(self.choices)}"
+
+
+POSITIVE, COUNT, SEED = Interval(1), Interval(0), Interval(0, 2**63 - 1)
 RULES = {
-    "data.n": (1, None, False, False),
-    "data.d": (1, None, False, False),
-    "data.outputs": (1, None, False, False),
-    "data.noise": (0.0, None, False, False),
-    "data.seed": (0, 2**63 - 1, False, False),
-    "data.normalize": NORMALIZE,
-    "model.width": (1, 2**31 - 1, False, False),  # neuron counts travel as C ints
-    "model.init_scale": (0.0, None, True, False),
-    "model.dtype": DTYPES,
-    "masks.kind": MASK_KINDS,
-    "masks.subnets": (0, None, False, False),
-    "masks.keep": (0.0, 1.0, False, False),
-    "train.rounds": (1, None, False, False),
-    "train.local_steps": (1, None, False, False),
-    "train.lr": (0.0, None, True, False),
-    "train.seed": (0, 2**63 - 1, False, False),
-    "train.batch_size": (0, None, False, False),
-    "train.memory_limit_mb": (0, None, False, False),
-    "train.plan": ("auto", "rows", "outputs"),
-    "output.log_every": (0, None, False, False),
-    "output.checkpoint_every": (1, None, False, False),
-    "theory.max_n": (0, None, False, False),
-    "theory.store_H_max_n": (0, None, False, False),
+    "data.n": POSITIVE,
+    "data.d": POSITIVE,
+    "data.outputs": POSITIVE,
+    "data.noise": Interval(0.0),
+    "data.seed": SEED,
+    "data.normalize": Options(NORMALIZE),
+    "model.width": Interval(1, 2**31 - 1),  # neuron counts travel as C ints
+    "model.init_scale": Interval(0.0, open_low=True),
+    "model.dtype": Options(DTYPES),
+    "masks.kind": Options(MASK_KINDS),
+    "masks.subnets": COUNT,                  # 0: one per rank
+    "masks.keep": Interval(0.0, 1.0),
+    "train.rounds": POSITIVE,
+    "train.local_steps": POSITIVE,
+    "train.lr": Interval(0.0, open_low=True),
+    "train.seed": SEED,
+    "train.batch_size": COUNT,               # 0: full batch
+    "train.memory_limit_mb": COUNT,          # 0: what the node has
+    "train.plan": Options(("auto", "rows", "outputs")),
+    "output.log_every": COUNT,               # 0: about 20 lines a run
+    "output.checkpoint_every": POSITIVE,
+    "theory.max_n": COUNT,
+    "theory.store_H_max_n": COUNT,
 }
 
 HINTS = {
@@ -293,22 +324,9 @@ def check_ranges(cfg: Config, where: dict[str, str] | None = None) -> None:
     """`where`: a prefix for the message of a key, naming the file its value came from."""
     values = {f"{s}.{k}": v for s, vals in cfg.to_dict().items() for k, v in vals.items()}
     for key, rule in RULES.items():
-        v = values[key]
-        hint = f"; {HINTS[key]}" if key in HINTS else ""
-        origin = (where or {}).get(key, "")
-        if isinstance(rule[0], str):
-            if v not in rule:
-                raise UserError(f"{origin}{key} = {v!r} is not one of {', '.join(rule)}{hint}")
-            continue
-        lo, hi, lo_open, hi_open = rule
-        ok = not (isinstance(v, float) and not math.isfinite(v))
-        ok = ok and (lo is None or (v > lo if lo_open else v >= lo))
-        ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
-        if not ok:
-            left = "(" if lo_open else "["
-            right = ")" if hi_open else "]"
-            span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-            raise UserError(f"{origin}{key} = {v!r} is out of range: must be in {span}{hint}")
+        if not rule.holds(values[key]):
+            hint = f"; {HINTS[key]}" if key in HINTS else ""
+            raise UserError(f"{(where or {}).get(key, '')}{rule.problem(key, values[key])}{hint}")
 
 
 DATA_SUFFIXES = (".h5", ".hdf5", ".npz", ".csv")

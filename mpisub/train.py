@@ -214,20 +214,25 @@ class Interrupted(Exception):
         self.rounds_done, self.checkpointed = rounds_done, checkpointed
 
 
+@contextlib.contextmanager
+def side_by_side(workers: int):
+    """A map that runs a rank's subnetworks on `workers` threads (the kernels release the GIL), or
+    the plain map for one."""
+    if workers == 1:
+        yield map
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield pool.map
+
+
 def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambda: False, workers=1) -> dict:
     """Train with a resolved config on data X (n x d), Y (n x c). Every rank calls this; `store`
     (the run file) is rank 0's alone. `start`: a checkpoint to continue from. `stop_requested`:
     polled once a round; when it is true on any rank, every rank stops after the round together.
-    `workers`: threads that train this rank's subnetworks side by side (the kernels release the GIL).
+    `workers`: threads that train this rank's subnetworks side by side.
     Returns the final weights and the per-round metrics."""
-    with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        return _run(cfg, comm, X, Y, store, log, start, stop_requested,
-                    pool.map if pool is not None else map, workers)
-
-
-def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> dict:
     out = Writer(store)
-    p, m = cfg.masks.subnets, cfg.model.width
+    p, m, tau, rounds = cfg.masks.subnets, cfg.model.width, cfg.train.local_steps, cfg.train.rounds
     bounds = [shard.owned(m, comm.size, k)[0] for k in range(comm.size)] + [m]
     lo, hi = bounds[comm.rank], bounds[comm.rank + 1]
     a = init_output_weights(cfg)
@@ -237,95 +242,129 @@ def _run(cfg, comm, X, Y, store, log, start, stop_requested, each, workers) -> d
     if X.shape[0] <= cfg.theory.max_n:
         record_lambda0(cfg, comm, X, out, log)
 
-    keep = cfg.masks.keep
-    tau, rounds = cfg.train.local_steps, cfg.train.rounds
-    disjoint = cfg.masks.kind != "bernoulli"
+    keep, disjoint = cfg.masks.keep, cfg.masks.kind != "bernoulli"
     real = np.dtype(cfg.model.dtype).type   # scalars in the model's dtype keep float32 kernels in float32
     sub_scale = real(1.0 / (keep * math.sqrt(m)))  # the surrogate f_l's 1/xi times the NTK 1/sqrt(m)
     lr = real(cfg.train.lr)
-    log_every = cfg.output.log_every or max(1, rounds // 20)
-    checkpoint_every = cfg.output.checkpoint_every
-    digits = len(str(rounds))
-    big_x = float(np.max(np.linalg.norm(X, axis=1)))
-    large_x = (f"; the inputs are large (largest ||x|| = {big_x:.3g}), which shrinks the stable step: "
-               f"consider data.normalize = 'unit'") if big_x > 10 else ""
+    round_of_plan = round_rows if cfg.train.plan == "rows" else round_outputs
+    due = Cadence(cfg)
 
-    first, history = 0, {}
-    if start is not None:
-        first, loss_init, W, history = restore(cfg, start, out, comm, bounds, W.dtype)
-    # the loss at the starting weights; its Allreduce also carries any rank's stop request (a signal
-    # during start-up) and a failed write on rank 0, so every rank acts on them together
-    loss, (stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, (float(stop_requested()), out.failed),
-                                         each, workers)
-    if start is None:
-        loss_init = loss
-        check_start(loss, X, Y, cfg)
-    if failed:
-        raise out.failure(first, cfg)
-    if stops:
-        raise Interrupted(first, checkpointed=start is not None)
-    if comm.rank == 0:
-        how = "(initial weights)" if start is None else "(resumed from the checkpoint)"
-        log(f"round {first:>{digits}}/{rounds}  loss {loss:.4e}  {how}")
-    comm.take_counters()
-    out("write_loss_init", loss_init)
-    if start is None:  # --resume works from the first second on
-        save(out, comm, W, bounds, 0, weights=False, checkpoint={"metrics": history, "loss_init": loss_init})
-    out("publish")
-
-    t_mark = time.perf_counter()   # seconds_wall: from one round's row to the next, store writes included
-    for k in range(first, rounds):
-        t_start = time.perf_counter()
-        M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, k)
-        rows = [np.flatnonzero(M[l]) for l in range(p)]  # each subnetwork's active neurons
-        batches = [masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, k, l) for l in range(p)]
-        counts = M[:, lo:hi].sum(axis=0, dtype=np.int64)  # N_r of the owned neurons
-        # 1. tau local steps of every subnetwork from W_k, on its active rows only, and
-        # 2. the mean per neuron over the subnetworks that hold it, on its owner
-        sub_loss_sum, seconds_local = (round_rows if cfg.train.plan == "rows" else round_outputs)(
-            W, a, X, Y, rows, batches, counts, (lo, hi), sub_scale, lr, disjoint, comm, each)
-
-        # the loss, the subnetworks' losses, any rank's stop request and a failed write, in one Allreduce
-        t = time.perf_counter()
-        loss, (sub_loss_sum, stops, failed) = network_loss(
-            W, a[lo:hi], X, Y, m, comm, (sub_loss_sum, float(stop_requested()), out.failed), each, workers)
-        seconds_loss = time.perf_counter() - t
-        sub_loss = sub_loss_sum / p
-        seconds_comm, bytes_comm, bytes_recv = comm.take_counters()
-        seconds_loss -= comm.last_seconds  # its Allreduce counts as comm
-        seconds_compute = time.perf_counter() - t_start - seconds_comm
-
+    with side_by_side(workers) as each:
+        first, history = 0, {}
+        if start is not None:
+            first, loss_init, W, history = restore(cfg, start, out, comm, bounds, W.dtype)
+        # the loss at the starting weights; its Allreduce also carries any rank's stop request (a
+        # signal during start-up) and a failed write on rank 0, so every rank acts on them together
+        loss, (stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, (float(stop_requested()), out.failed),
+                                             each, workers)
+        if start is None:
+            loss_init = loss
+            check_start(loss, X, Y, cfg)
         if failed:
-            raise out.failure(k, cfg)
-        if not math.isfinite(loss) or loss > DIVERGED * loss_init:
-            raise UserError(f"the loss became {loss:.4g} in round {k + 1} (initial {loss_init:.4g}): "
-                            f"training diverged; lower train.lr (now {lr:g}): a subnetwork's step is "
-                            f"about 1/keep times stronger, so small masks.keep needs a small lr{large_x} "
-                            f"(the last good checkpoint, round {out.last_checkpoint}, is kept)")
-        now = time.perf_counter()
-        row = {"round": k + 1, "loss": loss, "sub_loss": sub_loss, "seconds_compute": seconds_compute,
-               "seconds_comm": seconds_comm, "seconds_wall": now - t_mark, "bytes_comm": bytes_comm,
-               "seconds_local": seconds_local, "seconds_loss": seconds_loss, "bytes_recv": bytes_recv}
-        t_mark = now
-        _record(history, row)
-        done, stop = k + 1 == rounds, stops > 0
-        out("append", row, M if cfg.output.record_masks else None)
-        weights_due = done or stop or (k + 1) % log_every == 0
-        checkpoint_due = done or stop or (k + 1) % checkpoint_every == 0
-        if weights_due or checkpoint_due:
-            save(out, comm, W, bounds, k + 1, weights=weights_due,
-                 checkpoint={"metrics": history, "loss_init": loss_init} if checkpoint_due else None)
-        if comm.rank == 0 and (done or stop or k == first or (k + 1) % log_every == 0):
-            log(f"round {k + 1:>{digits}}/{rounds}  loss {loss:.4e}  sub_loss {sub_loss:.4e}  "
-                f"compute {seconds_compute:.3f}s  comm {seconds_comm:.3f}s  "
-                f"sent {bytes_comm / 1e6:.2f} MB")
-        if stop and not done:
-            if comm.agree(out.failed):  # the stop's checkpoint must have reached the disk
-                raise out.failure(k + 1, cfg)
-            raise Interrupted(k + 1)
+            raise out.failure(first, cfg)
+        if stops:
+            raise Interrupted(first, checkpointed=start is not None)
+        if comm.rank == 0:
+            log(f"round {first:>{due.digits}}/{rounds}  loss {loss:.4e}  "
+                f"{'(initial weights)' if start is None else '(resumed from the checkpoint)'}")
+        comm.take_counters()
+        out("write_loss_init", loss_init)
+        if start is None:  # --resume works from the first second on
+            save(out, comm, W, bounds, 0, weights=False, checkpoint={"metrics": history, "loss_init": loss_init})
+        out("publish")
+
+        t_mark = time.perf_counter()   # seconds_wall: from one round's row to the next, store writes included
+        for k in range(first, rounds):
+            t_start = time.perf_counter()
+            M = masks.sample(cfg.masks.kind, p, keep, m, cfg.train.seed, k)
+            rows = [np.flatnonzero(M[l]) for l in range(p)]  # each subnetwork's active neurons
+            batches = [masks.minibatches(cfg.data.n, cfg.train.batch_size, tau, cfg.train.seed, k, l)
+                       for l in range(p)]
+            counts = M[:, lo:hi].sum(axis=0, dtype=np.int64)  # N_r of the owned neurons
+            # 1. tau local steps of every subnetwork from W_k, on its active rows only, and
+            # 2. the mean per neuron over the subnetworks that hold it, on its owner
+            sub_loss_sum, seconds_local = round_of_plan(
+                W, a, X, Y, rows, batches, counts, (lo, hi), sub_scale, lr, disjoint, comm, each)
+
+            # the loss, the subnetworks' losses, any rank's stop request and a failed write, in one Allreduce
+            t = time.perf_counter()
+            loss, (sub_loss_sum, stops, failed) = network_loss(
+                W, a[lo:hi], X, Y, m, comm, (sub_loss_sum, float(stop_requested()), out.failed), each, workers)
+            seconds_loss = time.perf_counter() - t
+            seconds_comm, bytes_comm, bytes_recv = comm.take_counters()
+            seconds_loss -= comm.last_seconds  # its Allreduce counts as comm
+            if failed:
+                raise out.failure(k, cfg)
+            check_diverged(loss, loss_init, k + 1, cfg, X, out.last_checkpoint)
+
+            now = time.perf_counter()
+            row = {"round": k + 1, "loss": loss, "sub_loss": sub_loss_sum / p,
+                   "seconds_compute": now - t_start - seconds_comm, "seconds_comm": seconds_comm,
+                   "seconds_wall": now - t_mark, "bytes_comm": bytes_comm, "seconds_local": seconds_local,
+                   "seconds_loss": seconds_loss, "bytes_recv": bytes_recv}
+            t_mark = now
+            _record(history, row)
+            end_of_round(row, M if cfg.output.record_masks else None, history, loss_init, stop=stops > 0,
+                         due=due, out=out, comm=comm, W=W, bounds=bounds, log=log, cfg=cfg)
     if comm.agree(out.failed):  # the last round's writes: no Allreduce follows to carry the flag
         raise out.failure(rounds, cfg)
     return {"W": W, "loss_init": loss_init, "metrics": {k: np.array(v) for k, v in history.items()}}
+
+
+class Cadence:
+    """Which of the end-of-round writes are due after a round: weights into the run file and a log
+    line every output.log_every rounds, a checkpoint every output.checkpoint_every, all three after
+    the last round and at a stop."""
+
+    def __init__(self, cfg):
+        self.rounds = cfg.train.rounds
+        self.log_every = cfg.output.log_every or max(1, self.rounds // 20)
+        self.checkpoint_every = cfg.output.checkpoint_every
+        self.digits = len(str(self.rounds))
+        self.logged = False
+
+    def weights(self, done: int, stop: bool) -> bool:
+        return stop or done == self.rounds or done % self.log_every == 0
+
+    def checkpoint(self, done: int, stop: bool) -> bool:
+        return stop or done == self.rounds or done % self.checkpoint_every == 0
+
+    def log(self, done: int, stop: bool) -> bool:
+        first, self.logged = not self.logged, True  # the first round of a launch is always shown
+        return first or self.weights(done, stop)
+
+
+def end_of_round(row: dict, M, history: dict, loss_init: float, *, stop: bool, due: Cadence, out, comm, W,
+                 bounds, log, cfg) -> None:
+    """The round's row into the run file; the weights, a checkpoint and a log line when due; at a
+    stop, Interrupted once its checkpoint is known to be on disk."""
+    done = row["round"]
+    out("append", row, M)
+    weights, checkpoint = due.weights(done, stop), due.checkpoint(done, stop)
+    if weights or checkpoint:
+        save(out, comm, W, bounds, done, weights=weights,
+             checkpoint={"metrics": history, "loss_init": loss_init} if checkpoint else None)
+    if due.log(done, stop) and comm.rank == 0:
+        log(f"round {done:>{due.digits}}/{due.rounds}  loss {row['loss']:.4e}  sub_loss {row['sub_loss']:.4e}  "
+            f"compute {row['seconds_compute']:.3f}s  comm {row['seconds_comm']:.3f}s  "
+            f"sent {row['bytes_comm'] / 1e6:.2f} MB")
+    if stop and done < due.rounds:
+        if comm.agree(out.failed):  # the stop's checkpoint must have reached the disk
+            raise out.failure(done, cfg)
+        raise Interrupted(done)
+
+
+def check_diverged(loss: float, loss_init: float, done: int, cfg, X, last_checkpoint) -> None:
+    """A loss 1000 x the initial one (DIVERGED) or not finite: the steps are too large."""
+    if math.isfinite(loss) and loss <= DIVERGED * loss_init:
+        return
+    big_x = float(np.max(np.linalg.norm(X, axis=1)))
+    large_x = (f"; the inputs are large (largest ||x|| = {big_x:.3g}), which shrinks the stable step: "
+               f"consider data.normalize = 'unit'") if big_x > 10 else ""
+    raise UserError(f"the loss became {loss:.4g} in round {done} (initial {loss_init:.4g}): "
+                    f"training diverged; lower train.lr (now {cfg.train.lr:g}): a subnetwork's step is "
+                    f"about 1/keep times stronger, so small masks.keep needs a small lr{large_x} "
+                    f"(the last good checkpoint, round {last_checkpoint}, is kept)")
 
 
 def round_rows(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjoint, comm, each):
