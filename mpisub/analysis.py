@@ -160,14 +160,17 @@ def comparison_table(runs: list[Run], summaries: list[dict]) -> str:
     rows = []
     for run, s in zip(runs, summaries):
         flat = flat_config(run)
-        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         rows.append([run.folder] + [str(flat.get(k)) for k in keys] + [
-            s["status"], str(s["rounds_done"]), fmt(s["loss_final"], ".4e"), fmt(s["loss_best"], ".4e"),
-            fmt(s["rate_per_round"], ".4f"), fmt(s["lambda0"], ".3e"), f"{s['seconds']['wall']:.1f}"])
+            s["status"], str(s["rounds_done"]), _cell(s["loss_final"], ".4e"), _cell(s["loss_best"], ".4e"),
+            _cell(s["rate_per_round"], ".4f"), _cell(s["lambda0"], ".3e"), f"{s['seconds']['wall']:.1f}"])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    lines = [head, ["-" * w for w in widths]] + rows
     note = f"(config keys that differ: {', '.join(keys) or 'none'})"
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows] + [note])
+    return "\n".join(["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in lines] + [note])
+
+
+def _cell(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def open_all(paths: list[str]) -> list[Run]:

@@ -58,7 +58,9 @@ def test_quick_peer_benchmark_prints_the_table_with_consistent_ratios(tmp_path):
     rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == len(peers.TARGETS) + 2     # the header, every target, local steps vs bare products
     res = json.loads(out.read_text())
-    result = lambda key: res["results"][f"{key[0]} K={key[1]} {key[2]} threads={key[3] or 'auto'}"]  # noqa: E731
+
+    def result(key):
+        return res["results"][f"{key[0]} K={key[1]} {key[2]} threads={key[3] or 'auto'}"]
     for t in peers.TARGETS:
         row = next(cells for cells in rows if cells[0].strip() == t.name and cells[3].strip() == t.against)
         if not row[5].strip():

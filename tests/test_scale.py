@@ -114,7 +114,9 @@ def test_plan_outputs_matches_the_replay_and_plan_rows(tmp_path, kind, K):
     run = read_run(str(tmp_path / "outputs"))
     W, losses, sub_losses = replay(run["model/W_init"], run["model/a"], run["data/X"], run["data/Y"],
                                    run["masks"].astype(float), keep, lr=1.5, local_steps=3)
-    rel = lambda x, y: np.abs(x - y).max() / np.abs(y).max()  # noqa: E731
+
+    def rel(x, y):
+        return np.abs(x - y).max() / np.abs(y).max()
     assert rel(W, run["model/W_init"]) > 1e-3
     assert rel(run["model/W"], W) <= 1e-10
     assert rel(run["metrics"]["loss"], losses) <= 1e-10
