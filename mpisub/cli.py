@@ -79,6 +79,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (at any K "
                    "under plan outputs, a K dividing its subnets under plan rows); --set may change only "
                    + ", ".join(config.RESUME_KEYS))
+    p.add_argument("--allow-version-change", action="store_true", help="with --resume: continue a checkpoint "
+                   "written by another mpisub version or code (the run goes on, but not bit for bit as an "
+                   "unbroken run would)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
     p.add_argument("--version", action="version", version=f"mpisub {__version__}")
@@ -111,7 +114,7 @@ def _prepare(args, comm, cores: int):
     if args.resume:
         if args.config or args.preset:
             raise UserError("--resume continues a run with its stored config; leave out --config and --preset")
-        checkpoint = store.read_checkpoint(args.resume)
+        checkpoint = store.read_checkpoint(args.resume, args.allow_version_change)
         cfg = config.for_resume(checkpoint["config"], args.overrides)
         cfg.output.dir = args.resume
     else:
@@ -282,6 +285,8 @@ def _subnet_workers(cfg, comm, cores: int) -> tuple[int, str]:
 def _banner(cfg, comm, run_file, checkpoint, plan_reason: str, threads: str) -> None:
     print("# mpisub-train: resolved config\n" + cfg.to_toml(), flush=True)
     resumed = f"; resuming after round {checkpoint['round']}" if checkpoint else ""
+    if checkpoint and checkpoint["version_change"]:
+        print(f"# --allow-version-change: the checkpoint was {checkpoint['version_change']}", flush=True)
     print(f"# plan {cfg.train.plan}: {plan_reason}", flush=True)
     print(f"# {comm.size} rank(s) on {comm.nodes} node(s) (one copy of the data each), "
           f"{cfg.masks.subnets} subnetwork(s) of keep {cfg.masks.keep:g}, "
@@ -339,7 +344,8 @@ def _open_run_file(cfg, comm, digest: str, checkpoint, held: list, plan_reason: 
                                      subnets=cfg.masks.subnets, width=cfg.model.width,
                                      record_masks=cfg.output.record_masks, data_sha256=digest,
                                      created=checkpoint["created"] if checkpoint else "",
-                                     attrs={"mpisub_version": __version__, "ranks": comm.size,
+                                     attrs={"mpisub_version": __version__, "code_hash": store.code_hash(),
+                                            "ranks": comm.size,
                                             "mpi_library": comm.library(), "plan_reason": plan_reason})
         except UserError as e:
             error = str(e)

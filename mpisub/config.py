@@ -142,7 +142,9 @@ class Options:
         return v in self.choices
 
     def problem(self, key: str, v) -> str:
-        return f"{key} = {v!r} is not one of {', '.join(self.choices)}"
+        close = difflib.get_close_matches(str(v), self.choices, n=1, cutoff=0.6)
+        return f"{key} = {v!r} is not one of {', '.join(self.choices)}" + \
+            (f"; did you mean {close[0]!r}?" if close else "")
 
 
 POSITIVE, COUNT, SEED = Interval(1), Interval(0), Interval(0, 2**63 - 1)
@@ -211,13 +213,34 @@ def _coerce(key: str, value, typ):
     raise UserError(f"{key} must be {names[typ]}, got {value!r}")
 
 
+# names users bring from other tools, and the key that means the same here
+SYNONYMS = {"learning_rate": "train.lr", "step_size": "train.lr", "eta": "train.lr", "epochs": "train.rounds",
+            "iterations": "train.rounds", "tau": "train.local_steps", "steps": "train.local_steps",
+            "hidden": "model.width", "m": "model.width", "neurons": "model.width", "p": "masks.subnets",
+            "workers": "masks.subnets", "dropout": "masks.keep", "xi": "masks.keep", "kappa": "model.init_scale"}
+
+
+def suggest_key(key: str, known: list[str]) -> str | None:
+    """The known key a mistyped one most likely means: a synonym, else the closest spelling of the
+    whole key or of its name within a section."""
+    name = key.split(".")[-1].lower()
+    if name in SYNONYMS:
+        return SYNONYMS[name]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    if close:
+        return close[0]
+    by_name = {k.split(".")[1]: k for k in known}
+    close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.75)
+    return by_name[close[0]] if close else None
+
+
 def set_value(cfg: Config, key: str, value) -> None:
     """Set `section.key` on cfg after checking the name and type."""
     parts = key.split(".")
     if len(parts) != 2 or not hasattr(cfg, parts[0]) or not hasattr(getattr(cfg, parts[0]), parts[1]):
         known = [f"{s}.{k}" for s, vals in cfg.to_dict().items() for k in vals]
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        close = suggest_key(key, known)
+        hint = f"did you mean {close!r}?" if close else f"known keys: {', '.join(known)}"
         raise UserError(f"unknown config key {key!r}; {hint}")
     setattr(getattr(cfg, parts[0]), parts[1], _coerce(key, value, _key_type(cfg, key)))
 
@@ -266,6 +289,23 @@ def load_toml(path: str) -> dict[str, object]:
     return flat
 
 
+def _line_of(file: str, key: str) -> str:
+    """', line N' where `key` (section.name) is set in a TOML file, or '' where it cannot be told."""
+    section, name = key.rsplit(".", 1) if "." in key else ("", key)
+    current = ""
+    try:
+        with open(file, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                text = line.strip()
+                if text.startswith("[") and text.endswith("]"):
+                    current = text.strip("[] ")
+                elif current == section and text.split("=", 1)[0].strip() == name:
+                    return f", line {number}"
+    except (OSError, UnicodeDecodeError):
+        pass
+    return ""
+
+
 def build(preset: str | None = None, file: str | None = None, overrides: list[str] = ()) -> Config:
     """defaults < preset < file < overrides, each key type-checked as it is set. An error in a value
     that comes from the file names the file."""
@@ -281,7 +321,7 @@ def build(preset: str | None = None, file: str | None = None, overrides: list[st
             try:
                 set_value(cfg, key, value)
             except UserError as e:
-                raise UserError(f"config file {file!r}: {e}") from None
+                raise UserError(f"config file {file!r}{_line_of(file, key)}: {e}") from None
             where[key] = f"config file {file!r}: "
     for key in apply_overrides(cfg, overrides):
         where.pop(key, None)

@@ -30,6 +30,8 @@ job's lifetime (docs/design.md, "One writer").
 import contextlib
 import datetime
 import fcntl
+import functools
+import hashlib
 import json
 import os
 import socket
@@ -306,7 +308,8 @@ class _Checkpoint:
         self.tmp = self.path + ".tmp"
         try:
             self.f = h5py.File(self.tmp, "w", locking=False)
-            self.f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__, "config": config_json,
+            self.f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__,
+                                 "code_hash": code_hash(), "config": config_json,
                                  "round": rounds_done, "loss_init": loss_init, "data_sha256": data_sha256,
                                  "created": created})
             self.f.create_dataset("W", shape=shape, dtype=dtype)
@@ -346,8 +349,25 @@ def write_checkpoint(folder: str, *, W, rounds_done: int, metrics: dict, loss_in
     ck.commit()
 
 
-def read_checkpoint(folder: str) -> dict:
-    """The checkpoint of the run in `folder`, checked: a UserError says what is wrong and what to do."""
+# the modules whose code decides a run's numbers: a checkpoint written by other code of these may
+# not continue bit for bit, even under the same version number
+RESULT_MODULES = ("config", "data", "masks", "kernels", "shard", "comm", "train")
+
+
+@functools.cache
+def code_hash() -> str:
+    """What changes with the code that computes a run: sha256 of RESULT_MODULES' sources."""
+    h = hashlib.sha256()
+    for name in RESULT_MODULES:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def read_checkpoint(folder: str, allow_version_change: bool = False) -> dict:
+    """The checkpoint of the run in `folder`, checked: a UserError says what is wrong and what to do.
+    Another mpisub version or code (code_hash) is refused unless `allow_version_change`; then
+    ck["version_change"] says what changed."""
     from . import __version__
 
     path = os.path.join(folder, CHECKPOINT)
@@ -359,12 +379,18 @@ def read_checkpoint(folder: str) -> dict:
     try:
         with h5py.File(path, "r") as f:
             ck = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if ck.get("format") != CHECKPOINT_FORMAT or ck.get("mpisub_version") != __version__:
-                raise UserError(
-                    f"--resume {folder!r}: its checkpoint was written by mpisub {ck.get('mpisub_version')} "
-                    f"(format {ck.get('format')}), this is mpisub {__version__} (format {CHECKPOINT_FORMAT}); "
-                    f"a run continues bit-exactly only with the version that started it: resume with that "
-                    f"version, or start a new run")
+            written = f"mpisub {ck.get('mpisub_version')} (code {ck.get('code_hash', 'not recorded')})"
+            here = f"mpisub {__version__} (code {code_hash()})"
+            if ck.get("format") != CHECKPOINT_FORMAT:
+                raise UserError(f"--resume {folder!r}: its checkpoint was written by {written} in format "
+                                f"{ck.get('format')}; this is {here}, which reads format {CHECKPOINT_FORMAT}: "
+                                f"resume with the version that wrote it, or start a new run")
+            changed = ck.get("mpisub_version") != __version__ or ck.get("code_hash", code_hash()) != code_hash()
+            if changed and not allow_version_change:
+                raise UserError(f"--resume {folder!r}: its checkpoint was written by {written}, this is {here}; "
+                                f"a run continues bit-exactly only with the code that started it: resume with "
+                                f"that version, or add --allow-version-change to continue with this one")
+            ck["version_change"] = f"written by {written}, continued by {here}" if changed else ""
             ck["shape"], ck["folder"] = f["W"].shape, folder
             ck["metrics"] = {name: f[f"metrics/{name}"][()] for name in METRICS}
             ck["config"] = json.loads(ck["config"])

@@ -273,6 +273,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
             save(out, comm, W, bounds, 0, weights=False, checkpoint={"metrics": history, "loss_init": loss_init})
         out("publish")
 
+        due.begin(first)
         t_mark = time.perf_counter()   # seconds_wall: from one round's row to the next, store writes included
         for k in range(first, rounds):
             t_start = time.perf_counter()
@@ -317,7 +318,7 @@ class Cadence:
     the last round and at a stop."""
 
     def __init__(self, cfg):
-        self.rounds = cfg.train.rounds
+        self.rounds, self.first, self.t0 = cfg.train.rounds, 0, time.perf_counter()
         self.log_every = cfg.output.log_every or max(1, self.rounds // 20)
         self.checkpoint_every = cfg.output.checkpoint_every
         self.digits = len(str(self.rounds))
@@ -333,6 +334,24 @@ class Cadence:
         first, self.logged = not self.logged, True  # the first round of a launch is always shown
         return first or self.weights(done, stop)
 
+    def begin(self, first: int) -> None:
+        """The launch trains from round `first`: progress counts from here and now."""
+        self.first, self.t0 = first, time.perf_counter()
+
+    def progress(self, done: int) -> str:
+        """Elapsed time of this launch, rounds per second and the time left at that rate."""
+        elapsed = time.perf_counter() - self.t0
+        rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
+        left = (self.rounds - done) / rate if rate > 0 else 0.0
+        return f"elapsed {_duration(elapsed)}  {rate:.3g} rounds/s  ETA {_duration(left)}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, s = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{s:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
 
 def end_of_round(row: dict, M, history: dict, loss_init: float, *, stop: bool, due: Cadence, out, comm, W,
                  bounds, log, cfg) -> None:
@@ -347,7 +366,7 @@ def end_of_round(row: dict, M, history: dict, loss_init: float, *, stop: bool, d
     if due.log(done, stop) and comm.rank == 0:
         log(f"round {done:>{due.digits}}/{due.rounds}  loss {row['loss']:.4e}  sub_loss {row['sub_loss']:.4e}  "
             f"compute {row['seconds_compute']:.3f}s  comm {row['seconds_comm']:.3f}s  "
-            f"sent {row['bytes_comm'] / 1e6:.2f} MB")
+            f"sent {row['bytes_comm'] / 1e6:.2f} MB  {due.progress(done)}")
     if stop and done < due.rounds:
         if comm.agree(out.failed):  # the stop's checkpoint must have reached the disk
             raise out.failure(done, cfg)

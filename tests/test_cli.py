@@ -11,6 +11,7 @@ import pytest
 from conftest import MPIRUN, ONE_THREAD, mpirun, sets
 from reference import rows_sent_by_rank0
 
+import mpisub
 from mpisub import cli, masks
 
 
@@ -210,3 +211,37 @@ def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
     p = subprocess.run(f"{inspect} run run run run run run | head -1", shell=True, cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert p.stdout.count("\n") == 1 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_resume_with_other_code_needs_allow_version_change(tmp_path):
+    """A checkpoint records the version and a hash of the code that computes results; other code
+    may not continue bit for bit, so --resume refuses it unless asked (CHANGELOG.md, design doc)."""
+    from mpisub import store
+    job = sets(output__dir="out", train__rounds=4, model__width=64, data__n=32, output__checkpoint_every=2)
+    assert mpirun(2, *job, cwd=tmp_path).returncode == 0
+    with h5py.File(tmp_path / "out" / "checkpoint.h5", "r+") as f:
+        assert f.attrs["code_hash"] == store.code_hash()
+        f.attrs["code_hash"] = "0123456789abcdef"        # as if written by other code
+    args = ["--resume", "out", "--set", "train.rounds=6"]
+    r = mpirun(2, *args, cwd=tmp_path)
+    assert r.returncode == 2 and "(code 0123456789abcdef)" in r.stderr and "--allow-version-change" in r.stderr
+    r = mpirun(2, *args, "--allow-version-change", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"the checkpoint was written by mpisub {mpisub.__version__} (code 0123456789abcdef), continued by" \
+        in r.stdout
+    run = store.read_run(str(tmp_path / "out"), arrays=False)
+    np.testing.assert_array_equal(run["metrics"]["round"], np.arange(1, 7))
+    assert run["attrs"]["code_hash"] == store.code_hash()
+
+
+def test_progress_says_elapsed_rate_and_time_left():
+    import time
+
+    from mpisub import config, train
+    due = train.Cadence(config.build(overrides=["train.rounds=100"]))
+    due.begin(10)
+    due.t0 = time.perf_counter() - 9.0          # nine seconds for the launch's first nine rounds
+    got = re.fullmatch(r"elapsed (\S+)s  (\S+) rounds/s  ETA (\d+)m(\d+)s", due.progress(19))
+    assert got, due.progress(19)
+    assert abs(float(got[1]) - 9.0) < 0.5 and abs(float(got[2]) - 1.0) < 0.05
+    assert abs(int(got[3]) * 60 + int(got[4]) - 81) <= 3    # 81 rounds left at one a second

@@ -139,3 +139,25 @@ def test_bad_config_files(tmp_path):
         config.build(file=str(tmp_path / "flat.toml"))
     with pytest.raises(UserError, match="unknown preset 'sgd'"):
         config.build("sgd")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.learning_rate=1"], "unknown config key 'train.learning_rate'; did you mean 'train.lr'?"),
+    (["train.epochs=9"], "did you mean 'train.rounds'?"),
+    (["train.locl_steps=3"], "did you mean 'train.local_steps'?"),
+    (["optim.lr=1"], "did you mean 'train.lr'?"),
+    (["masks.kind='bernouli'"], "masks.kind = 'bernouli' is not one of bernoulli, categorical, partition, full; "
+                                "did you mean 'bernoulli'?"),
+    (["train.plan='row'"], "did you mean 'rows'?"),
+])
+def test_did_you_mean_over_keys_synonyms_and_choices(overrides, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        config.build(overrides=overrides)
+
+
+def test_a_bad_key_in_a_config_file_names_the_file_and_line(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text("[model]\nwidth = 64\n\n[train]\nrounds = 3\nlearning_rate = 0.1\n")
+    with pytest.raises(UserError, match=re.escape(f"config file {str(path)!r}, line 6: unknown config key "
+                                                  "'train.learning_rate'; did you mean 'train.lr'?")):
+        config.build(file=str(path))
