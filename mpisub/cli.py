@@ -29,7 +29,7 @@ def threads_per_rank(mine: set, on_node: list) -> int:
 
 def set_threads(node_comm) -> int:
     """Must run before numpy/scipy load their BLAS. Returns this rank's cores (0 when the user set
-    any of the usual variables: then they decide)."""
+    any of the usual variables: then they decide), at most SLURM_CPUS_PER_TASK in a Slurm job."""
     try:
         mine = set(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover (not Linux)
@@ -38,6 +38,9 @@ def set_threads(node_comm) -> int:
     if any(v in os.environ for v in THREAD_VARS):
         return 0
     cores = threads_per_rank(mine, on_node)
+    allotted = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if allotted.isdigit() and int(allotted) > 0:  # Slurm's share per rank, also when mpirun started us
+        cores = min(cores, int(allotted))
     _set_thread_vars(cores)
     return cores
 

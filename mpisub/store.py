@@ -64,9 +64,13 @@ LOCKFILE = "mpisub.lock"
 
 
 def new_run_dir(root: str = "runs") -> str:
-    """A new, empty runs/<timestamp> folder, with a suffix if a run took that name first (created
-    exclusively, so two runs started in the same second never share one)."""
-    base = os.path.join(root, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    """A new, empty runs/<timestamp> folder (runs/<timestamp>-array<job>_<task> in a Slurm job
+    array), with a suffix if a run took that name first (created exclusively, so two runs started
+    in the same second never share one)."""
+    name = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if os.environ.get("SLURM_ARRAY_TASK_ID"):
+        name += f"-array{os.environ.get('SLURM_ARRAY_JOB_ID', '')}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    base = os.path.join(root, name)
     os.makedirs(root, exist_ok=True)
     for i in range(1, 10**6):
         path = base if i == 1 else f"{base}-{i}"

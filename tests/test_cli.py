@@ -245,3 +245,13 @@ def test_progress_says_elapsed_rate_and_time_left():
     assert got, due.progress(19)
     assert abs(float(got[1]) - 9.0) < 0.5 and abs(float(got[2]) - 1.0) < 0.05
     assert abs(int(got[3]) * 60 + int(got[4]) - 81) <= 3    # 81 rounds left at one a second
+
+
+def test_default_run_folders_never_collide_and_name_the_array_task(tmp_path, monkeypatch):
+    from mpisub import store
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    made = [store.new_run_dir(str(tmp_path)) for _ in range(3)]     # within one second, most likely
+    assert len(set(made)) == 3 and all(os.path.isdir(p) for p in made)
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    assert re.fullmatch(r"\d{8}-\d{6}-array4242_7(-\d+)?", os.path.basename(store.new_run_dir(str(tmp_path))))

@@ -1,6 +1,7 @@
 """jobs/slurm.sbatch on a real single-node Slurm cluster started by this test (munged, slurmctld,
 slurmd as plain processes, stopped by their PIDs at the end). The Debian packages are installed
 when missing (root, apt-get); when that is impossible the tests say so and skip."""
+import json
 import os
 import re
 import signal
@@ -13,6 +14,8 @@ import h5py
 import numpy as np
 import pytest
 from conftest import ONE_THREAD, debian_packages, mpirun, sets, system_test
+
+from mpisub import store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
@@ -109,11 +112,12 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
             time.sleep(1)
 
 
-def _sbatch(env, folder, run_dir: str, extra: str, wait: bool = True, timeout: float = 240) -> str:
-    """Submit jobs/slurm.sbatch from folder; returns the job id (after it ends, with wait)."""
-    job_env = {**env, "RUN_DIR": run_dir, "EXTRA": extra, "VENV": sys.prefix}
+def _sbatch(env, folder, run_dir: str, options: list[str], wait: bool = True, timeout: float = 240) -> str:
+    """Submit jobs/slurm.sbatch from folder, `options` for mpisub-train after the script's name;
+    returns the job id (after it ends, with wait)."""
+    job_env = {**env, "RUN_DIR": run_dir, "VENV": sys.prefix}
     cmd = ["sbatch", "--parsable", f"--chdir={folder}", "--ntasks=4", "--cpus-per-task=1", "--time=5",
-           *(["--wait"] if wait else []), os.path.join(ROOT, "jobs", "slurm.sbatch")]
+           *(["--wait"] if wait else []), os.path.join(ROOT, "jobs", "slurm.sbatch"), *options]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=job_env)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -125,9 +129,9 @@ def _sbatch(env, folder, run_dir: str, extra: str, wait: bool = True, timeout: f
     return out.strip().split(";")[0]
 
 
-def _small(rounds: int, every: int = 10) -> str:
-    return " ".join(sets(masks__subnets=4, model__width=1024, data__n=256, train__rounds=rounds,
-                         output__checkpoint_every=every, output__log_every=50))
+def _small(rounds: int, every: int = 10) -> list[str]:
+    return sets(masks__subnets=4, model__width=1024, data__n=256, train__rounds=rounds,
+                output__checkpoint_every=every, output__log_every=50)
 
 
 def test_sbatch_runs_the_job_with_srun_and_4_ranks(slurm, tmp_path):
@@ -176,10 +180,11 @@ def test_signal_before_the_time_limit_checkpoints_requeues_and_resumes(slurm, tm
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, env=slurm)
             nudged = True
         time.sleep(0.5)
-    assert "asking the run to checkpoint" in text and "checkpointed; requeueing to resume" in text, text
+    assert "asking the run to checkpoint" in text and "; requeueing to resume" in text, text
+    assert "launching with srun --mpi=pmi2" in text and "(MPI: MPICH" in text, text
     stopped = int(re.search(r"USR1: stopped after round (\d+)", text).group(1))
     assert 5 <= stopped < rounds
-    r = mpirun(4, *_small(rounds, 25).split(), "--set", 'output.dir="unbroken"', cwd=tmp_path, env=ONE_THREAD)
+    r = mpirun(4, *_small(rounds, 25), "--set", 'output.dir="unbroken"', cwd=tmp_path, env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     with h5py.File(path) as f, h5py.File(tmp_path / "unbroken" / "run.h5") as g:
         assert f.attrs["status"] == "completed"
@@ -194,3 +199,20 @@ def test_srun_without_an_mpi_plugin_is_refused(slurm, tmp_path):
     assert r.returncode == 2
     assert "srun started 2 tasks but MPI sees 1 rank in each" in r.stderr and "--mpi=pmi2" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_job_array_trains_one_point_per_task(slurm, tmp_path):
+    points = tmp_path / "points.txt"
+    points.write_text("".join(" ".join(sets(model__width=256, data__n=64, train__rounds=rounds, train__seed=seed))
+                              + "\n" for rounds, seed in ((6, 1), (9, 2))))
+    env = {**slurm, "VENV": sys.prefix, "MPISUB_JOB_SCRIPT": os.path.join(ROOT, "jobs", "slurm.sbatch")}
+    r = subprocess.run(["sbatch", "--parsable", "--wait", f"--chdir={tmp_path}", "--array=0-1", "--time=5",
+                        os.path.join(ROOT, "jobs", "slurm-array.sbatch"), str(points)], capture_output=True,
+                       text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    array = r.stdout.strip().split(";")[0]
+    for task, (rounds, seed) in enumerate(((6, 1), (9, 2))):
+        run = store.read_run(str(tmp_path / "runs" / f"array-{array}_{task}"), arrays=False)
+        config = json.loads(run["attrs"]["config"])
+        assert run["attrs"]["status"] == "completed" and run["attrs"]["ranks"] == 2
+        assert (config["train"]["rounds"], config["train"]["seed"]) == (rounds, seed)
