@@ -105,7 +105,8 @@ class _Exit(SystemExit):
 
 def _prepare(args, comm, cores: int):
     """The checks of the config and the checkpoint to resume from, and of the memory the run needs,
-    local to this rank (no collective). Returns (cfg, checkpoint or None)."""
+    local to this rank (no collective). Returns (the config as given, as resolved, checkpoint or None);
+    a resumed run's config as given is the one its run started with."""
     from . import store
 
     step_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
@@ -120,12 +121,13 @@ def _prepare(args, comm, cores: int):
         checkpoint = store.read_checkpoint(args.resume, args.allow_version_change)
         cfg = config.for_resume(checkpoint["config"], args.overrides)
         cfg.output.dir = args.resume
+        given = config.from_dict(checkpoint["config_given"]) if checkpoint["config_given"] else cfg
     else:
-        cfg = config.build(args.preset, args.config, args.overrides)
+        cfg = given = config.build(args.preset, args.config, args.overrides)
     cfg = config.resolve(cfg, comm.size, resuming=checkpoint is not None)
     if cfg.data.source == "synthetic":  # before drawing it: n and d are the config's
         _check_memory(cfg, comm, cores, checkpoint)
-    return cfg, checkpoint
+    return given, cfg, checkpoint
 
 
 def _check_memory(cfg, comm, cores: int, checkpoint) -> None:
@@ -236,15 +238,16 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
 
     # every rank checks its inputs before the first collective; then all agree on the first error,
     # so a file one node cannot read stops every rank the same way instead of hanging the others
-    cfg, checkpoint = _agreed(comm, _prepare, args, comm, cores)
+    given, cfg, checkpoint = _agreed(comm, _prepare, args, comm, cores)
     X, Y, digest = _shared_data(cfg, comm)
     cfg, plan_reason = _agreed(comm, _check_data, args, cfg, X, Y, digest, checkpoint, comm, cores)
-    if args.print_config:
+    if args.print_config:  # the config as given: it reproduces the run at any K
         if comm.rank == 0:
-            print(cfg.to_toml())
+            print(f"# mpisub {__version__}: the config of this run as given; after '#', what it resolved to "
+                  f"at {comm.size} rank(s)\n" + given.to_toml(resolved=cfg, where=f"at {comm.size} rank(s)"))
         return
     workers, threads = _subnet_workers(cfg, comm, cores)
-    run_file = _open_run_file(cfg, comm, digest, checkpoint, held, plan_reason)
+    run_file = _open_run_file(cfg, comm, digest, checkpoint, held, plan_reason, given)
     if comm.rank == 0:
         _banner(cfg, comm, run_file, checkpoint, plan_reason, threads)
     t0 = time.perf_counter()
@@ -323,7 +326,7 @@ def _record_peak_memory(comm, run_file) -> None:
             run_file.write_peak_memory(peaks)
 
 
-def _open_run_file(cfg, comm, digest: str, checkpoint, held: list, plan_reason: str):
+def _open_run_file(cfg, comm, digest: str, checkpoint, held: list, plan_reason: str, given):
     """Rank 0 creates the run file (None on the other ranks) under the folder's lock, after checking
     the folder and the disk space the run needs. Only rank 0 touches the output folder, and its
     verdict is shared, so a bad folder stops every rank the same way. A resumed run's file is
@@ -347,7 +350,8 @@ def _open_run_file(cfg, comm, digest: str, checkpoint, held: list, plan_reason: 
                                      subnets=cfg.masks.subnets, width=cfg.model.width,
                                      record_masks=cfg.output.record_masks, data_sha256=digest,
                                      created=checkpoint["created"] if checkpoint else "",
-                                     attrs={"mpisub_version": __version__, "code_hash": store.code_hash(),
+                                     attrs={"config_given": given.to_json(),
+                                            "mpisub_version": __version__, "code_hash": store.code_hash(),
                                             "ranks": comm.size,
                                             "mpi_library": comm.library(), "plan_reason": plan_reason})
         except UserError as e:

@@ -92,11 +92,18 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
-    def to_toml(self) -> str:
+    def to_toml(self, resolved: "Config | None" = None, where: str = "") -> str:
+        """This config as TOML. With `resolved` (this config resolved for a run), a value that the
+        run resolved to something else (an auto value: subnets = 0, keep = 0, plan = "auto") keeps
+        its own value, so the file reproduces the run at any K, and says what it resolved to."""
         lines = []
+        theirs = resolved.to_dict() if resolved is not None else {}
         for section, values in self.to_dict().items():
             lines.append(f"\n[{section}]" if lines else f"[{section}]")
-            lines += [f"{key} = {_toml_value(v)}" for key, v in values.items()]
+            for key, v in values.items():
+                line = f"{key} = {_toml_value(v)}"
+                other = theirs.get(section, {}).get(key, v)
+                lines.append(line if other == v else f"{line}   # {where or 'resolved'}: {_toml_value(other)}")
         return "\n".join(lines)
 
 

@@ -398,11 +398,19 @@ def read_checkpoint(folder: str, allow_version_change: bool = False) -> dict:
             ck["shape"], ck["folder"] = f["W"].shape, folder
             ck["metrics"] = {name: f[f"metrics/{name}"][()] for name in METRICS}
             ck["config"] = json.loads(ck["config"])
+            ck["config_given"] = _config_given(folder)
             ck["round"] = int(ck["round"])
     except (OSError, KeyError, ValueError) as e:
         raise UserError(f"--resume {folder!r}: {CHECKPOINT} is not a readable mpisub checkpoint ({e}); "
                         f"the run cannot continue from it") from None
     return ck
+
+
+def _config_given(folder: str) -> dict | None:
+    """The config as given of the run in `folder` (its run file's attr), None where it has none."""
+    with contextlib.suppress(OSError, KeyError, ValueError), h5py.File(os.path.join(folder, FILENAME), "r") as f:
+        return json.loads(f.attrs["config_given"])
+    return None
 
 
 def read_checkpoint_W(folder: str, lo: int = 0, hi: int | None = None) -> np.ndarray:

@@ -12,7 +12,7 @@ from conftest import MPIRUN, ONE_THREAD, mpirun, sets
 from reference import rows_sent_by_rank0
 
 import mpisub
-from mpisub import cli, masks
+from mpisub import cli, masks, store
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,6 @@ def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
 def test_resume_with_other_code_needs_allow_version_change(tmp_path):
     """A checkpoint records the version and a hash of the code that computes results; other code
     may not continue bit for bit, so --resume refuses it unless asked (CHANGELOG.md, design doc)."""
-    from mpisub import store
     job = sets(output__dir="out", train__rounds=4, model__width=64, data__n=32, output__checkpoint_every=2)
     assert mpirun(2, *job, cwd=tmp_path).returncode == 0
     with h5py.File(tmp_path / "out" / "checkpoint.h5", "r+") as f:
@@ -248,10 +247,28 @@ def test_progress_says_elapsed_rate_and_time_left():
 
 
 def test_default_run_folders_never_collide_and_name_the_array_task(tmp_path, monkeypatch):
-    from mpisub import store
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
     made = [store.new_run_dir(str(tmp_path)) for _ in range(3)]     # within one second, most likely
     assert len(set(made)) == 3 and all(os.path.isdir(p) for p in made)
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4242")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
     assert re.fullmatch(r"\d{8}-\d{6}-array4242_7(-\d+)?", os.path.basename(store.new_run_dir(str(tmp_path))))
+
+
+def test_a_printed_config_reproduces_the_run_at_another_k(tmp_path):
+    """--print-config at one rank keeps the auto values auto (subnets = 0, plan = "auto"), with what
+    they resolved to as comments; trained at two ranks it resolves them there."""
+    job = sets(train__rounds=3, model__width=64, data__n=32)
+    r = mpirun(1, *job, "--print-config", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "subnets = 0   # at 1 rank(s): 1" in r.stdout and 'plan = "auto"   # at 1 rank(s): "rows"' in r.stdout
+    (tmp_path / "saved.toml").write_text(r.stdout)
+    r = mpirun(2, "--config", "saved.toml", *sets(output__dir="two"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = store.read_run(str(tmp_path / "two"), arrays=False)
+    assert json.loads(run["attrs"]["config"])["masks"]["subnets"] == 2
+    given = json.loads(run["attrs"]["config_given"])
+    assert given["masks"]["subnets"] == 0 and given["train"]["plan"] == "auto" and given["train"]["rounds"] == 3
+    r = mpirun(2, "--resume", "two", "--set", "train.rounds=5", cwd=tmp_path)    # kept on resume
+    assert r.returncode == 0, r.stderr
+    assert json.loads(store.read_run(str(tmp_path / "two"), arrays=False)["attrs"]["config_given"]) == given
