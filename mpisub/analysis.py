@@ -107,6 +107,7 @@ def summary(run: Run) -> dict:
         "lambda0": run.lambda0,
         "rate_per_round": run.rate(),
         "peak_rss_mb": [float(x) for x in run.attrs.get("peak_rss_mb", [])],
+        "segments": json.loads(run.attrs.get("segments", "[]")),   # one per launch (mpisub 0.2 on)
     }
 
 
@@ -147,6 +148,12 @@ def format_summary(s: dict) -> str:
         lines.append("  " + "; ".join(theory_line))
     sec = s["seconds"]
     split = ", ".join(f"{k} {sec[k]:.2f} s" for k in ("local", "loss") if k in sec)
+    if len(s["segments"]) > 1 or any(seg.get("ended") not in (None, "completed") for seg in s["segments"]):
+        lines.append(f"  {len(s['segments'])} launch(es):")
+        lines += [f"    rounds {seg['first_round']}-{seg['last_round']}: {seg['ranks']} rank(s) on {seg['host']}, "
+                  f"{seg['started']}, mpisub {seg['mpisub_version']} (code {seg['code_hash']}), "
+                  f"{seg['mpi_library'].splitlines()[0][:40]}; {seg.get('ended', 'did not end cleanly')}"
+                  for seg in s["segments"]]
     lines.append(f"  time {sec['wall']:.2f} s (compute {sec['compute']:.2f} s{': ' + split if split else ''}; "
                  f"comm {sec['comm']:.2f} s); rank 0 sent {s['bytes_comm'] / 1e6:.2f} MB"
                  + (f"; peak memory {max(s['peak_rss_mb']):.0f} MB per rank" if s["peak_rss_mb"] else ""))

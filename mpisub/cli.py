@@ -350,6 +350,8 @@ def _open_run_file(cfg, comm, digest: str, checkpoint, held: list, plan_reason: 
                                      subnets=cfg.masks.subnets, width=cfg.model.width,
                                      record_masks=cfg.output.record_masks, data_sha256=digest,
                                      created=checkpoint["created"] if checkpoint else "",
+                                     segment=_segment(comm, checkpoint),
+                                     earlier_segments=checkpoint["segments"] if checkpoint else [],
                                      attrs={"config_given": given.to_json(),
                                             "mpisub_version": __version__, "code_hash": store.code_hash(),
                                             "ranks": comm.size,
@@ -360,6 +362,18 @@ def _open_run_file(cfg, comm, digest: str, checkpoint, held: list, plan_reason: 
     if error:
         raise UserError(error)
     return run_file
+
+
+def _segment(comm, checkpoint) -> dict:
+    """This launch, as a row of the run file's segments table."""
+    import datetime
+    import socket
+
+    from . import store
+    return {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "ranks": comm.size,
+            "nodes": comm.nodes, "host": socket.gethostname(), "mpisub_version": __version__,
+            "code_hash": store.code_hash(), "mpi_library": comm.library(),
+            "first_round": checkpoint["round"] if checkpoint else 0}
 
 
 def catch_stop_signals() -> list:

@@ -160,8 +160,13 @@ class FolderLock:
 
 class RunFile:
     def __init__(self, folder: str, *, config_json: str, attrs: dict, overwrite: bool,
-                 subnets: int, width: int, record_masks: bool, data_sha256: str = "", created: str = ""):
+                 subnets: int, width: int, record_masks: bool, data_sha256: str = "", created: str = "",
+                 segment: dict | None = None, earlier_segments: list | None = None):
+        """`segment`: this launch (ranks, host, versions, first round), appended to the run's
+        `earlier_segments` (from the checkpoint it resumes) in the attr `segments`."""
         self.folder, self.config_json, self.data_sha256 = folder, config_json, data_sha256
+        self.segments = list(earlier_segments or []) + ([dict(segment, last_round=segment["first_round"])]
+                                                         if segment else [])
         self.path = os.path.join(folder, FILENAME)
         self.tmp, self.published = self.path + ".tmp", False
         check_output_dir(folder, overwrite)
@@ -180,6 +185,7 @@ class RunFile:
         self.f.attrs["status"] = "running"
         self.created = created or datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         self.f.attrs["created"] = self.created
+        self.f.attrs["segments"] = json.dumps(self.segments)
         g = self.f.create_group("metrics")
         for name, dtype in METRICS.items():
             g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
@@ -243,9 +249,13 @@ class RunFile:
         /model/W_init (init), /model/W (weights) and a new checkpoint (`checkpoint`: its metrics
         and loss_init), which replaces the previous one only once it is whole."""
         self.write_pending()
+        if self.segments:
+            self.segments[-1]["last_round"] = rounds_done
+            self.f.attrs["segments"] = json.dumps(self.segments)
         W = self.f["model/W"]
         ck = _Checkpoint(self.folder, W.shape, W.dtype, rounds_done, config_json=self.config_json,
-                         data_sha256=self.data_sha256, created=self.created, **checkpoint) if checkpoint else None
+                         data_sha256=self.data_sha256, created=self.created, segments=self.segments,
+                         **checkpoint) if checkpoint else None
         try:
             for lo, rows in blocks:
                 hi = lo + len(rows)
@@ -279,6 +289,9 @@ class RunFile:
             if self.published:
                 self.write_pending()
                 self.f.attrs["status"] = status
+                if self.segments:
+                    self.segments[-1]["ended"] = status
+                    self.f.attrs["segments"] = json.dumps(self.segments)
         except Exception:  # noqa: BLE001 (the status is a courtesy; the checkpoint is the truth)
             pass
         try:
@@ -304,7 +317,7 @@ class _Checkpoint:
     abort() removes the torn temporary file (a full disk, a quota)."""
 
     def __init__(self, folder: str, shape, dtype, rounds_done: int, *, metrics: dict, loss_init: float,
-                 config_json: str, data_sha256: str, created: str):
+                 config_json: str, data_sha256: str, created: str, segments: list | None = None):
         from . import __version__
 
         self.folder = folder
@@ -315,7 +328,7 @@ class _Checkpoint:
             self.f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__,
                                  "code_hash": code_hash(), "config": config_json,
                                  "round": rounds_done, "loss_init": loss_init, "data_sha256": data_sha256,
-                                 "created": created})
+                                 "created": created, "segments": json.dumps(segments or [])})
             self.f.create_dataset("W", shape=shape, dtype=dtype)
             for name, kind in METRICS.items():
                 self.f[f"metrics/{name}"] = np.asarray(metrics.get(name, []), dtype=kind)
@@ -398,7 +411,10 @@ def read_checkpoint(folder: str, allow_version_change: bool = False) -> dict:
             ck["shape"], ck["folder"] = f["W"].shape, folder
             ck["metrics"] = {name: f[f"metrics/{name}"][()] for name in METRICS}
             ck["config"] = json.loads(ck["config"])
-            ck["config_given"] = _config_given(folder)
+            # the run file says more than the checkpoint where it is whole: how its launches ended
+            history = _run_file_json(folder, ("config_given", "segments"))
+            ck["config_given"] = history.get("config_given")
+            ck["segments"] = history.get("segments") or json.loads(ck.get("segments", "[]"))
             ck["round"] = int(ck["round"])
     except (OSError, KeyError, ValueError) as e:
         raise UserError(f"--resume {folder!r}: {CHECKPOINT} is not a readable mpisub checkpoint ({e}); "
@@ -406,11 +422,14 @@ def read_checkpoint(folder: str, allow_version_change: bool = False) -> dict:
     return ck
 
 
-def _config_given(folder: str) -> dict | None:
-    """The config as given of the run in `folder` (its run file's attr), None where it has none."""
-    with contextlib.suppress(OSError, KeyError, ValueError), h5py.File(os.path.join(folder, FILENAME), "r") as f:
-        return json.loads(f.attrs["config_given"])
-    return None
+def _run_file_json(folder: str, names: tuple) -> dict:
+    """The JSON attrs `names` of the run file in `folder` that it has and that parse."""
+    out = {}
+    with contextlib.suppress(OSError), h5py.File(os.path.join(folder, FILENAME), "r") as f:
+        for name in names:
+            with contextlib.suppress(KeyError, ValueError, TypeError):
+                out[name] = json.loads(f.attrs[name])
+    return out
 
 
 def read_checkpoint_W(folder: str, lo: int = 0, hi: int | None = None) -> np.ndarray:

@@ -269,6 +269,15 @@ def test_a_printed_config_reproduces_the_run_at_another_k(tmp_path):
     assert json.loads(run["attrs"]["config"])["masks"]["subnets"] == 2
     given = json.loads(run["attrs"]["config_given"])
     assert given["masks"]["subnets"] == 0 and given["train"]["plan"] == "auto" and given["train"]["rounds"] == 3
-    r = mpirun(2, "--resume", "two", "--set", "train.rounds=5", cwd=tmp_path)    # kept on resume
+    r = mpirun(1, "--resume", "two", "--set", "train.rounds=5", cwd=tmp_path)    # kept on resume
     assert r.returncode == 0, r.stderr
-    assert json.loads(store.read_run(str(tmp_path / "two"), arrays=False)["attrs"]["config_given"]) == given
+    run = store.read_run(str(tmp_path / "two"), arrays=False)
+    assert json.loads(run["attrs"]["config_given"]) == given
+    # every launch is a row of the segments table, and inspect shows them
+    segments = json.loads(run["attrs"]["segments"])
+    assert [(s["ranks"], s["first_round"], s["last_round"], s["ended"]) for s in segments] == \
+        [(2, 0, 3, "completed"), (1, 3, 5, "completed")]
+    assert all(s["mpisub_version"] == mpisub.__version__ and s["code_hash"] == store.code_hash() for s in segments)
+    shown = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mpisub-inspect"), "two"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "2 launch(es):" in shown and "rounds 3-5: 1 rank(s)" in shown, shown
