@@ -4,6 +4,7 @@ No MPI, no numba: runs can be analysed anywhere h5py is installed.
 import glob as globbing
 import json
 import os
+import sys
 import time
 
 import h5py
@@ -40,6 +41,21 @@ class Run:
     Y = property(lambda self: self._array("data/Y"), doc="built-in training targets (None for a data file)")
     H = property(lambda self: self._array("theory/H"), doc="the data's NTK Gram matrix (None unless stored)")
     masks = property(lambda self: self._array("masks"), doc="rounds x p x m, with output.record_masks")
+
+    def rows(self) -> list[dict]:
+        """The per-round metrics as one dict per round (what --csv and --jsonl write)."""
+        names = list(self.metrics)
+        return [{name: self.metrics[name][i].item() for name in names} for i in range(len(self.metrics["round"]))]
+
+    def to_dataframe(self):
+        """The per-round metrics as a pandas DataFrame indexed by round (pandas is optional:
+        pip install pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Run.to_dataframe needs pandas: pip install pandas") from None
+        return pd.DataFrame({k: v for k, v in self.metrics.items() if k != "round"},
+                            index=pd.Index(self.metrics["round"], name="round"))
 
     def rate(self) -> float | None:
         """Empirical per-round linear rate of the full-network loss (fit of log loss over rounds)."""
@@ -108,7 +124,16 @@ def summary(run: Run) -> dict:
         "rate_per_round": run.rate(),
         "peak_rss_mb": [float(x) for x in run.attrs.get("peak_rss_mb", [])],
         "segments": json.loads(run.attrs.get("segments", "[]")),   # one per launch (mpisub 0.2 on)
+        "eta_seconds": _eta(run, done),
     }
+
+
+def _eta(run: Run, done: int) -> float | None:
+    """Seconds left for a running run at the pace of its last 10 rounds."""
+    wall = run.metrics["seconds_wall"][-10:]
+    if run.status != "running" or not len(wall):
+        return None
+    return float(wall.mean()) * max(0, run.config["train"]["rounds"] - done)
 
 
 def stale_seconds(run: Run) -> float | None:
@@ -128,6 +153,8 @@ def format_summary(s: dict) -> str:
     if s.get("stale_seconds"):
         status += (f" (but no new round for {s['stale_seconds'] / 60:.0f} min: the job may have died; "
                    f"continue it with mpirun -n K mpisub-train --resume {s['path']})")
+    if s.get("eta_seconds") is not None and not s.get("stale_seconds"):
+        status += f" (about {s['eta_seconds']:.0f} s left at the pace of the last rounds)"
     lines = [
         f"{s['path']}: {status}, {s['rounds_done']}/{tr['rounds']} rounds, {s['ranks']} rank(s), "
         f"mpisub {s['mpisub_version']}, {s['created']}",
@@ -193,6 +220,44 @@ def open_all(paths: list[str]) -> list[Run]:
     return runs
 
 
+def export(runs: list[Run], fmt: str, out) -> None:
+    """Every run's per-round metrics to `out` as CSV (one header) or JSON lines."""
+    import csv
+    many = len(runs) > 1
+    writer = None
+    for run in runs:
+        for row in run.rows():
+            row = {"run": run.folder, **row} if many else row
+            if fmt == "jsonl":
+                out.write(json.dumps(row) + "\n")
+                continue
+            if writer is None:
+                writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def watch(paths: list[str], every: float) -> None:
+    """The summaries, redrawn every `every` seconds while any run is running; the last view stays."""
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            try:
+                runs = open_all(paths)
+            except UserError as e:       # e.g. a run file not yet published: look again
+                print(f"mpisub-inspect --watch: {e}; looking again in {every:g} s", flush=True)
+                time.sleep(every)
+                continue
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{clear}mpisub-inspect --watch ({stamp}, every {every:g} s; Ctrl-C leaves)", flush=True)
+            print("\n".join(format_summary(summary(r)) for r in runs), flush=True)
+            if all(r.status != "running" or stale_seconds(r) for r in runs):
+                return
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return
+
+
 def inspect_main(argv=None) -> None:
     import signal
     # a pipe closed by the reader (mpisub-inspect ... | head) ends the output quietly, as cat does
@@ -204,11 +269,22 @@ def inspect_main(argv=None) -> None:
         "config keys in which they differ."))
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--csv", action="store_true", help="print the per-round metrics as CSV (a 'run' column "
+                     "first when there are several runs)")
+    out.add_argument("--jsonl", action="store_true", help="print the per-round metrics as JSON lines")
+    out.add_argument("--watch", action="store_true", help="show the summary again every --every seconds "
+                     "until the run stops running (Ctrl-C leaves)")
+    p.add_argument("--every", type=float, default=5.0, help="--watch: seconds between refreshes (default 5)")
     args = p.parse_args(argv)
     try:
         runs = open_all(args.runs)
     except UserError as e:
         exit_with("mpisub-inspect", str(e))
+    if args.csv or args.jsonl:
+        return export(runs, "csv" if args.csv else "jsonl", sys.stdout)
+    if args.watch:
+        return watch(args.runs, args.every)
     summaries = [summary(r) for r in runs]
     if args.json:
         print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=1))

@@ -125,6 +125,9 @@ def _prepare(args, comm, cores: int):
     else:
         cfg = given = config.build(args.preset, args.config, args.overrides)
     cfg = config.resolve(cfg, comm.size, resuming=checkpoint is not None)
+    if cfg.output.tensorboard:
+        from . import tboard
+        tboard.check_available()
     if cfg.data.source == "synthetic":  # before drawing it: n and d are the config's
         _check_memory(cfg, comm, cores, checkpoint)
     return given, cfg, checkpoint
@@ -352,6 +355,7 @@ def _open_run_file(cfg, comm, digest: str, checkpoint, held: list, plan_reason: 
                                      created=checkpoint["created"] if checkpoint else "",
                                      segment=_segment(comm, checkpoint),
                                      earlier_segments=checkpoint["segments"] if checkpoint else [],
+                                     events=_events(cfg, folder),
                                      attrs={"config_given": given.to_json(),
                                             "mpisub_version": __version__, "code_hash": store.code_hash(),
                                             "ranks": comm.size,
@@ -362,6 +366,13 @@ def _open_run_file(cfg, comm, digest: str, checkpoint, held: list, plan_reason: 
     if error:
         raise UserError(error)
     return run_file
+
+
+def _events(cfg, folder: str):
+    if not cfg.output.tensorboard:
+        return None
+    from . import tboard
+    return tboard.Events(folder)
 
 
 def _segment(comm, checkpoint) -> dict:

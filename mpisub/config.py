@@ -69,6 +69,7 @@ class OutputConfig:
     checkpoint_every: int = 10  # rounds between checkpoints (and one at the end, or on SIGTERM/SIGUSR1)
     record_masks: bool = False
     overwrite: bool = False
+    tensorboard: bool = False   # also write the per-round metrics as TensorBoard events (rank 0)
 
 
 @dataclass
@@ -337,7 +338,8 @@ def build(preset: str | None = None, file: str | None = None, overrides: list[st
 
 
 # a resumed run continues the stored config; these may change without changing its results
-RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "train.memory_limit_mb")
+RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "train.memory_limit_mb",
+               "output.tensorboard")
 
 
 def for_resume(stored: dict, overrides: list[str] = ()) -> Config:

@@ -161,10 +161,11 @@ class FolderLock:
 class RunFile:
     def __init__(self, folder: str, *, config_json: str, attrs: dict, overwrite: bool,
                  subnets: int, width: int, record_masks: bool, data_sha256: str = "", created: str = "",
-                 segment: dict | None = None, earlier_segments: list | None = None):
+                 segment: dict | None = None, earlier_segments: list | None = None, events=None):
         """`segment`: this launch (ranks, host, versions, first round), appended to the run's
-        `earlier_segments` (from the checkpoint it resumes) in the attr `segments`."""
-        self.folder, self.config_json, self.data_sha256 = folder, config_json, data_sha256
+        `earlier_segments` (from the checkpoint it resumes) in the attr `segments`. `events`: a
+        tboard.Events that gets every row too."""
+        self.folder, self.config_json, self.data_sha256, self.events = folder, config_json, data_sha256, events
         self.segments = list(earlier_segments or []) + ([dict(segment, last_round=segment["first_round"])]
                                                          if segment else [])
         self.path = os.path.join(folder, FILENAME)
@@ -222,6 +223,8 @@ class RunFile:
         WRITE_SECONDS late (and at every weights write, checkpoint and close): writing and
         flushing every round would cost more than a small round itself."""
         self.pending.append((metrics, masks))
+        if self.events is not None:
+            self.events.scalars(int(metrics["round"]), {k: v for k, v in metrics.items() if k != "round"})
         if time.monotonic() - self.written_at >= WRITE_SECONDS:
             self.write_pending()
 
@@ -238,6 +241,8 @@ class RunFile:
                 ds[i:] = np.stack([M for _, M in self.pending])
             self.rows, self.pending = i + k, []
         self.f.flush()  # what is written stays on disk if the job is killed
+        if self.events is not None:
+            self.events.flush()
         self.written_at = time.monotonic()
 
     def write_peak_memory(self, megabytes: list) -> None:
@@ -298,6 +303,9 @@ class RunFile:
             self.f.close()
         except Exception:  # noqa: BLE001
             pass
+        if self.events is not None:
+            with contextlib.suppress(Exception):
+                self.events.close()
         if not self.published:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp)

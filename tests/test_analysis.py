@@ -5,11 +5,12 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
 import pytest
-from conftest import mpirun, sets
+from conftest import mpirun, sets, start_job, wait_job
 
 import mpisub
 from mpisub import theory
@@ -160,3 +161,54 @@ def test_inspect_says_when_a_running_run_has_gone_quiet(two_runs, tmp_path):
     old = subprocess.run([inspect, str(tmp_path / "dead")], capture_output=True, text=True, timeout=60).stdout
     assert "running (but no new round for 60 min: the job may have died; continue it with mpirun -n K " \
            f"mpisub-train --resume {tmp_path / 'dead'})" in old
+
+
+def test_exports_tensorboard_and_dataframe_hold_the_run_files_numbers(tmp_path):
+    """--csv, --jsonl, Run.to_dataframe and the TensorBoard events (read back with TensorBoard's own
+    reader) against the run file's metrics as h5py reads them."""
+    import csv
+    import io
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    r = mpirun(2, *sets(output__dir="tb", output__tensorboard=True, train__rounds=7, model__width=128, data__n=64),
+               cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "tb" / "run.h5") as f:
+        metrics = {name: f["metrics"][name][()] for name in f["metrics"]}
+    inspect = os.path.join(os.path.dirname(sys.executable), "mpisub-inspect")
+    def inspect_as(flag):
+        return subprocess.run([inspect, flag, "tb"], cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout
+    rows = list(csv.DictReader(io.StringIO(inspect_as("--csv"))))
+    lines = [json.loads(line) for line in inspect_as("--jsonl").splitlines()]
+    frame = mpisub.open_run(str(tmp_path / "tb")).to_dataframe()
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    assert len(rows) == len(lines) == len(frame) == 7
+    for name, values in metrics.items():
+        np.testing.assert_array_equal([float(row[name]) for row in rows], values)     # repr round-trips
+        np.testing.assert_array_equal([line[name] for line in lines], values)
+        if name == "round":
+            np.testing.assert_array_equal(frame.index, values)
+            continue
+        np.testing.assert_array_equal(frame[name].to_numpy(), values)
+        scalars = events.Scalars(name)
+        assert [s.step for s in scalars] == list(metrics["round"])
+        np.testing.assert_allclose([s.value for s in scalars], values, rtol=1e-6)   # TensorBoard keeps float32
+
+
+def test_watch_follows_a_running_job_until_it_ends(tmp_path):
+    proc = start_job(2, tmp_path, *sets(output__dir="w", train__rounds=1000, model__width=256, data__n=128,
+                                        output__log_every=100))
+    inspect = os.path.join(os.path.dirname(sys.executable), "mpisub-inspect")
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "w" / "run.h5").exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    r = subprocess.run([inspect, "--watch", "--every", "0.5", "w"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert wait_job(proc, 120) == 0
+    assert r.returncode == 0, r.stderr
+    views = r.stdout.count("mpisub-inspect --watch (")
+    assert views >= 2, r.stdout                       # it refreshed while the job ran
+    assert "s left at the pace of the last rounds" in r.stdout
+    assert r.stdout.rstrip().split("mpisub-inspect --watch (")[-1].count("w: completed, 1000/1000 rounds") == 1
