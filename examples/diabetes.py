@@ -35,7 +35,7 @@ jobs = [("gd", "full gradient descent, lr=2", {"masks.kind": "full", "masks.subn
 runs = [launch(os.path.join(args.out, "diabetes", name), {**base, **settings}, ranks, tag=f"[{i + 1}/{len(jobs)}] ")
         for i, (name, _, settings, ranks) in enumerate(jobs)]
 for run in runs:  # the fraction of the target's variance still unexplained: loss = MSE / 2
-    print(f"{run.folder}: training R^2 = {1 - 2 * run.metrics['loss'][-1]:.3f}")
+    print(f"{run.folder}: training R^2 = {1 - 2 * run.eval['loss'][-1]:.3f}")
 out = plot_runs(runs, os.path.join(args.out, "diabetes.png"), labels=[j[1] for j in jobs],
                 title="scikit-learn diabetes (n=442, d=10), unit-norm samples")
 print(f"wrote {out}")

@@ -25,7 +25,8 @@ for i, p in enumerate(P):
         run = launch(os.path.join(args.out, "heatmap_p_keep", f"p{p}-keep{keep}"),
                      {**base, "masks.subnets": p, "masks.keep": keep, "train.lr": 4 * keep},
                      ranks=1 if p == 1 else min(args.ranks, p), tag=f"[{k}/{final.size}] ")
-        final[i, j] = run.metrics["loss"][-50:].mean()
+        last = run.eval["round"] > run.eval["round"][-1] - 50   # the evaluations of the last 50 rounds
+        final[i, j] = run.eval["loss"][last].mean()
 
 plt = pyplot()
 fig, ax = plt.subplots(figsize=(6, 4))

@@ -19,7 +19,7 @@ runs = [launch(os.path.join(args.out, "width", f"m{m}"), {**base, "model.width":
 
 plt = pyplot()
 fig, ax = plt.subplots(figsize=(6, 4))
-ax.loglog(WIDTHS, [r.metrics["loss"][-1] for r in runs], "o-", label=f"after {base['train.rounds']} rounds")
+ax.loglog(WIDTHS, [r.eval["loss"][-1] for r in runs], "o-", label=f"after {base['train.rounds']} rounds")
 ax.loglog(WIDTHS, [r.loss_init for r in runs], "s--", color="gray", label="at initialisation")
 ax.set_xlabel("width m (hidden neurons)")
 ax.set_ylabel("loss")

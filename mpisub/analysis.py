@@ -25,6 +25,7 @@ class Run:
         self.folder = os.path.dirname(path)
         run = read_run(path, arrays=False)
         self.attrs, self.metrics, self.lambda0 = run["attrs"], run["metrics"], run.get("lambda0")
+        self.eval = run["eval"]   # the full network's evaluations: rows `round`, `loss`
         loss_init = self.metrics.pop("loss_init", None)   # an attribute of /metrics, not a row
         self.loss_init = None if loss_init is None else float(loss_init)
         self.config = json.loads(self.attrs["config"])
@@ -59,11 +60,12 @@ class Run:
 
     def rate(self) -> float | None:
         """Empirical per-round linear rate of the full-network loss (fit of log loss over rounds)."""
-        return theory.linear_rate(self.metrics["loss"])
+        done = self.eval["round"] > 0
+        return theory.linear_rate(self.eval["loss"][done], self.eval["round"][done])
 
     def __repr__(self):
         mk = self.config["masks"]
-        return (f"Run({self.folder!r}, {self.status}, {len(self.metrics['loss'])}/{self.config['train']['rounds']} "
+        return (f"Run({self.folder!r}, {self.status}, {len(self.metrics['round'])}/{self.config['train']['rounds']} "
                 f"rounds, {mk['kind']} p={mk['subnets']} keep={mk['keep']:g})")
 
 
@@ -95,8 +97,8 @@ def differing_keys(runs: list[Run]) -> list[str]:
 def summary(run: Run) -> dict:
     """The facts a user checks first about a run, as plain values."""
     m, cfg = run.metrics, run.config
-    loss = m["loss"]
-    done = len(loss)
+    loss = run.eval["loss"][run.eval["round"] > 0]
+    done = len(m["round"])
     seconds = {k: float(m[f"seconds_{k}"].sum()) for k in ("compute", "comm", "wall")}
     for part in ("local", "loss"):
         if f"seconds_{part}" in m:
@@ -115,8 +117,9 @@ def summary(run: Run) -> dict:
         "train": cfg["train"],
         "rounds_done": done,
         "loss_init": run.loss_init,
-        "loss_final": float(loss[-1]) if done else None,
-        "loss_best": float(loss.min()) if done else None,
+        "loss_final": float(loss[-1]) if len(loss) else None,
+        "loss_best": float(loss.min()) if len(loss) else None,
+        "loss_final_round": int(run.eval["round"][-1]) if len(loss) else None,
         "sub_loss_final": float(m["sub_loss"][-1]) if done else None,
         "seconds": seconds,
         "bytes_comm": int(m["bytes_comm"].sum()),
@@ -164,7 +167,8 @@ def format_summary(s: dict) -> str:
     ]
     if s["loss_final"] is not None:
         init = f"{s['loss_init']:.4e} -> " if s["loss_init"] is not None else ""
-        lines.append(f"  loss {init}{s['loss_final']:.4e} (best {s['loss_best']:.4e}); "
+        at = f" at round {s['loss_final_round']}" if s.get("loss_final_round") not in (None, s["rounds_done"]) else ""
+        lines.append(f"  loss {init}{s['loss_final']:.4e}{at} (best {s['loss_best']:.4e}); "
                      f"subnetwork loss {s['sub_loss_final']:.4e}")
     theory_line = []
     if s["rate_per_round"] is not None:

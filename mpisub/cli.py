@@ -312,7 +312,7 @@ def _report_stop(cfg, comm, stop: list, e) -> None:
 def _report_done(cfg, result: dict, checkpoint, run_file, seconds: float) -> None:
     done = cfg.train.rounds - (checkpoint["round"] if checkpoint else 0)  # rounds of this launch
     m = {name: values[-done:] for name, values in result["metrics"].items()}
-    first, last = result["loss_init"], m["loss"][-1]
+    first, last = result["loss_init"], result["eval"]["loss"][-1]   # the last round is always evaluated
     print(f"done: {done} rounds in {seconds:.1f} s "
           f"(compute {m['seconds_compute'].sum():.1f} s, comm {m['seconds_comm'].sum():.2f} s); "
           f"loss {first:.3e} -> {last:.3e} ({first / max(last, 1e-300):.1f}x lower)")

@@ -133,6 +133,12 @@ class Comm:
             self.mpi.Allreduce(MPI.IN_PLACE, flat[lo: lo + MAX_COUNT], op=MPI.SUM)
         self._count(t0, buf.nbytes)
 
+    def sums(self, values) -> np.ndarray:
+        """The sums over ranks of a few numbers (float64)."""
+        buf = np.array(values, dtype=np.float64)
+        self.sum(buf)
+        return buf
+
     def barrier(self, poll_seconds: float = 0.01) -> None:
         """A barrier that sleeps while it waits: MPI_Barrier spins, and spinning ranks would take
         the cores from the rank they wait for (e.g. rank 0 compiling kernels)."""

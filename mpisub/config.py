@@ -67,6 +67,7 @@ class OutputConfig:
     dir: str = ""               # "" = runs/<timestamp>
     log_every: int = 0          # 0 = about 20 progress lines per run
     checkpoint_every: int = 10  # rounds between checkpoints (and one at the end, or on SIGTERM/SIGUSR1)
+    eval_every: int = 0         # rounds between evaluations of the full network (0 = about 5% of the time)
     record_masks: bool = False
     overwrite: bool = False
     tensorboard: bool = False   # also write the per-round metrics as TensorBoard events (rank 0)
@@ -178,6 +179,7 @@ RULES = {
     "train.plan": Options(("auto", "rows", "outputs")),
     "output.log_every": COUNT,               # 0: about 20 lines a run
     "output.checkpoint_every": POSITIVE,
+    "output.eval_every": COUNT,              # 0: EVAL_SHARE of the training time
     "theory.max_n": COUNT,
     "theory.store_H_max_n": COUNT,
 }
@@ -339,7 +341,7 @@ def build(preset: str | None = None, file: str | None = None, overrides: list[st
 
 # a resumed run continues the stored config; these may change without changing its results
 RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "train.memory_limit_mb",
-               "output.tensorboard")
+               "output.tensorboard", "output.eval_every")
 
 
 def for_resume(stored: dict, overrides: list[str] = ()) -> Config:
@@ -415,14 +417,34 @@ def resolve(cfg: Config, ranks: int, resuming: bool = False) -> Config:
     return cfg
 
 
+# the share of the training time that evaluating the full network may take by default
+EVAL_SHARE = 0.05
+
+
+def auto_eval_every(cfg: Config) -> int:
+    """Rounds between evaluations so that they cost about EVAL_SHARE of the training
+    (docs/design.md, "Evaluation cadence"). An evaluation is one forward pass of the whole network
+    over the n samples, 2 n d m flops; a round is p subnetworks x tau steps x two products of
+    b x d x (keep m), 4 p keep tau b d m flops (b = n at full batch). So evaluating every
+    ceil(n / (EVAL_SHARE 2 p keep tau b)) rounds costs at most EVAL_SHARE."""
+    b = cfg.train.batch_size or cfg.data.n
+    per_round = 2 * cfg.masks.subnets * cfg.masks.keep * cfg.train.local_steps * b
+    if per_round <= 0:  # not resolved yet (subnets, keep 0: auto)
+        return 1
+    return max(1, math.ceil(cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
+
+
 def fit_data(cfg: Config, n: int, d: int, outputs: int) -> Config:
     """The loaded data's shape in the config (a data file decides n, d and outputs, and the stored
-    config then says what was trained), checked against the keys that depend on it."""
+    config then says what was trained), checked against the keys that depend on it; the
+    evaluation cadence, which depends on n, resolved."""
     cfg = copy.deepcopy(cfg)
     cfg.data.n, cfg.data.d, cfg.data.outputs = n, d, outputs
     if cfg.train.batch_size > n:
         raise UserError(f"train.batch_size = {cfg.train.batch_size} exceeds the {n} samples of the data; "
                         f"use at most {n}, or 0 for full batch")
+    if cfg.output.eval_every == 0:
+        cfg.output.eval_every = auto_eval_every(cfg)
     return cfg
 
 

@@ -38,9 +38,11 @@ def plot_runs(runs: list[Run], out: str, x: str = "rounds", reference: bool = Fa
         m = run.metrics
         color = f"C{i % 10}"
         xs = m["round"] if x == "rounds" else np.cumsum(m["seconds_wall"])
-        x0 = np.concatenate([[0], xs])
-        loss = np.concatenate([[run.loss_init], m["loss"]])
-        ax.plot(x0, loss, "-", color=color, label=labels[i] if labels else label(run, keys))
+        at, loss = run.eval["round"], run.eval["loss"]
+        if not len(at) or at[0] != 0:  # runs before mpisub 0.2 kept the initial loss as an attribute only
+            at, loss = np.concatenate([[0], at]), np.concatenate([[run.loss_init], loss])
+        x_eval = np.concatenate([[0], xs])[at]   # the x of round k is the x of its row (round 0: 0)
+        ax.plot(x_eval, loss, "-", color=color, label=labels[i] if labels else label(run, keys))
         ax.plot(xs, m["sub_loss"], "--", color=color, alpha=0.6, linewidth=1)
         if reference and run.lambda0 is not None:
             tr = run.config["train"]

@@ -6,11 +6,13 @@ rank 0 alone. The run file's layout is a contract (README):
   /data/X, /data/Y            the built-in training data (a data file: attrs source, sha256 of /data)
   /model/a, /model/W_init     fixed output weights, initial input weights
   /model/W                    latest aggregated input weights (attr `round`: rounds done)
-  /metrics/<name>             one row per round, resizable: round, loss, sub_loss,
-                              seconds_compute, seconds_comm, seconds_wall, bytes_comm,
+  /metrics/<name>             one row per round, resizable: what a round has for free: round,
+                              sub_loss, seconds_compute, seconds_comm, seconds_wall, bytes_comm,
                               seconds_local, seconds_loss (parts of seconds_compute),
-                              bytes_recv;
-                              attr `loss_init`: the loss at W_init
+                              bytes_recv; attr `loss_init`: the loss at W_init
+  /eval/<name>                one row per evaluation of the full network (round 0, every
+                              output.eval_every rounds, every logged round, the last): round, loss
+                              (before mpisub 0.2: /metrics/loss, every round)
   /masks                      uint8 (rounds x p x m), only with output.record_masks
   /theory/lambda0, /theory/H  the data's NTK Gram matrix's smallest eigenvalue (n <= theory.max_n)
                               and the matrix (n <= theory.store_H_max_n)
@@ -44,7 +46,6 @@ from .errors import UserError, cause
 
 METRICS = {
     "round": np.int64,
-    "loss": np.float64,
     "sub_loss": np.float64,
     "seconds_compute": np.float64,
     "seconds_comm": np.float64,
@@ -54,9 +55,14 @@ METRICS = {
     "seconds_loss": np.float64,
     "bytes_recv": np.int64,
 }
+EVAL = {
+    "round": np.int64,
+    "loss": np.float64,
+}
+TABLES = {"metrics": METRICS, "eval": EVAL}
 FILENAME = "run.h5"
 CHECKPOINT = "checkpoint.h5"
-CHECKPOINT_FORMAT = 2   # bump when the checkpoint's layout changes (2: metrics bytes_recv)
+CHECKPOINT_FORMAT = 3   # bump when the checkpoint's layout changes (2: metrics bytes_recv; 3: eval rows)
 WRITE_SECONDS = 1.0     # metrics rows reach run.h5 at most this late (the first at once)
 
 
@@ -187,13 +193,15 @@ class RunFile:
         self.created = created or datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         self.f.attrs["created"] = self.created
         self.f.attrs["segments"] = json.dumps(self.segments)
-        g = self.f.create_group("metrics")
-        for name, dtype in METRICS.items():
-            g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+        for table, columns in TABLES.items():
+            g = self.f.create_group(table)
+            for name, dtype in columns.items():
+                g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
         if record_masks:
             self.f.create_dataset("masks", shape=(0, subnets, width), maxshape=(None, subnets, width),
                                   dtype=np.uint8, chunks=(1, subnets, width))
         self.rows, self.pending, self.written_at = 0, [], 0.0
+        self.eval_rows, self.eval_pending = 0, []
 
     def write_start(self, X, Y, a, shape: tuple, dtype, source: str = "synthetic") -> None:
         """The data (or the data file's name), a, and room for W_init and W, which `save` fills
@@ -228,7 +236,20 @@ class RunFile:
         if time.monotonic() - self.written_at >= WRITE_SECONDS:
             self.write_pending()
 
+    def append_eval(self, row: dict) -> None:
+        """One row per evaluation of the full network; written with the next metrics rows."""
+        self.eval_pending.append(row)
+        if self.events is not None:
+            self.events.scalars(int(row["round"]), {k: v for k, v in row.items() if k != "round"})
+
     def write_pending(self) -> None:
+        if self.eval_pending:
+            i, k = self.eval_rows, len(self.eval_pending)
+            for name in EVAL:
+                ds = self.f["eval"][name]
+                ds.resize((i + k,))
+                ds[i:] = [row[name] for row in self.eval_pending]
+            self.eval_rows, self.eval_pending = i + k, []
         if self.pending:
             i, k = self.rows, len(self.pending)
             for name in METRICS:
@@ -325,7 +346,8 @@ class _Checkpoint:
     abort() removes the torn temporary file (a full disk, a quota)."""
 
     def __init__(self, folder: str, shape, dtype, rounds_done: int, *, metrics: dict, loss_init: float,
-                 config_json: str, data_sha256: str, created: str, segments: list | None = None):
+                 config_json: str, data_sha256: str, created: str, segments: list | None = None,
+                 evals: dict | None = None):
         from . import __version__
 
         self.folder = folder
@@ -340,6 +362,8 @@ class _Checkpoint:
             self.f.create_dataset("W", shape=shape, dtype=dtype)
             for name, kind in METRICS.items():
                 self.f[f"metrics/{name}"] = np.asarray(metrics.get(name, []), dtype=kind)
+            for name, kind in EVAL.items():
+                self.f[f"eval/{name}"] = np.asarray((evals or {}).get(name, []), dtype=kind)
         except BaseException:
             self.abort()
             raise
@@ -361,10 +385,10 @@ class _Checkpoint:
             os.unlink(self.tmp)
 
 
-def write_checkpoint(folder: str, *, W, rounds_done: int, metrics: dict, loss_init: float,
+def write_checkpoint(folder: str, *, W, rounds_done: int, metrics: dict, loss_init: float, evals: dict | None = None,
                      config_json: str, data_sha256: str, created: str) -> None:
     """A whole checkpoint from one array W (tests, tools); a run streams its blocks through RunFile.save."""
-    ck = _Checkpoint(folder, W.shape, W.dtype, rounds_done, metrics=metrics, loss_init=loss_init,
+    ck = _Checkpoint(folder, W.shape, W.dtype, rounds_done, metrics=metrics, loss_init=loss_init, evals=evals,
                      config_json=config_json, data_sha256=data_sha256, created=created)
     try:
         ck.f["W"][...] = W
@@ -418,6 +442,7 @@ def read_checkpoint(folder: str, allow_version_change: bool = False) -> dict:
             ck["version_change"] = f"written by {written}, continued by {here}" if changed else ""
             ck["shape"], ck["folder"] = f["W"].shape, folder
             ck["metrics"] = {name: f[f"metrics/{name}"][()] for name in METRICS}
+            ck["eval"] = {name: f[f"eval/{name}"][()] for name in EVAL}
             ck["config"] = json.loads(ck["config"])
             # the run file says more than the checkpoint where it is whole: how its launches ended
             history = _run_file_json(folder, ("config_given", "segments"))
@@ -455,6 +480,10 @@ def read_run(path: str, arrays: bool = True) -> dict:
         run = {"attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}}
         run["metrics"] = {k: f["metrics"][k][()] for k in f["metrics"]}
         run["metrics"].update(f["metrics"].attrs)
+        if "eval" in f:
+            run["eval"] = {k: f["eval"][k][()] for k in f["eval"]}
+        else:  # before mpisub 0.2 every round was evaluated, into /metrics/loss
+            run["eval"] = {"round": run["metrics"]["round"], "loss": run["metrics"]["loss"]}
         if "theory/lambda0" in f:
             run["lambda0"] = float(f["theory/lambda0"][()])
         for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W", "masks"):

@@ -49,8 +49,7 @@ def launch(folder: str, settings: dict, ranks: int = 2, tag: str = "") -> Run:
 
 
 def _outcome(run: Run) -> str:
-    loss = run.metrics["loss"]
-    return f"{len(loss)} rounds, final loss {loss[-1]:.3e}"
+    return f"{len(run.metrics['round'])} rounds, final loss {run.eval['loss'][-1]:.3e}"
 
 
 def example_args(description: str) -> argparse.Namespace:

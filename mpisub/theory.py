@@ -28,11 +28,11 @@ def smallest_eigenvalue(H: np.ndarray) -> float:
     return float(eigh(H, eigvals_only=True, subset_by_index=[0, 0], driver="evr")[0])
 
 
-def linear_rate(loss: np.ndarray) -> float | None:
-    """The per-round factor r of a least-squares fit log loss_k = c + k log r over the rounds
-    (r < 1: linear convergence; None when fewer than 2 positive values)."""
+def linear_rate(loss: np.ndarray, rounds: np.ndarray | None = None) -> float | None:
+    """The per-round factor r of a least-squares fit log loss_k = c + k log r over the rounds k
+    (default 1, 2, ...; r < 1: linear convergence; None when fewer than 2 positive values)."""
     loss = np.asarray(loss, dtype=np.float64)
-    rounds = np.arange(1, len(loss) + 1)
+    rounds = np.arange(1, len(loss) + 1) if rounds is None else np.asarray(rounds, dtype=np.float64)
     keep = loss > 0
     if keep.sum() < 2:
         return None

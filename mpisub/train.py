@@ -8,7 +8,8 @@
         push: the trained rows go back to their owners, where       (2. aggregate)
             w_{k+1,r} = mean of w^l_{k,tau,r} over the subnets l holding r (in subnet order);
             a neuron held by none keeps w_{k,r}
-        record the full network's loss L(W_{k+1})
+        record the subnetworks' losses (free: from their last local step); every eval_every rounds,
+        evaluate the full network's loss L(W_{k+1})
 
 Rank k owns the neurons shard.owned(m, K, k) for the whole run (its rows of W live nowhere else).
 """
@@ -127,7 +128,8 @@ def record_lambda0(cfg, comm, X, out, log) -> None:
 
 
 def restore(cfg, start: dict, out, comm, bounds, dtype):
-    """(rounds done, loss_init, this rank's rows of W, metrics history) from a checkpoint; each rank
+    """(rounds done, loss_init, this rank's rows of W, metrics history, eval history) from a
+    checkpoint; each rank
     reads its own block, rank 0 rebuilds the run file's rows. The checkpoint's W and round are all
     the state there is: masks and minibatches are functions of (seed, round, subnet), so the rounds
     ahead are the ones an unbroken run takes. The checkpoint written before round 1 has no rows."""
@@ -136,15 +138,18 @@ def restore(cfg, start: dict, out, comm, bounds, dtype):
     first = start["round"]
     W = read_checkpoint_W(start["folder"], bounds[comm.rank], bounds[comm.rank + 1]).astype(dtype)
     history = {name: list(values) for name, values in start["metrics"].items()}
+    evals = {name: list(values) for name, values in start["eval"].items()}
     if out.store is not None:
         mk = cfg.masks
         for i in range(first):
             M = masks.sample(mk.kind, mk.subnets, mk.keep, cfg.model.width, cfg.train.seed, i) \
                 if cfg.output.record_masks else None
             out("append", {name: values[i] for name, values in history.items()}, M)
+        for i in range(len(evals.get("round", []))):
+            out("append_eval", {name: values[i] for name, values in evals.items()})
     save(out, comm, W, bounds, first)
     out.last_checkpoint = first
-    return first, start["loss_init"], W, history
+    return first, start["loss_init"], W, history, evals
 
 
 def save(out, comm, W_own, bounds, rounds_done: int, *, init=False, weights=True, checkpoint=None) -> None:
@@ -250,9 +255,9 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
     due = Cadence(cfg)
 
     with side_by_side(workers) as each:
-        first, history = 0, {}
+        first, history, evals = 0, {}, {}
         if start is not None:
-            first, loss_init, W, history = restore(cfg, start, out, comm, bounds, W.dtype)
+            first, loss_init, W, history, evals = restore(cfg, start, out, comm, bounds, W.dtype)
         # the loss at the starting weights; its Allreduce also carries any rank's stop request (a
         # signal during start-up) and a failed write on rank 0, so every rank acts on them together
         loss, (stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, (float(stop_requested()), out.failed),
@@ -260,6 +265,8 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
         if start is None:
             loss_init = loss
             check_start(loss, X, Y, cfg)
+            _record(evals, {"round": 0, "loss": loss})
+            out("append_eval", {"round": 0, "loss": loss})
         if failed:
             raise out.failure(first, cfg)
         if stops:
@@ -270,7 +277,8 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
         comm.take_counters()
         out("write_loss_init", loss_init)
         if start is None:  # --resume works from the first second on
-            save(out, comm, W, bounds, 0, weights=False, checkpoint={"metrics": history, "loss_init": loss_init})
+            save(out, comm, W, bounds, 0, weights=False,
+                 checkpoint={"metrics": history, "evals": evals, "loss_init": loss_init})
         out("publish")
 
         due.begin(first)
@@ -287,42 +295,58 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
             sub_loss_sum, seconds_local = round_of_plan(
                 W, a, X, Y, rows, batches, counts, (lo, hi), sub_scale, lr, disjoint, comm, each)
 
-            # the loss, the subnetworks' losses, any rank's stop request and a failed write, in one Allreduce
+            # the subnetworks' losses, any rank's stop request and a failed write in one Allreduce,
+            # with the full network's outputs when this round is evaluated
             t = time.perf_counter()
-            loss, (sub_loss_sum, stops, failed) = network_loss(
-                W, a[lo:hi], X, Y, m, comm, (sub_loss_sum, float(stop_requested()), out.failed), each, workers)
+            flags = (sub_loss_sum, float(stop_requested()), out.failed)
+            evaluate = due.evaluate(k + 1)
+            if evaluate:
+                loss, (sub_loss_sum, stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, flags, each, workers)
+            else:
+                loss, (sub_loss_sum, stops, failed) = None, comm.sums(flags)
             seconds_loss = time.perf_counter() - t
             seconds_comm, bytes_comm, bytes_recv = comm.take_counters()
             seconds_loss -= comm.last_seconds  # its Allreduce counts as comm
             if failed:
                 raise out.failure(k, cfg)
-            check_diverged(loss, loss_init, k + 1, cfg, X, out.last_checkpoint)
+            check_diverged(loss, sub_loss_sum / p, loss_init, k + 1, cfg, X, out.last_checkpoint)
 
             now = time.perf_counter()
-            row = {"round": k + 1, "loss": loss, "sub_loss": sub_loss_sum / p,
+            if evaluate:
+                _record(evals, {"round": k + 1, "loss": loss})
+                out("append_eval", {"round": k + 1, "loss": loss})
+            row = {"round": k + 1, "sub_loss": sub_loss_sum / p,
                    "seconds_compute": now - t_start - seconds_comm, "seconds_comm": seconds_comm,
                    "seconds_wall": now - t_mark, "bytes_comm": bytes_comm, "seconds_local": seconds_local,
                    "seconds_loss": seconds_loss, "bytes_recv": bytes_recv}
             t_mark = now
             _record(history, row)
-            end_of_round(row, M if cfg.output.record_masks else None, history, loss_init, stop=stops > 0,
-                         due=due, out=out, comm=comm, W=W, bounds=bounds, log=log, cfg=cfg)
+            end_of_round(row, loss, M if cfg.output.record_masks else None, {"metrics": history, "evals": evals,
+                         "loss_init": loss_init}, stop=stops > 0, due=due, out=out, comm=comm, W=W, bounds=bounds,
+                         log=log, cfg=cfg)
     if comm.agree(out.failed):  # the last round's writes: no Allreduce follows to carry the flag
         raise out.failure(rounds, cfg)
-    return {"W": W, "loss_init": loss_init, "metrics": {k: np.array(v) for k, v in history.items()}}
+    return {"W": W, "loss_init": loss_init, "metrics": {k: np.array(v) for k, v in history.items()},
+            "eval": {k: np.array(v) for k, v in evals.items()}}
 
 
 class Cadence:
-    """Which of the end-of-round writes are due after a round: weights into the run file and a log
-    line every output.log_every rounds, a checkpoint every output.checkpoint_every, all three after
-    the last round and at a stop."""
+    """What is due after a round: an evaluation of the full network every output.eval_every rounds
+    and at every logged round; weights into the run file and a log line every output.log_every
+    rounds; a checkpoint every output.checkpoint_every; all after the last round, and all but the
+    evaluation at a stop."""
 
     def __init__(self, cfg):
         self.rounds, self.first, self.t0 = cfg.train.rounds, 0, time.perf_counter()
         self.log_every = cfg.output.log_every or max(1, self.rounds // 20)
+        self.eval_every = cfg.output.eval_every or 1
         self.checkpoint_every = cfg.output.checkpoint_every
         self.digits = len(str(self.rounds))
         self.logged = False
+
+    def evaluate(self, done: int) -> bool:
+        """The same rounds in a resumed run as in an unbroken one (the launch's first is not special)."""
+        return done == self.rounds or done % self.eval_every == 0 or done % self.log_every == 0
 
     def weights(self, done: int, stop: bool) -> bool:
         return stop or done == self.rounds or done % self.log_every == 0
@@ -353,18 +377,19 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{s:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def end_of_round(row: dict, M, history: dict, loss_init: float, *, stop: bool, due: Cadence, out, comm, W,
+def end_of_round(row: dict, loss: float | None, M, state: dict, *, stop: bool, due: Cadence, out, comm, W,
                  bounds, log, cfg) -> None:
-    """The round's row into the run file; the weights, a checkpoint and a log line when due; at a
-    stop, Interrupted once its checkpoint is known to be on disk."""
+    """The round's row into the run file; the weights, a checkpoint (of `state`: the histories
+    and loss_init) and a log line when due; at a stop, Interrupted once its checkpoint is known to
+    be on disk. `loss`: the full network's, when this round was evaluated."""
     done = row["round"]
     out("append", row, M)
     weights, checkpoint = due.weights(done, stop), due.checkpoint(done, stop)
     if weights or checkpoint:
-        save(out, comm, W, bounds, done, weights=weights,
-             checkpoint={"metrics": history, "loss_init": loss_init} if checkpoint else None)
+        save(out, comm, W, bounds, done, weights=weights, checkpoint=state if checkpoint else None)
     if due.log(done, stop) and comm.rank == 0:
-        log(f"round {done:>{due.digits}}/{due.rounds}  loss {row['loss']:.4e}  sub_loss {row['sub_loss']:.4e}  "
+        shown = f"{loss:.4e}" if loss is not None else "-" * 10
+        log(f"round {done:>{due.digits}}/{due.rounds}  loss {shown}  sub_loss {row['sub_loss']:.4e}  "
             f"compute {row['seconds_compute']:.3f}s  comm {row['seconds_comm']:.3f}s  "
             f"sent {row['bytes_comm'] / 1e6:.2f} MB  {due.progress(done)}")
     if stop and done < due.rounds:
@@ -373,14 +398,21 @@ def end_of_round(row: dict, M, history: dict, loss_init: float, *, stop: bool, d
         raise Interrupted(done)
 
 
-def check_diverged(loss: float, loss_init: float, done: int, cfg, X, last_checkpoint) -> None:
-    """A loss 1000 x the initial one (DIVERGED) or not finite: the steps are too large."""
-    if math.isfinite(loss) and loss <= DIVERGED * loss_init:
+def check_diverged(loss: float | None, sub_loss: float, loss_init: float, done: int, cfg, X,
+                   last_checkpoint) -> None:
+    """A loss 1000 x the initial one (DIVERGED) or not finite: the steps are too large. Between
+    evaluations (loss None) the subnetworks' loss, which every round has, must be finite."""
+    what = "the loss"
+    if loss is None:
+        if math.isfinite(sub_loss):
+            return
+        loss, what = sub_loss, "the subnetworks' loss"
+    elif math.isfinite(loss) and loss <= DIVERGED * loss_init:
         return
     big_x = float(np.max(np.linalg.norm(X, axis=1)))
     large_x = (f"; the inputs are large (largest ||x|| = {big_x:.3g}), which shrinks the stable step: "
                f"consider data.normalize = 'unit'") if big_x > 10 else ""
-    raise UserError(f"the loss became {loss:.4g} in round {done} (initial {loss_init:.4g}): "
+    raise UserError(f"{what} became {loss:.4g} in round {done} (initial {loss_init:.4g}): "
                     f"training diverged; lower train.lr (now {cfg.train.lr:g}): a subnetwork's step is "
                     f"about 1/keep times stronger, so small masks.keep needs a small lr{large_x} "
                     f"(the last good checkpoint, round {last_checkpoint}, is kept)")

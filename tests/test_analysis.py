@@ -86,7 +86,7 @@ def test_open_run_and_open_runs(two_runs):
     with h5py.File(two_runs / "p4" / "run.h5") as f:
         np.testing.assert_array_equal(run.W, f["model/W"][()])
         np.testing.assert_array_equal(run.W_init, f["model/W_init"][()])
-        np.testing.assert_array_equal(run.metrics["loss"], f["metrics/loss"][()])
+        np.testing.assert_array_equal(run.eval["loss"], f["eval/loss"][()])
         assert run.config == json.loads(f.attrs["config"]) and run.status == f.attrs["status"] == "completed"
         assert run.lambda0 == f["theory/lambda0"][()]
     assert run.config["masks"]["subnets"] == 4
@@ -101,11 +101,11 @@ def test_inspect_numbers_and_comparison_table(two_runs):
     js = json.loads(subprocess.run([inspect, *paths, "--json"], capture_output=True, text=True, timeout=60).stdout)
     for path, s in zip(paths, js):
         with h5py.File(os.path.join(path, "run.h5")) as f:
-            loss = f["metrics/loss"][()]
+            rounds, loss = f["eval/round"][1:], f["eval/loss"][1:]     # row 0: the initial weights
             assert s["loss_final"] == loss[-1] and s["loss_best"] == loss.min()
             assert s["loss_init"] == f["metrics"].attrs["loss_init"]
             assert s["lambda0"] == f["theory/lambda0"][()]
-            slope = np.polyfit(np.arange(1, len(loss) + 1), np.log(loss), 1)[0]
+            slope = np.polyfit(rounds, np.log(loss), 1)[0]
             assert math.isclose(s["rate_per_round"], math.exp(slope), rel_tol=1e-9)
             assert math.isclose(s["seconds"]["wall"], f["metrics/seconds_wall"][()].sum())
             assert s["bytes_comm"] == f["metrics/bytes_comm"][()].sum()

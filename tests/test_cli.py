@@ -31,12 +31,13 @@ def test_default_job_trains_and_says_where_the_run_is(default_job):
     assert "mpisub-inspect" in r.stdout
     with h5py.File(folder / path) as f:
         assert f.attrs["status"] == "completed"
-        loss = f["metrics/loss"][()]
+        loss = f["eval/loss"][()]
         assert f["metrics"].attrs["loss_init"] / loss[-1] >= 10  # the loss fell at least 10x
         cfg = json.loads(f.attrs["config"])
         assert cfg["masks"]["kind"] == "partition" and cfg["masks"]["subnets"] == 4
         assert cfg["output"]["dir"] == os.path.dirname(path)
-        assert f["metrics/loss"].shape == (cfg["train"]["rounds"],)
+        assert f["metrics/sub_loss"].shape == (cfg["train"]["rounds"],)
+        assert f["eval/round"][0] == 0 and f["eval/round"][-1] == cfg["train"]["rounds"]
         assert f.attrs["ranks"] == 4 and "MPICH" in f.attrs["mpi_library"]
         assert f.attrs["mpisub_version"] and f.attrs["created"]
 
@@ -53,15 +54,18 @@ def test_run_file_layout(default_job):
         assert f["model/a"].shape == (m, 1) and set(np.unique(f["model/a"][()])) == {-1.0, 1.0}
         assert f["model/W_init"].shape == f["model/W"].shape == (m, d)
         assert f["model/W"].attrs["round"] == rounds
-        names = {"round", "loss", "sub_loss", "seconds_compute", "seconds_comm", "seconds_wall", "bytes_comm"}
-        assert names <= set(f["metrics"])
+        names = {"round", "sub_loss", "seconds_compute", "seconds_comm", "seconds_wall", "bytes_comm"}
+        assert names <= set(f["metrics"]) and "loss" not in f["metrics"]
+        assert f["eval/round"][0] == 0 and f["eval/round"][-1] == rounds and f["eval/loss"].maxshape == (None,)
         for name in names:
             assert f["metrics"][name].shape == (rounds,) and f["metrics"][name].maxshape == (None,)
         np.testing.assert_array_equal(f["metrics/round"][()], np.arange(1, rounds + 1))
         # the rows rank 0 sends in round 1 (masks rebuilt from the seed), + loss buffer, sub-loss sum,
         # stop and write flags
         M = masks.sample("partition", 4, 0.25, m, cfg["train"]["seed"], 0)
-        np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0], rows_sent_by_rank0(M, 4) * d * 8 + 8 * (n + 3))
+        evaluated = 1 in f["eval/round"][()]
+        np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0],
+                                      rows_sent_by_rank0(M, 4) * d * 8 + 8 * ((n if evaluated else 0) + 3))
         assert np.all(f["metrics/seconds_wall"][()] >= f["metrics/seconds_compute"][()])
         assert "masks" not in f
 
@@ -100,7 +104,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
     r = mpirun(2, *args, *sets(output__overwrite=True, train__rounds=3), cwd=tmp_path)
     assert r.returncode == 0
     with h5py.File(tmp_path / "out" / "run.h5") as f:
-        assert f["metrics/loss"].shape == (3,)
+        assert f["metrics/round"].shape == (3,)
 
 
 def test_bad_command_line_is_a_user_error(tmp_path):
@@ -159,9 +163,9 @@ def test_inspect_reports_the_run(default_job):
     assert text.returncode == 0 and "completed" in text.stdout and "partition" in text.stdout
     js = json.loads(subprocess.run([inspect, run_dir, "--json"], capture_output=True, text=True, timeout=60).stdout)
     with h5py.File(folder / path) as f:
-        assert js["loss_final"] == f["metrics/loss"][-1]
-        assert js["loss_init"] == f["metrics"].attrs["loss_init"]
-        assert js["rounds_done"] == len(f["metrics/loss"])
+        assert js["loss_final"] == f["eval/loss"][-1]
+        assert js["loss_init"] == f["metrics"].attrs["loss_init"] == f["eval/loss"][0]
+        assert js["rounds_done"] == len(f["metrics/round"])
         assert js["bytes_comm"] == f["metrics/bytes_comm"][()].sum()
     missing = subprocess.run([inspect, str(folder / "nope")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
@@ -176,8 +180,8 @@ def test_every_preset_trains(tmp_path, preset, ranks):
         cfg = json.loads(f.attrs["config"])
         assert cfg["masks"]["kind"] == {"gd": "full", "dropout": "bernoulli", "multisample": "bernoulli",
                                         "ist": "partition"}[preset]
-        loss = f["metrics/loss"][()]
-        assert loss[-1] < f["metrics"].attrs["loss_init"] / 3 and loss[-1] < loss[0]
+        loss = f["eval/loss"][()]
+        assert loss[-1] < f["metrics"].attrs["loss_init"] / 3 and loss[-1] < loss[1]
 
 
 def test_divergence_stops_with_a_hint_and_status_failed(tmp_path):

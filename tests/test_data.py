@@ -64,7 +64,7 @@ def test_a_run_on_a_csv_file_records_its_source_and_hash(tmp_path):
         assert (cfg["data"]["n"], cfg["data"]["d"], cfg["data"]["outputs"]) == (64, 3, 1)
         assert f["data"].attrs["source"] == "train.csv" and f["data"].attrs["sha256"] == digest
         assert "X" not in f["data"]
-        assert f["metrics/loss"][-1] < f["metrics"].attrs["loss_init"] / 3
+        assert f["eval/loss"][-1] < f["metrics"].attrs["loss_init"] / 3
     # a run continues only on the data it started with
     (tmp_path / "train.csv").write_text((tmp_path / "train.csv").read_text() + "1,1,1,0\n")
     r = mpirun(2, "--resume", "out", "--set", "train.rounds=30", cwd=tmp_path)

@@ -48,4 +48,4 @@ def test_a_job_under_open_mpi_matches_mpich(openmpi_env, tmp_path):
         assert f.attrs["status"] == "completed" and f.attrs["ranks"] == 4
         # partition masks combine by Allgatherv, a copy: the MPI library cannot change a bit
         np.testing.assert_array_equal(f["model/W"][()], g["model/W"][()])
-        np.testing.assert_allclose(f["metrics/loss"][()], g["metrics/loss"][()], rtol=1e-12)
+        np.testing.assert_allclose(f["eval/loss"][()], g["eval/loss"][()], rtol=1e-12)

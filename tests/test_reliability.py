@@ -48,7 +48,7 @@ def _check_resumed_equals_unbroken(run_dir, unbroken, ranks: int):
     np.testing.assert_array_equal(run["model/W"], unbroken["model/W"])   # every bit
     np.testing.assert_array_equal(run["metrics"]["round"], np.arange(1, ROUNDS + 1))  # no holes, no repeats
     # the loss is summed over the ranks' row blocks: equal to rounding when K differs
-    np.testing.assert_allclose(run["metrics"]["loss"], unbroken["metrics"]["loss"], rtol=1e-12)
+    np.testing.assert_allclose(run["eval"]["loss"], unbroken["eval"]["loss"], rtol=1e-12)
     ck = store.read_checkpoint(str(run_dir))
     assert ck["round"] == ROUNDS
     np.testing.assert_array_equal(store.read_checkpoint_W(str(run_dir)), unbroken["model/W"])
@@ -87,7 +87,7 @@ def test_sigkill_of_a_random_rank_at_a_random_moment_then_resume(tmp_path, unbro
     assert wait_job(proc, 30) != 0, f"seed {seed}"
     assert time.monotonic() - t0 < 30
     with h5py.File(tmp_path / marker / "run.h5", "r") as f:   # readable after the kill
-        assert f.attrs["status"] == "running" and f["metrics/loss"].shape[0] >= 1
+        assert f.attrs["status"] == "running" and f["metrics/round"].shape[0] >= 1
     ck = store.read_checkpoint(str(tmp_path / marker))
     assert 0 <= ck["round"] < ROUNDS, f"seed {seed}: the kill came after the end"
     _check_resumed_equals_unbroken(tmp_path / marker, unbroken, 2)
@@ -164,7 +164,7 @@ def test_run_file_is_readable_with_h5py_while_training(tmp_path):
     def read(path):
         with h5py.File(path, "r") as f:   # a plain h5py open, as any user would
             rounds = f["metrics/round"][()]
-            loss = f["metrics/loss"][: len(rounds)]
+            loss = f["metrics/sub_loss"][: len(rounds)]
             assert f.attrs["status"] == "running" and f["model/W"].shape == f["model/W_init"].shape
         np.testing.assert_array_equal(rounds, np.arange(1, len(rounds) + 1))
         assert np.all(np.isfinite(loss))
@@ -201,7 +201,7 @@ def test_divergence_without_overflow_stops_and_keeps_the_last_good_checkpoint(tm
     ck = store.read_checkpoint(str(tmp_path / "out"))
     assert ck["round"] == kept == (failed - 1) // 2 * 2
     assert np.all(np.isfinite(store.read_checkpoint_W(str(tmp_path / "out"))))
-    assert np.all(np.isfinite(ck["metrics"]["loss"]))
+    assert np.all(np.isfinite(ck["eval"]["loss"])) and np.all(np.isfinite(ck["metrics"]["sub_loss"]))
     with h5py.File(tmp_path / "out" / "run.h5") as f:
         assert f.attrs["status"] == "failed"
 

@@ -7,7 +7,7 @@ from reference import replay, rows_received_by_rank0, rows_sent_by_rank0
 from mpisub import masks as mpisub_masks
 from mpisub.store import read_run
 
-SMALL = dict(data__n=40, data__d=5, data__outputs=2, model__width=24, train__rounds=4,
+SMALL = dict(data__n=40, data__d=5, data__outputs=2, model__width=24, train__rounds=4, output__eval_every=1,
              train__local_steps=3, train__lr=1.5, output__record_masks=True, train__plan="rows")
 KINDS = {
     "partition": dict(masks__kind="partition", masks__subnets=4),
@@ -49,7 +49,9 @@ def test_run_matches_numpy_replay(runs, kind, K):
                                    run["masks"].astype(float), keep, lr=1.5, local_steps=3)
     assert rel_diff(W, run["model/W_init"]) > 1e-3  # training moved the weights
     assert rel_diff(run["model/W"], W) <= 1e-10
-    assert rel_diff(run["metrics"]["loss"], losses) <= 1e-10
+    np.testing.assert_array_equal(run["eval"]["round"], [0, 1, 2, 3, 4])   # output.eval_every = 1
+    assert run["eval"]["loss"][0] == run["metrics"]["loss_init"]
+    assert rel_diff(run["eval"]["loss"][1:], losses) <= 1e-10
     assert rel_diff(run["metrics"]["sub_loss"], sub_losses) <= 1e-10
     np.testing.assert_array_equal(run["metrics"]["round"], [1, 2, 3, 4])
 
@@ -94,7 +96,7 @@ def test_minibatch_local_steps_match_replay(runs):
     W, losses, _ = replay(run["model/W_init"], run["model/a"], run["data/X"], run["data/Y"],
                           run["masks"].astype(float), 0.25, lr=1.5, local_steps=3, batches=batches)
     assert rel_diff(run["model/W"], W) <= 1e-10
-    assert rel_diff(run["metrics"]["loss"], losses) <= 1e-10
+    assert rel_diff(run["eval"]["loss"][1:], losses) <= 1e-10
 
 
 def test_float32_run_tracks_the_float64_replay(runs):
@@ -104,7 +106,7 @@ def test_float32_run_tracks_the_float64_replay(runs):
                           run["data/X"].astype(float), run["data/Y"].astype(float),
                           run["masks"].astype(float), 0.6, lr=1.5, local_steps=3)
     assert rel_diff(run["model/W"], W) <= 1e-4
-    assert rel_diff(run["metrics"]["loss"], losses) <= 1e-3
+    assert rel_diff(run["eval"]["loss"][1:], losses) <= 1e-3
 
 
 @pytest.mark.parametrize("kind,K", [("partition", 1), ("partition", 2), ("partition", 4),
@@ -120,3 +122,23 @@ def test_bytes_are_the_rows_rank_0_sends_to_their_owners_and_holders(runs, kind,
     np.testing.assert_array_equal(run["metrics"]["bytes_comm"], expected)
     expected = [0 if K == 1 else rows_received_by_rank0(M, K) * d * 8 + metrics for M in run["masks"]]
     np.testing.assert_array_equal(run["metrics"]["bytes_recv"], expected)
+
+
+def test_evaluation_cadence_rows_and_bytes(tmp_path):
+    """output.eval_every = 3 over 10 rounds: the full network is evaluated at round 0, every third
+    round and at the last (docs/design.md, evaluation cadence),
+    with the replay's losses there; rounds between move only the subnetworks' losses and the two
+    flags (3 float64) besides the plan's rows."""
+    job = dict(SMALL, train__rounds=10, output__eval_every=3, output__log_every=1000)
+    r = mpirun(2, *sets(**job, **KINDS["partition"], output__dir="out"), cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    run = read_run(str(tmp_path / "out"))
+    assert "loss" not in run["metrics"]
+    np.testing.assert_array_equal(run["eval"]["round"], [0, 3, 6, 9, 10])
+    _, losses, _ = replay(run["model/W_init"], run["model/a"], run["data/X"], run["data/Y"],
+                          run["masks"].astype(float), 0.25, lr=1.5, local_steps=3)
+    assert rel_diff(run["eval"]["loss"][1:], losses[run["eval"]["round"][1:] - 1]) <= 1e-10
+    n, c, d = 40, 2, 5
+    evaluated = np.isin(run["metrics"]["round"], run["eval"]["round"])
+    expected = [rows_sent_by_rank0(M, 2) * d * 8 + (n * c + 3 if e else 3) * 8 for M, e in zip(run["masks"], evaluated)]
+    np.testing.assert_array_equal(run["metrics"]["bytes_comm"], expected)

@@ -93,7 +93,7 @@ def test_the_scaling_report_measures_what_its_model_says(tmp_path):
 
 
 PLAN_JOB = dict(data__n=40, data__d=5, data__outputs=2, model__width=24, train__rounds=4, train__local_steps=3,
-                train__lr=1.5, output__record_masks=True)
+                train__lr=1.5, output__record_masks=True, output__eval_every=1)
 PLAN_KINDS = {"partition": dict(masks__kind="partition", masks__subnets=4),
               "categorical": dict(masks__kind="categorical", masks__subnets=4),
               "bernoulli": dict(masks__kind="bernoulli", masks__subnets=4, masks__keep=0.6),
@@ -119,7 +119,7 @@ def test_plan_outputs_matches_the_replay_and_plan_rows(tmp_path, kind, K):
         return np.abs(x - y).max() / np.abs(y).max()
     assert rel(W, run["model/W_init"]) > 1e-3
     assert rel(run["model/W"], W) <= 1e-10
-    assert rel(run["metrics"]["loss"], losses) <= 1e-10
+    assert rel(run["eval"]["loss"][1:], losses) <= 1e-10
     assert rel(run["metrics"]["sub_loss"], sub_losses) <= 1e-10
     # the traffic target, 2 tau p n c 8 bytes per rank per round (x 1.1): one Allreduce of
     # the p x n x c outputs per local step, plus the loss Allreduce every plan shares (n x c + 3)
@@ -139,7 +139,7 @@ def test_gd_at_two_ranks_is_gd_at_one_to_rounding(tmp_path):
     one, two = read_run(str(tmp_path / "one")), read_run(str(tmp_path / "two"))
     assert json.loads(two["attrs"]["config"])["train"]["plan"] == "outputs" and "outputs" in two["attrs"]["plan_reason"]
     np.testing.assert_allclose(two["model/W"], one["model/W"], rtol=0, atol=1e-12 * np.abs(one["model/W"]).max())
-    np.testing.assert_allclose(two["metrics"]["loss"], one["metrics"]["loss"], rtol=1e-12)
+    np.testing.assert_allclose(two["eval"]["loss"], one["eval"]["loss"], rtol=1e-12)
 
 
 def test_plan_outputs_on_two_fake_nodes_and_resumed_at_three_ranks(tmp_path):
@@ -168,5 +168,5 @@ def test_a_collective_past_the_count_limit_goes_in_pieces_with_the_same_bits(tmp
     assert whole.returncode == 0 and cut.returncode == 0, whole.stderr + cut.stderr
     a, b = read_run(str(tmp_path / "whole")), read_run(str(tmp_path / "cut"))
     assert a["model/W"].tobytes() == b["model/W"].tobytes()
-    np.testing.assert_array_equal(a["metrics"]["loss"], b["metrics"]["loss"])
+    np.testing.assert_array_equal(a["eval"]["loss"], b["eval"]["loss"])
     assert a["lambda0"] == b["lambda0"]

@@ -142,7 +142,7 @@ def test_sbatch_runs_the_job_with_srun_and_4_ranks(slurm, tmp_path):
         assert f.attrs["status"] == "completed", log
         assert f.attrs["ranks"] == 4            # srun --mpi=pmi2 made one MPI job of 4 ranks
         np.testing.assert_array_equal(f["metrics/round"][()], np.arange(1, 31))
-        assert f["metrics/loss"][-1] < f["metrics"].attrs["loss_init"] / 5
+        assert f["eval/loss"][-1] < f["metrics"].attrs["loss_init"] / 5
 
 
 def test_signal_before_the_time_limit_checkpoints_requeues_and_resumes(slurm, tmp_path):
