@@ -60,6 +60,7 @@ class TrainConfig:
     batch_size: int = 0         # 0 = full batch (the paper); >0 = minibatch SGD local steps
     memory_limit_mb: int = 0    # refuse a run whose estimated memory per rank exceeds this (0 = what the node has)
     plan: str = "auto"          # rows | outputs | auto (the one with fewer bytes per rank per round)
+    lr_scaling: str = "none"    # none | keep: the step is lr x masks.keep (the paper's lr = c keep)
 
 
 @dataclass
@@ -177,6 +178,7 @@ RULES = {
     "train.batch_size": COUNT,               # 0: full batch
     "train.memory_limit_mb": COUNT,          # 0: what the node has
     "train.plan": Options(("auto", "rows", "outputs")),
+    "train.lr_scaling": Options(("none", "keep")),
     "output.log_every": COUNT,               # 0: about 20 lines a run
     "output.checkpoint_every": POSITIVE,
     "output.eval_every": COUNT,              # 0: EVAL_SHARE of the training time
@@ -432,6 +434,12 @@ def auto_eval_every(cfg: Config) -> int:
     if per_round <= 0:  # not resolved yet (subnets, keep 0: auto)
         return 1
     return max(1, math.ceil(cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
+
+
+def step_size(cfg: Config) -> float:
+    """The step the local steps take: train.lr, times masks.keep with train.lr_scaling = "keep"
+    (Liao & Kyrillidis scale the step with keep: a keep sweep at lr = c keep is one key)."""
+    return cfg.train.lr * (cfg.masks.keep if cfg.train.lr_scaling == "keep" else 1.0)
 
 
 def fit_data(cfg: Config, n: int, d: int, outputs: int) -> Config:

@@ -22,7 +22,7 @@ from itertools import repeat
 
 import numpy as np
 
-from . import kernels, masks, shard, theory
+from . import config, kernels, masks, shard, theory
 from .errors import UserError, cause
 
 # a loss this many times the initial one means the steps are too large: stop rather than burn the
@@ -250,7 +250,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
     keep, disjoint = cfg.masks.keep, cfg.masks.kind != "bernoulli"
     real = np.dtype(cfg.model.dtype).type   # scalars in the model's dtype keep float32 kernels in float32
     sub_scale = real(1.0 / (keep * math.sqrt(m)))  # the surrogate f_l's 1/xi times the NTK 1/sqrt(m)
-    lr = real(cfg.train.lr)
+    lr = real(config.step_size(cfg))
     round_of_plan = round_rows if cfg.train.plan == "rows" else round_outputs
     due = Cadence(cfg)
 
@@ -412,8 +412,10 @@ def check_diverged(loss: float | None, sub_loss: float, loss_init: float, done: 
     big_x = float(np.max(np.linalg.norm(X, axis=1)))
     large_x = (f"; the inputs are large (largest ||x|| = {big_x:.3g}), which shrinks the stable step: "
                f"consider data.normalize = 'unit'") if big_x > 10 else ""
+    scaled = f", a step of {config.step_size(cfg):g} with train.lr_scaling = 'keep'" \
+        if cfg.train.lr_scaling == "keep" else ""
     raise UserError(f"{what} became {loss:.4g} in round {done} (initial {loss_init:.4g}): "
-                    f"training diverged; lower train.lr (now {cfg.train.lr:g}): a subnetwork's step is "
+                    f"training diverged; lower train.lr (now {cfg.train.lr:g}{scaled}): a subnetwork's step is "
                     f"about 1/keep times stronger, so small masks.keep needs a small lr{large_x} "
                     f"(the last good checkpoint, round {last_checkpoint}, is kept)")
 

@@ -142,3 +142,15 @@ def test_evaluation_cadence_rows_and_bytes(tmp_path):
     evaluated = np.isin(run["metrics"]["round"], run["eval"]["round"])
     expected = [rows_sent_by_rank0(M, 2) * d * 8 + (n * c + 3 if e else 3) * 8 for M, e in zip(run["masks"], evaluated)]
     np.testing.assert_array_equal(run["metrics"]["bytes_comm"], expected)
+
+
+def test_lr_scaling_keep_is_lr_times_keep(tmp_path):
+    """train.lr_scaling = "keep" (the paper's lr = c keep) is the same run as lr = c x keep, to the bit."""
+    base = dict(SMALL, **KINDS["bernoulli"])
+    a = mpirun(2, *sets(**dict(base, train__lr=2.0, train__lr_scaling="keep"), output__dir="a"), cwd=tmp_path,
+               env=ONE_THREAD)
+    b = mpirun(2, *sets(**dict(base, train__lr=2.0 * 0.6), output__dir="b"), cwd=tmp_path, env=ONE_THREAD)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    A, B = read_run(str(tmp_path / "a")), read_run(str(tmp_path / "b"))
+    np.testing.assert_array_equal(A["model/W"], B["model/W"])
+    assert rel_diff(A["model/W"], A["model/W_init"]) > 1e-3
