@@ -124,7 +124,8 @@ def summary(run: Run) -> dict:
         "seconds": seconds,
         "bytes_comm": int(m["bytes_comm"].sum()),
         "lambda0": run.lambda0,
-        "rate_per_round": run.rate(),
+        "rate_per_round": run.rate(),   # a fit over the whole curve, plateau included
+        **theory.curve_summary(run.eval["round"], run.eval["loss"]),
         "peak_rss_mb": [float(x) for x in run.attrs.get("peak_rss_mb", [])],
         "segments": json.loads(run.attrs.get("segments", "[]")),   # one per launch (mpisub 0.2 on)
         "eta_seconds": _eta(run, done),
@@ -171,8 +172,12 @@ def format_summary(s: dict) -> str:
         lines.append(f"  loss {init}{s['loss_final']:.4e}{at} (best {s['loss_best']:.4e}); "
                      f"subnetwork loss {s['sub_loss_final']:.4e}")
     theory_line = []
-    if s["rate_per_round"] is not None:
-        theory_line.append(f"empirical rate {s['rate_per_round']:.4f} per round (fit of log loss)")
+    if s.get("early_rate") is not None:
+        theory_line.append(f"early rate {s['early_rate']:.4f} per round (rounds 0-{s['early_until']}, before the "
+                           f"loss comes within {theory.ABOVE_PLATEAU:g}x its plateau)")
+    if s.get("plateau") is not None:
+        state = "plateaued" if s["plateaued"] else "still falling"
+        theory_line.append(f"plateau {s['plateau']:.3e} (geometric mean of the last quarter; {state})")
     if s["lambda0"] is not None:
         theory_line.append(f"NTK lambda_0 {s['lambda0']:.4e}")
     if theory_line:
@@ -194,13 +199,15 @@ def format_summary(s: dict) -> str:
 def comparison_table(runs: list[Run], summaries: list[dict]) -> str:
     """One row per run: the config keys in which the runs differ, then the outcome."""
     keys = differing_keys(runs)
-    head = ["run"] + keys + ["status", "rounds", "final loss", "best loss", "rate/round", "lambda_0", "seconds"]
+    head = ["run"] + keys + ["status", "rounds", "final loss", "best loss", "early rate", "plateau", "lambda_0",
+                             "seconds"]
     rows = []
     for run, s in zip(runs, summaries):
         flat = flat_config(run)
         rows.append([run.folder] + [str(flat.get(k)) for k in keys] + [
             s["status"], str(s["rounds_done"]), _cell(s["loss_final"], ".4e"), _cell(s["loss_best"], ".4e"),
-            _cell(s["rate_per_round"], ".4f"), _cell(s["lambda0"], ".3e"), f"{s['seconds']['wall']:.1f}"])
+            _cell(s["early_rate"], ".4f"), _cell(s["plateau"], ".3e"), _cell(s["lambda0"], ".3e"),
+            f"{s['seconds']['wall']:.1f}"])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     lines = [head, ["-" * w for w in widths]] + rows
     note = f"(config keys that differ: {', '.join(keys) or 'none'})"

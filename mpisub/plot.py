@@ -53,8 +53,9 @@ def plot_runs(runs: list[Run], out: str, x: str = "rounds", reference: bool = Fa
     ax.set_yscale("log")
     ax.set_xlabel("round" if x == "rounds" else "seconds (wall, rank 0)")
     ax.set_ylabel("loss  L(W) = ||f - y||^2 / 2n")
-    style = "solid: full network; dashed: mean subnetwork loss" + ("; dotted: NTK GD rate from lambda_0"
-                                                                    if reference else "")
+    style = "solid: full network; dashed: mean subnetwork loss" + (
+        "; dotted: full GD's NTK rate from lambda_0 (a reference, not a bound for masked training)"
+        if reference else "")
     ax.set_title((title + "\n" if title else "") + style, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

@@ -40,6 +40,40 @@ def linear_rate(loss: np.ndarray, rounds: np.ndarray | None = None) -> float | N
     return float(math.exp(slope))
 
 
+# the early phase of a curve: the evaluations whose loss is above this multiple of its plateau
+ABOVE_PLATEAU = 10.0
+# a run has plateaued when its loss fell by less than this factor over its last quarter
+PLATEAU_DROP = 1.5
+
+
+def curve_summary(rounds: np.ndarray, loss: np.ndarray) -> dict:
+    """What a loss curve says, without letting its plateau bias its speed:
+    plateau        the geometric mean of the loss over the last quarter of the rounds;
+    early_rate     the per-round factor of a fit of log loss over the early phase, the evaluations
+                   before the loss first comes within ABOVE_PLATEAU x the plateau (None with fewer
+                   than 2 there);
+    early_until    the last round of the early phase;
+    plateaued      whether the loss fell by less than PLATEAU_DROP x over the last quarter (a fit).
+    Only positive losses count."""
+    rounds, loss = np.asarray(rounds, dtype=np.float64), np.asarray(loss, dtype=np.float64)
+    good = loss > 0
+    rounds, loss = rounds[good], loss[good]
+    if len(loss) < 2:
+        return {"plateau": None, "early_rate": None, "early_until": None, "plateaued": None}
+    last = rounds >= rounds[-1] - (rounds[-1] - rounds[0]) / 4
+    plateau = float(np.exp(np.mean(np.log(loss[last]))))
+    near = np.flatnonzero(loss <= ABOVE_PLATEAU * plateau)
+    early = slice(0, near[0] if len(near) else len(loss))
+    early_rate = linear_rate(loss[early], rounds[early]) if early.stop >= 2 else None
+    drop = 1.0
+    if last.sum() >= 2:
+        slope = np.polyfit(rounds[last], np.log(loss[last]), 1)[0]
+        drop = math.exp(-slope * (rounds[last][-1] - rounds[last][0]))
+    return {"plateau": plateau, "early_rate": early_rate,
+            "early_until": int(rounds[early.stop - 1]) if early.stop >= 1 else None,
+            "plateaued": bool(drop < PLATEAU_DROP)}
+
+
 def gd_reference(loss_init: float, lr: float, lambda0: float, n: int, steps_per_round: int,
                  rounds: np.ndarray) -> np.ndarray:
     """The full gradient descent prediction in the NTK regime for mpisub's loss L = ||u - y||^2 / (2n):

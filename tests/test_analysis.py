@@ -107,6 +107,7 @@ def test_inspect_numbers_and_comparison_table(two_runs):
             assert s["lambda0"] == f["theory/lambda0"][()]
             slope = np.polyfit(rounds, np.log(loss), 1)[0]
             assert math.isclose(s["rate_per_round"], math.exp(slope), rel_tol=1e-9)
+            assert s == {**s, **theory.curve_summary(f["eval/round"][()], f["eval/loss"][()])}
             assert math.isclose(s["seconds"]["wall"], f["metrics/seconds_wall"][()].sum())
             assert s["bytes_comm"] == f["metrics/bytes_comm"][()].sum()
             assert len(s["peak_rss_mb"]) == 2
@@ -212,3 +213,16 @@ def test_watch_follows_a_running_job_until_it_ends(tmp_path):
     assert views >= 2, r.stdout                       # it refreshed while the job ran
     assert "s left at the pace of the last rounds" in r.stdout
     assert r.stdout.rstrip().split("mpisub-inspect --watch (")[-1].count("w: completed, 1000/1000 rounds") == 1
+
+
+def test_curve_summary_finds_the_early_rate_and_the_plateau():
+    """A known curve: loss_k = 0.9^k + 1e-3 over 200 rounds, evaluated every other round. The
+    whole-curve fit is dragged up by the plateau; the early-phase fit is 0.9, the plateau 1e-3."""
+    k = np.arange(0, 201, 2)
+    floor = theory.curve_summary(k, 0.9 ** k + 1e-3)
+    assert abs(floor["early_rate"] - 0.9) < 0.005 and floor["plateaued"]
+    assert abs(floor["plateau"] / 1e-3 - 1) < 0.01
+    assert theory.linear_rate((0.9 ** k + 1e-3)[1:], k[1:]) > 0.95        # what the whole-curve fit says
+    falling = theory.curve_summary(k[:51], 0.9 ** k[:51])                 # no floor reached in 100 rounds
+    assert abs(falling["early_rate"] - 0.9) < 1e-9 and not falling["plateaued"]
+    assert theory.curve_summary([0], [1.0])["early_rate"] is None
