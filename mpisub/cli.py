@@ -141,14 +141,15 @@ def _check_memory(cfg, comm, cores: int, checkpoint) -> None:
 
 
 def _shared_data(cfg, comm):
-    """X, Y and the data file's sha256: one rank per node reads (or draws) them, the others map its
-    copy (an MPI-3 shared-memory window): one copy of the data per node (docs/design.md, section 3)."""
+    """X, Y, X_test, Y_test and the data files' sha256: one rank per node reads (or draws) them, the
+    others map its copy (an MPI-3 shared-memory window): one copy of the data per node
+    (docs/design.md, section 3)."""
     from . import data
 
     loaded, error = None, None
     if comm.node.rank == 0:
         try:
-            loaded = data.load(cfg)
+            loaded = data.load_sets(cfg)
         except UserError as e:
             error = str(e)
     first = comm.first_error(error)
@@ -242,7 +243,7 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
     # every rank checks its inputs before the first collective; then all agree on the first error,
     # so a file one node cannot read stops every rank the same way instead of hanging the others
     given, cfg, checkpoint = _agreed(comm, _prepare, args, comm, cores)
-    X, Y, digest = _shared_data(cfg, comm)
+    X, Y, X_test, Y_test, digest = _shared_data(cfg, comm)
     cfg, plan_reason = _agreed(comm, _check_data, args, cfg, X, Y, digest, checkpoint, comm, cores)
     if args.print_config:  # the config as given: it reproduces the run at any K
         if comm.rank == 0:
@@ -262,7 +263,8 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
             kernels.compile_for(cfg.model.dtype)
         comm.barrier()
         result = train.run(cfg, comm, X, Y, run_file, log=lambda s: print(s, flush=True),
-                           start=checkpoint, stop_requested=lambda: bool(stop), workers=workers)
+                           start=checkpoint, stop_requested=lambda: bool(stop), workers=workers,
+                           test=(X_test, Y_test))
         status = "completed"
         _record_peak_memory(comm, run_file)
     except train.Interrupted as e:

@@ -35,6 +35,10 @@ class DataConfig:
     normalize: str = "none"     # none | standardize (columns: mean 0, std 1) | unit (rows: norm 1)
     noise: float = 0.0          # std of Gaussian noise added to the teacher's targets
     seed: int = 0
+    task: str = "regression"    # regression | classification (integer labels in Y become one-hot targets)
+    test_source: str = ""       # held-out data: a second file in the same format ("" = none)
+    holdout: float = 0.0        # or: this fraction of a data file held out (a seeded split)
+    test_n: int = 0             # or, for the synthetic source: this many test points from the same teacher
 
 
 @dataclass
@@ -165,6 +169,9 @@ RULES = {
     "data.noise": Interval(0.0),
     "data.seed": SEED,
     "data.normalize": Options(NORMALIZE),
+    "data.task": Options(("regression", "classification")),
+    "data.holdout": Interval(0.0, 0.9),
+    "data.test_n": COUNT,
     "model.width": Interval(1, 2**31 - 1),  # neuron counts travel as C ints
     "model.init_scale": Interval(0.0, open_low=True),
     "model.dtype": Options(DTYPES),
@@ -392,6 +399,18 @@ def resolve(cfg: Config, ranks: int, resuming: bool = False) -> Config:
     if source != "synthetic" and not source.lower().endswith(DATA_SUFFIXES):
         raise UserError(f"data.source = {source!r} is neither 'synthetic' nor a data file; give a path "
                         f"ending in {', '.join(DATA_SUFFIXES)}")
+    d = cfg.data
+    if source == "synthetic" and (d.holdout or d.test_source):
+        raise UserError("data.holdout and data.test_source are for a data file; the synthetic source draws its "
+                        "test points from the same teacher: set data.test_n")
+    if source != "synthetic" and d.test_n:
+        raise UserError("data.test_n is for the synthetic source; for a data file set data.holdout (a fraction) "
+                        "or data.test_source (a second file)")
+    if d.holdout and d.test_source:
+        raise UserError("data.holdout and data.test_source both give a test set; set one of them")
+    if d.test_source and not d.test_source.lower().endswith(DATA_SUFFIXES):
+        raise UserError(f"data.test_source = {d.test_source!r} is not a data file; give a path ending in "
+                        f"{', '.join(DATA_SUFFIXES)}")
     m = cfg.masks
     if m.subnets == 0:
         m.subnets = 1 if m.kind == "full" else ranks

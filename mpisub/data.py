@@ -17,18 +17,26 @@ from .masks import DATA, stream
 TEACHER_WIDTH = 8
 
 
-def synthetic(n: int, d: int, outputs: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(n: int, d: int, outputs: int, noise: float, seed: int, test_n: int = 0):
     """X (n x d) uniform on the unit sphere (as the theory assumes ||x_i|| = 1) and Y (n x outputs):
-    a small random ReLU teacher, scaled to unit RMS, plus Gaussian noise of std `noise`."""
+    a small random ReLU teacher, scaled to unit RMS, plus Gaussian noise of std `noise`. With
+    `test_n`, also (X_test, Y_test): more points from the same teacher, drawn after the training
+    set (which stays what it is without them)."""
     rng = stream(seed, DATA)
     X = rng.standard_normal((n, d))
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     V = rng.standard_normal((TEACHER_WIDTH, d))
     b = rng.standard_normal((TEACHER_WIDTH, outputs))
     Y = np.maximum(X @ V.T, 0.0) @ b
-    Y /= np.sqrt(np.mean(Y**2)) + 1e-300
+    scale = np.sqrt(np.mean(Y**2)) + 1e-300
+    Y /= scale
     Y += noise * rng.standard_normal(Y.shape)
-    return X, Y
+    if not test_n:
+        return X, Y
+    Xt = rng.standard_normal((test_n, d))
+    Xt /= np.linalg.norm(Xt, axis=1, keepdims=True)
+    Yt = np.maximum(Xt @ V.T, 0.0) @ b / scale + noise * rng.standard_normal((test_n, outputs))
+    return X, Y, Xt, Yt
 
 
 def sha256(path: str) -> str:
@@ -183,12 +191,14 @@ def _checked(path, X, Y):
     return X, Y
 
 
-def normalize(X: np.ndarray, how: str) -> np.ndarray:
-    """'standardize': every column to mean 0, std 1 (constant columns left at 0); 'unit': every row
-    to norm 1, as the theory assumes (||x_i|| = 1); 'none'."""
+def normalize(X: np.ndarray, how: str, like: np.ndarray | None = None) -> np.ndarray:
+    """'standardize': every column to mean 0, std 1 (constant columns left at 0), with the column
+    statistics of `like` when given (a test set takes its training set's); 'unit': every row to
+    norm 1, as the theory assumes (||x_i|| = 1); 'none'."""
     if how == "standardize":
-        std = X.std(axis=0)
-        return (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
+        ref = X if like is None else like
+        std = ref.std(axis=0)
+        return (X - ref.mean(axis=0)) / np.where(std > 0, std, 1.0)
     if how == "unit":
         big = np.max(np.abs(X), axis=1, keepdims=True)  # scaled first: huge values must not overflow the norm
         if np.any(big == 0):
@@ -202,23 +212,68 @@ def normalize(X: np.ndarray, how: str) -> np.ndarray:
 def load(cfg) -> tuple[np.ndarray, np.ndarray, str]:
     """X, Y for the run, in the model's dtype, C-contiguous, and the source file's sha256 ("" for
     built-in data)."""
+    X, Y, _, _, digest = load_sets(cfg)
+    return X, Y, digest
+
+
+def load_sets(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """X, Y, X_test, Y_test (0 rows without a test set) in the model's dtype, C-contiguous, and the
+    data files' sha256 ("" for built-in data; the test file's after a comma). Classification turns
+    integer labels into one-hot rows (docs/design.md, held-out data and classification)."""
     c = cfg.data
+    Xt = Yt = None
     if c.source == "synthetic":
         with np.errstate(all="ignore"):  # a huge data.noise is reported just below
-            X, Y = synthetic(c.n, c.d, c.outputs, c.noise, c.seed)
+            drawn = synthetic(c.n, c.d, c.outputs, c.noise, c.seed, c.test_n)
+        X, Y = drawn[:2]
+        if c.test_n:
+            Xt, Yt = drawn[2:]
         digest, what = "", f"the synthetic data (data.noise = {c.noise:g})"
     else:
         X, Y = read_file(c.source, c.x_name, c.y_name, c.target)
         digest, what = sha256(c.source), f"data.source {c.source!r}"
+        if c.test_source:
+            try:
+                Xt, Yt = read_file(c.test_source, c.x_name, c.y_name, c.target)
+            except UserError as e:
+                raise UserError(str(e).replace("data.source", "data.test_source", 1)) from None
+            digest += "," + sha256(c.test_source)
+            if Xt.shape[1] != X.shape[1] or Yt.shape[1] != Y.shape[1]:
+                raise UserError(f"data.test_source {c.test_source!r} has {Xt.shape[1]} inputs and {Yt.shape[1]} "
+                                f"targets per sample, data.source {X.shape[1]} and {Y.shape[1]}; give files "
+                                f"of the same columns")
+        elif c.holdout:
+            order = stream(c.seed, DATA, 1).permutation(len(X))  # a seeded split, recorded by data.seed
+            cut = len(X) - max(1, int(round(c.holdout * len(X))))
+            if cut < 1:
+                raise UserError(f"data.holdout = {c.holdout:g} leaves no training sample of the {len(X)}; lower it")
+            X, Y, Xt, Yt = X[order[:cut]], Y[order[:cut]], X[order[cut:]], Y[order[cut:]]
+    if c.task == "classification":
+        Y, Yt = one_hot(Y, Yt, what)
+    if Xt is None:
+        Xt, Yt = np.zeros((0, X.shape[1])), np.zeros((0, Y.shape[1]))
     dtype = np.dtype(cfg.model.dtype)
     with np.errstate(all="ignore"):
+        Xt = normalize(Xt, c.normalize, like=X) if len(Xt) else Xt
         X = normalize(X, c.normalize)
         X, Y = np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(Y, dtype=dtype)
-        for name, A in (("X", X), ("Y", Y)):
+        Xt, Yt = np.ascontiguousarray(Xt, dtype=dtype), np.ascontiguousarray(Yt, dtype=dtype)
+        for name, A in (("X", X), ("Y", Y), ("X_test", Xt), ("Y_test", Yt)):
             # the loss squares the targets and the NTK Gram matrix the inputs' norms (in float64)
             if not (np.isfinite(A).all() and np.isfinite(np.einsum("ij,ij->", A, A, dtype=np.float64))):
                 big = float(np.max(np.abs(A.astype(np.float64))))
                 raise UserError(f"{what}: {name} has values up to {big:.3g}, too large for model.dtype = "
                                 f"{cfg.model.dtype!r} once squared; rescale the data (data.normalize = 'unit' or "
                                 f"'standardize'){'' if digest else ' or lower data.noise'}")
-    return X, Y, digest
+    return X, Y, Xt, Yt, digest
+
+
+def one_hot(Y: np.ndarray, Yt: np.ndarray | None, what: str):
+    """Integer class labels (one column, 0 ... classes-1) as one-hot rows; classes from both sets."""
+    labels = [A for A in (Y, Yt) if A is not None]
+    for A in labels:
+        if A.shape[1] != 1 or not np.all(np.isfinite(A)) or np.any(A != np.round(A)) or np.any(A < 0):
+            raise UserError(f"{what}: data.task = 'classification' needs one column of integer class labels "
+                            f"0, 1, 2, ... as targets (found {A.shape[1]} column(s) or non-integer values)")
+    classes = int(max(A.max(initial=0) for A in labels)) + 1
+    return tuple(None if A is None else np.eye(classes)[A[:, 0].astype(np.int64)] for A in (Y, Yt))

@@ -58,6 +58,9 @@ METRICS = {
 EVAL = {
     "round": np.int64,
     "loss": np.float64,
+    "test_loss": np.float64,   # NaN without held-out data
+    "train_acc": np.float64,   # NaN unless data.task = "classification"
+    "test_acc": np.float64,
 }
 TABLES = {"metrics": METRICS, "eval": EVAL}
 FILENAME = "run.h5"

@@ -59,22 +59,42 @@ def init_output_weights(cfg) -> np.ndarray:
     return np.concatenate(chunks).astype(cfg.model.dtype)
 
 
-def network_loss(W_own, a_own, X, Y, m: int, comm, extra=(), each=map, parts: int = 1) -> tuple[float, np.ndarray]:
-    """The full network's loss L(W), with the sums over ranks of the numbers in `extra` riding
-    along in the same Allreduce. Each rank evaluates its own block of neurons (in `parts` pieces
-    mapped by `each`, e.g. over threads); the blocks' outputs add up."""
+def network_outputs(W_own, a_own, X, m: int, each=map, parts: int = 1) -> np.ndarray:
+    """This rank's part of the full network's outputs on X (n x c): its own block of neurons, in
+    `parts` pieces mapped by `each` (e.g. over threads); the ranks' parts add up."""
     k = len(W_own)
     cuts = [i * k // parts for i in range(parts + 1)]
     pieces = each(kernels.partial_output, [W_own[b:e] for b, e in zip(cuts, cuts[1:])],
                   [a_own[b:e] for b, e in zip(cuts, cuts[1:])], repeat(X),
                   repeat(W_own.dtype.type(1.0 / math.sqrt(m))))
-    out = sum(pieces, np.zeros(Y.shape, dtype=W_own.dtype))  # in block order, however they ran
-    buf = np.concatenate([out.astype(np.float64).ravel(), np.asarray(extra, dtype=np.float64)])
+    return sum(pieces, np.zeros((X.shape[0], a_own.shape[1]), dtype=W_own.dtype))  # in block order
+
+
+def network_loss(W_own, a_own, X, Y, m: int, comm, extra=(), each=map, parts: int = 1,
+                 test=None, classify: bool = False) -> tuple[dict, np.ndarray]:
+    """The full network's evaluation: loss L(W) on the training data, and with `test` = (X_test,
+    Y_test) of some rows the test loss, and with `classify` the accuracies (argmax of the outputs
+    against the one-hot targets; NaN where they do not apply). One Allreduce sums the ranks'
+    outputs, with the numbers in `extra` riding along; returns (metrics, the sums of `extra`)."""
+    Xt, Yt = test if test is not None and len(test[0]) else (X[:0], Y[:0])
+    out = network_outputs(W_own, a_own, X, m, each, parts)
+    out_t = network_outputs(W_own, a_own, Xt, m, each, parts) if len(Xt) else out[:0]
+    buf = np.concatenate([out.astype(np.float64).ravel(), out_t.astype(np.float64).ravel(),
+                          np.asarray(extra, dtype=np.float64)])
     comm.sum(buf)
     outputs = buf[:out.size].reshape(Y.shape)
+    outputs_t = buf[out.size: out.size + out_t.size].reshape(Yt.shape)
+    nan = float("nan")
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the caller
-        loss = float(np.sum((outputs - Y) ** 2) / (2 * Y.shape[0]))
-    return loss, buf[out.size:]
+        metrics = {"loss": float(np.sum((outputs - Y) ** 2) / (2 * Y.shape[0])),
+                   "test_loss": float(np.sum((outputs_t - Yt) ** 2) / (2 * Yt.shape[0])) if len(Yt) else nan,
+                   "train_acc": _accuracy(outputs, Y) if classify else nan,
+                   "test_acc": _accuracy(outputs_t, Yt) if classify and len(Yt) else nan}
+    return metrics, buf[out.size + out_t.size:]
+
+
+def _accuracy(outputs: np.ndarray, Y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(outputs, axis=1) == np.argmax(Y, axis=1)))
 
 
 def pull(W_own, plan, comm) -> np.ndarray:
@@ -230,8 +250,10 @@ def side_by_side(workers: int):
         yield pool.map
 
 
-def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambda: False, workers=1) -> dict:
-    """Train with a resolved config on data X (n x d), Y (n x c). Every rank calls this; `store`
+def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambda: False, workers=1,
+        test=None) -> dict:
+    """Train with a resolved config on data X (n x d), Y (n x c); `test` = (X_test, Y_test): held-out
+    data, evaluated with the training data. Every rank calls this; `store`
     (the run file) is rank 0's alone. `start`: a checkpoint to continue from. `stop_requested`:
     polled once a round; when it is true on any rank, every rank stops after the round together.
     `workers`: threads that train this rank's subnetworks side by side.
@@ -252,6 +274,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
     sub_scale = real(1.0 / (keep * math.sqrt(m)))  # the surrogate f_l's 1/xi times the NTK 1/sqrt(m)
     lr = real(config.step_size(cfg))
     round_of_plan = round_rows if cfg.train.plan == "rows" else round_outputs
+    classify = cfg.data.task == "classification"
     due = Cadence(cfg)
 
     with side_by_side(workers) as each:
@@ -260,13 +283,14 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
             first, loss_init, W, history, evals = restore(cfg, start, out, comm, bounds, W.dtype)
         # the loss at the starting weights; its Allreduce also carries any rank's stop request (a
         # signal during start-up) and a failed write on rank 0, so every rank acts on them together
-        loss, (stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, (float(stop_requested()), out.failed),
-                                             each, workers)
+        scores, (stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, (float(stop_requested()), out.failed),
+                                               each, workers, test, classify)
+        loss = scores["loss"]
         if start is None:
             loss_init = loss
             check_start(loss, X, Y, cfg)
-            _record(evals, {"round": 0, "loss": loss})
-            out("append_eval", {"round": 0, "loss": loss})
+            _record(evals, {"round": 0, **scores})
+            out("append_eval", {"round": 0, **scores})
         if failed:
             raise out.failure(first, cfg)
         if stops:
@@ -301,7 +325,9 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
             flags = (sub_loss_sum, float(stop_requested()), out.failed)
             evaluate = due.evaluate(k + 1)
             if evaluate:
-                loss, (sub_loss_sum, stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, flags, each, workers)
+                scores, (sub_loss_sum, stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, flags, each,
+                                                                     workers, test, classify)
+                loss = scores["loss"]
             else:
                 loss, (sub_loss_sum, stops, failed) = None, comm.sums(flags)
             seconds_loss = time.perf_counter() - t
@@ -313,17 +339,17 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
 
             now = time.perf_counter()
             if evaluate:
-                _record(evals, {"round": k + 1, "loss": loss})
-                out("append_eval", {"round": k + 1, "loss": loss})
+                _record(evals, {"round": k + 1, **scores})
+                out("append_eval", {"round": k + 1, **scores})
             row = {"round": k + 1, "sub_loss": sub_loss_sum / p,
                    "seconds_compute": now - t_start - seconds_comm, "seconds_comm": seconds_comm,
                    "seconds_wall": now - t_mark, "bytes_comm": bytes_comm, "seconds_local": seconds_local,
                    "seconds_loss": seconds_loss, "bytes_recv": bytes_recv}
             t_mark = now
             _record(history, row)
-            end_of_round(row, loss, M if cfg.output.record_masks else None, {"metrics": history, "evals": evals,
-                         "loss_init": loss_init}, stop=stops > 0, due=due, out=out, comm=comm, W=W, bounds=bounds,
-                         log=log, cfg=cfg)
+            state = {"metrics": history, "evals": evals, "loss_init": loss_init}
+            end_of_round(row, scores if evaluate else None, M if cfg.output.record_masks else None, state,
+                         stop=stops > 0, due=due, out=out, comm=comm, W=W, bounds=bounds, log=log, cfg=cfg)
     if comm.agree(out.failed):  # the last round's writes: no Allreduce follows to carry the flag
         raise out.failure(rounds, cfg)
     return {"W": W, "loss_init": loss_init, "metrics": {k: np.array(v) for k, v in history.items()},
@@ -377,19 +403,21 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{s:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def end_of_round(row: dict, loss: float | None, M, state: dict, *, stop: bool, due: Cadence, out, comm, W,
+def end_of_round(row: dict, scores: dict | None, M, state: dict, *, stop: bool, due: Cadence, out, comm, W,
                  bounds, log, cfg) -> None:
     """The round's row into the run file; the weights, a checkpoint (of `state`: the histories
     and loss_init) and a log line when due; at a stop, Interrupted once its checkpoint is known to
-    be on disk. `loss`: the full network's, when this round was evaluated."""
+    be on disk. `scores`: the full network's evaluation, when this round had one."""
     done = row["round"]
     out("append", row, M)
     weights, checkpoint = due.weights(done, stop), due.checkpoint(done, stop)
     if weights or checkpoint:
         save(out, comm, W, bounds, done, weights=weights, checkpoint=state if checkpoint else None)
     if due.log(done, stop) and comm.rank == 0:
-        shown = f"{loss:.4e}" if loss is not None else "-" * 10
-        log(f"round {done:>{due.digits}}/{due.rounds}  loss {shown}  sub_loss {row['sub_loss']:.4e}  "
+        shown = f"{scores['loss']:.4e}" if scores is not None else "-" * 10
+        held = "".join(f"  {name} {scores[name]:.4g}" for name in ("test_loss", "train_acc", "test_acc")
+                       if scores is not None and not math.isnan(scores[name]))
+        log(f"round {done:>{due.digits}}/{due.rounds}  loss {shown}{held}  sub_loss {row['sub_loss']:.4e}  "
             f"compute {row['seconds_compute']:.3f}s  comm {row['seconds_comm']:.3f}s  "
             f"sent {row['bytes_comm'] / 1e6:.2f} MB  {due.progress(done)}")
     if stop and done < due.rounds:
