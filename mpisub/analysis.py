@@ -129,7 +129,29 @@ def summary(run: Run) -> dict:
         "peak_rss_mb": [float(x) for x in run.attrs.get("peak_rss_mb", [])],
         "segments": json.loads(run.attrs.get("segments", "[]")),   # one per launch (mpisub 0.2 on)
         "eta_seconds": _eta(run, done),
+        **regime(run),
     }
+
+
+# the lazy (NTK) regime the theory covers: activation patterns barely change and H(W) stays near H
+FLIPS_LIMIT = 0.10
+LAMBDA_SHARE = 0.5
+
+
+def regime(run: Run) -> dict:
+    """The last evaluation's lazy-regime diagnostics, and a warning (None when within) when the run
+    left the regime: over FLIPS_LIMIT of activation patterns flipped, or lambda_min(H(W_k)) below
+    LAMBDA_SHARE x lambda_0. Runs before mpisub 0.2 have no diagnostics."""
+    e = run.eval
+    if "flips" not in e or not len(e["flips"]):
+        return {}
+    last = {name: float(e[name][-1]) for name in ("flips", "dw_rel", "dw_max", "lambda_min")}
+    why = []
+    if last["flips"] > FLIPS_LIMIT:
+        why.append(f"{100 * last['flips']:.1f}% of activation patterns flipped (over {100 * FLIPS_LIMIT:g}%)")
+    if run.lambda0 and last["lambda_min"] == last["lambda_min"] and last["lambda_min"] < LAMBDA_SHARE * run.lambda0:
+        why.append(f"lambda_min(H(W_k)) = {last['lambda_min']:.3e} < lambda_0 / 2 = {run.lambda0 / 2:.3e}")
+    return {"lazy": last, "regime_warning": "; ".join(why) or None}
 
 
 def _eta(run: Run, done: int) -> float | None:
@@ -182,6 +204,13 @@ def format_summary(s: dict) -> str:
         theory_line.append(f"NTK lambda_0 {s['lambda0']:.4e}")
     if theory_line:
         lines.append("  " + "; ".join(theory_line))
+    if s.get("lazy"):
+        z = s["lazy"]
+        gram = f", lambda_min(H(W_k)) {z['lambda_min']:.3e}" if z["lambda_min"] == z["lambda_min"] else ""
+        lines.append(f"  lazy regime: {100 * z['flips']:.2f}% of activation patterns flipped, ||W - W0|| / ||W0|| "
+                     f"{z['dw_rel']:.3g}, max_r ||w_r - w_r(0)|| {z['dw_max']:.3g}{gram}")
+    if s.get("regime_warning"):
+        lines.append(f"  WARNING: this run left the lazy regime the theory covers: {s['regime_warning']}")
     sec = s["seconds"]
     split = ", ".join(f"{k} {sec[k]:.2f} s" for k in ("local", "loss") if k in sec)
     if len(s["segments"]) > 1 or any(seg.get("ended") not in (None, "completed") for seg in s["segments"]):

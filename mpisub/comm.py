@@ -139,6 +139,14 @@ class Comm:
         self.sum(buf)
         return buf
 
+    def maxima(self, values) -> np.ndarray:
+        """The maxima over ranks of a few numbers (float64)."""
+        t0 = time.perf_counter()
+        buf = np.array(values, dtype=np.float64)
+        self.mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+        self._count(t0, buf.nbytes)
+        return buf
+
     def barrier(self, poll_seconds: float = 0.01) -> None:
         """A barrier that sleeps while it waits: MPI_Barrier spins, and spinning ranks would take
         the cores from the rank they wait for (e.g. rank 0 compiling kernels)."""

@@ -82,6 +82,7 @@ class OutputConfig:
 class TheoryConfig:
     max_n: int = 4096           # compute the NTK Gram matrix's lambda_0 when n <= max_n (0 = never)
     store_H_max_n: int = 1024   # also store H itself (n x n) when n <= this
+    gram_max_n: int = 0         # at each evaluation, lambda_min of the finite-width H(W_k) when n <= this (0 = never)
 
 
 @dataclass
@@ -191,6 +192,7 @@ RULES = {
     "output.eval_every": COUNT,              # 0: EVAL_SHARE of the training time
     "theory.max_n": COUNT,
     "theory.store_H_max_n": COUNT,
+    "theory.gram_max_n": COUNT,
 }
 
 HINTS = {

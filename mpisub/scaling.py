@@ -13,8 +13,8 @@ Modelled, for partition masks (p subnetworks, a multiple of K), W_bytes = m d it
     trained rows by a ring Allgatherv: sent W_bytes/K, received (K-1)/K * W_bytes,
     (K-1) alpha + (K-1)/K * W_bytes * beta
 with the alpha-beta costs of Thakur, Rabenseifner & Gropp (MPICH's collectives) for a 200 Gb/s
-link: beta = 1/25 GB/s, alpha = 1.5 us. Both add the loss Allreduce of n c + 3 float64
-(Rabenseifner: 2 log K alpha + 2 (K-1)/K bytes beta).
+link: beta = 1/25 GB/s, alpha = 1.5 us. Both add an evaluation: an Allreduce of n c + 6 float64
+and one of 1 (Rabenseifner: 2 log K alpha + 2 (K-1)/K bytes beta).
 """
 import json
 import math
@@ -87,7 +87,7 @@ def scaling_main(width: int, as_json: str | None) -> None:
     cfg = config.build(None, None, set_args({**CASE, "model.width": width})[1::2])
     s = np.dtype(cfg.model.dtype).itemsize
     W_bytes = width * cfg.data.d * s
-    loss_bytes = (cfg.data.n * cfg.data.outputs + 3) * 8
+    loss_bytes = (cfg.data.n * cfg.data.outputs + 6) * 8 + 8   # an evaluation: outputs, flags, diagnostics; a max
     mib = 2**20
     print(f"# mpisub-bench --scaling: m = {width}, d = {cfg.data.d}, float64 (W = {W_bytes / mib:.0f} MiB), "
           f"n = {cfg.data.n}, partition p = {cfg.masks.subnets}, tau = {cfg.train.local_steps}; "

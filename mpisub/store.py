@@ -61,6 +61,11 @@ EVAL = {
     "test_loss": np.float64,   # NaN without held-out data
     "train_acc": np.float64,   # NaN unless data.task = "classification"
     "test_acc": np.float64,
+    # lazy-regime diagnostics (Du et al. 2019, section 5): how far W moved from W_init
+    "dw_max": np.float64,      # max_r ||w_r - w_r(0)||
+    "dw_rel": np.float64,      # ||W - W0||_F / ||W0||_F
+    "flips": np.float64,       # the fraction of activation patterns 1{<w_r, x_i> > 0} unlike at W0
+    "lambda_min": np.float64,  # lambda_min of H(W_k) (n <= theory.gram_max_n; else NaN)
 }
 TABLES = {"metrics": METRICS, "eval": EVAL}
 FILENAME = "run.h5"

@@ -97,6 +97,44 @@ def _accuracy(outputs: np.ndarray, Y: np.ndarray) -> float:
     return float(np.mean(np.argmax(outputs, axis=1) == np.argmax(Y, axis=1)))
 
 
+class LazyRegime:
+    """The lazy-regime diagnostics of an evaluation (Du et al. 2019, section 5; docs/design.md):
+    how far the weights moved from W_init, the fraction of activation patterns 1{<w_r, x_i> > 0}
+    that differ from W_init's, and (n <= theory.gram_max_n) lambda_min of the finite-width Gram
+    matrix H(W)_ij = (1/m) <x_i, x_j> sum_r 1{<w_r, x_i> > 0} 1{<w_r, x_j> > 0}. Each rank measures
+    its own rows: W_init's rows are drawn again from their streams (keeping them would cost a copy
+    of the rank's W), its activation patterns are kept as bits (n x rows / 8 bytes)."""
+
+    def __init__(self, cfg, X, lo: int, hi: int):
+        self.cfg, self.lo, self.hi = cfg, lo, hi
+        W0 = init_rows(cfg, lo, hi)
+        self.w0_sq = float(np.einsum("ij,ij->", W0, W0, dtype=np.float64))
+        self.pattern0 = np.packbits(X @ W0.T > 0, axis=1)
+        self.gram = 0 < X.shape[0] <= cfg.theory.gram_max_n
+        self.XX = (X.astype(np.float64) @ X.T.astype(np.float64)) if self.gram else None
+
+    def local(self, W_own, X) -> tuple[np.ndarray, float]:
+        """This rank's sums (||W - W0||^2, ||W0||^2, flips, and the n x n sum over its rows for H)
+        and its largest ||w_r - w_r(0)||."""
+        diff = W_own.astype(np.float64) - init_rows(self.cfg, self.lo, self.hi)
+        rows = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        active = X @ W_own.T > 0
+        flips = np.count_nonzero(np.unpackbits(self.pattern0, axis=1, count=active.shape[1]).astype(bool) != active)
+        sums = [float(rows @ rows), self.w0_sq, float(flips)]
+        if self.gram:
+            D = active.astype(np.float64)
+            sums = np.concatenate([sums, (D @ D.T).ravel()])
+        return np.asarray(sums, dtype=np.float64), float(rows.max(initial=0.0))
+
+    def finish(self, sums: np.ndarray, dw_max: float, n: int, m: int, root: bool) -> dict:
+        """The diagnostics from the ranks' summed numbers (lambda_min on rank 0, which records it)."""
+        lam = float("nan")
+        if self.gram and root:
+            lam = theory.smallest_eigenvalue(self.XX * sums[3:].reshape(n, n) / m)
+        return {"dw_max": dw_max, "dw_rel": float(np.sqrt(sums[0] / sums[1])) if sums[1] > 0 else float("nan"),
+                "flips": sums[2] / (n * m), "lambda_min": lam}
+
+
 def pull(W_own, plan, comm) -> np.ndarray:
     """The rows this rank's subnetworks hold, each once, from their owners (plan.need order)."""
     if comm.size == 1:  # it owns them all: one copy, no exchange
@@ -275,16 +313,26 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
     lr = real(config.step_size(cfg))
     round_of_plan = round_rows if cfg.train.plan == "rows" else round_outputs
     classify = cfg.data.task == "classification"
+    lazy = LazyRegime(cfg, X, lo, hi)
     due = Cadence(cfg)
 
     with side_by_side(workers) as each:
+        def evaluate(flags) -> tuple[dict, np.ndarray]:
+            """The full network's scores and lazy-regime diagnostics, with the flags' sums, in one
+            Allreduce (and one of the largest row distance)."""
+            diag, dw_max = lazy.local(W, X)
+            scores, sums = network_loss(W, a[lo:hi], X, Y, m, comm, np.concatenate([flags, diag]), each, workers,
+                                        test, classify)
+            dw_max = float(comm.maxima([dw_max])[0])
+            scores.update(lazy.finish(sums[len(flags):], dw_max, X.shape[0], m, comm.rank == 0))
+            return scores, sums[:len(flags)]
+
         first, history, evals = 0, {}, {}
         if start is not None:
             first, loss_init, W, history, evals = restore(cfg, start, out, comm, bounds, W.dtype)
         # the loss at the starting weights; its Allreduce also carries any rank's stop request (a
         # signal during start-up) and a failed write on rank 0, so every rank acts on them together
-        scores, (stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, (float(stop_requested()), out.failed),
-                                               each, workers, test, classify)
+        scores, (stops, failed) = evaluate((float(stop_requested()), out.failed))
         loss = scores["loss"]
         if start is None:
             loss_init = loss
@@ -323,10 +371,9 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
             # with the full network's outputs when this round is evaluated
             t = time.perf_counter()
             flags = (sub_loss_sum, float(stop_requested()), out.failed)
-            evaluate = due.evaluate(k + 1)
-            if evaluate:
-                scores, (sub_loss_sum, stops, failed) = network_loss(W, a[lo:hi], X, Y, m, comm, flags, each,
-                                                                     workers, test, classify)
+            evaluating = due.evaluate(k + 1)
+            if evaluating:
+                scores, (sub_loss_sum, stops, failed) = evaluate(flags)
                 loss = scores["loss"]
             else:
                 loss, (sub_loss_sum, stops, failed) = None, comm.sums(flags)
@@ -338,7 +385,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
             check_diverged(loss, sub_loss_sum / p, loss_init, k + 1, cfg, X, out.last_checkpoint)
 
             now = time.perf_counter()
-            if evaluate:
+            if evaluating:
                 _record(evals, {"round": k + 1, **scores})
                 out("append_eval", {"round": k + 1, **scores})
             row = {"round": k + 1, "sub_loss": sub_loss_sum / p,
@@ -348,7 +395,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
             t_mark = now
             _record(history, row)
             state = {"metrics": history, "evals": evals, "loss_init": loss_init}
-            end_of_round(row, scores if evaluate else None, M if cfg.output.record_masks else None, state,
+            end_of_round(row, scores if evaluating else None, M if cfg.output.record_masks else None, state,
                          stop=stops > 0, due=due, out=out, comm=comm, W=W, bounds=bounds, log=log, cfg=cfg)
     if comm.agree(out.failed):  # the last round's writes: no Allreduce follows to carry the flag
         raise out.failure(rounds, cfg)

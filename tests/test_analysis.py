@@ -226,3 +226,42 @@ def test_curve_summary_finds_the_early_rate_and_the_plateau():
     falling = theory.curve_summary(k[:51], 0.9 ** k[:51])                 # no floor reached in 100 rounds
     assert abs(falling["early_rate"] - 0.9) < 1e-9 and not falling["plateaued"]
     assert theory.curve_summary([0], [1.0])["early_rate"] is None
+
+
+def test_lazy_regime_diagnostics_match_numpy_on_w_and_w_init(tmp_path):
+    """dw_max, dw_rel, flips and lambda_min(H(W_k)) at the last evaluation, from an independent
+    numpy computation on the run file's W, W_init and X (at K = 2: the ranks' sums add up)."""
+    r = mpirun(2, *sets(output__dir="lazy", train__rounds=12, model__width=256, data__n=96, train__lr=8.0,
+                        theory__gram_max_n=200), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = mpisub.open_run(str(tmp_path / "lazy"))
+    W, W0, X = run.W, run.W_init, run.X
+    m = W.shape[0]
+    last = {name: values[-1] for name, values in run.eval.items()}
+    assert math.isclose(last["dw_max"], np.linalg.norm(W - W0, axis=1).max(), rel_tol=1e-12)
+    assert math.isclose(last["dw_rel"], np.linalg.norm(W - W0) / np.linalg.norm(W0), rel_tol=1e-12)
+    assert last["flips"] == np.mean((X @ W.T > 0) != (X @ W0.T > 0)) > 0
+    D = (X @ W.T > 0).astype(float)
+    H = (X @ X.T) * (D @ D.T) / m
+    assert math.isclose(last["lambda_min"], np.linalg.eigvalsh(H)[0], rel_tol=1e-8)
+    first = {name: values[0] for name, values in run.eval.items()}
+    assert first["round"] == 0 and first["dw_max"] == 0 and first["flips"] == 0
+    # inspect warns exactly when the run left the lazy regime (the numbers computed above)
+    left = np.mean((X @ W.T > 0) != (X @ W0.T > 0)) > 0.10 or np.linalg.eigvalsh(H)[0] < run.lambda0 / 2
+    shown = subprocess.run([os.path.join(BIN, "mpisub-inspect"), str(tmp_path / "lazy")], capture_output=True,
+                           text=True, timeout=60).stdout
+    assert ("WARNING: this run left the lazy regime" in shown) == left, shown
+    assert "% of activation patterns flipped" in shown
+
+
+def test_inspect_warns_when_a_run_leaves_the_lazy_regime(tmp_path):
+    """A narrow network at a large step moves far from W_init: most activation patterns flip."""
+    r = mpirun(2, *sets(output__dir="far", train__rounds=30, model__width=64, train__lr=40.0), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = mpisub.open_run(str(tmp_path / "far"))
+    flips = np.mean((run.X @ run.W.T > 0) != (run.X @ run.W_init.T > 0))
+    assert flips > 0.10
+    shown = subprocess.run([os.path.join(BIN, "mpisub-inspect"), str(tmp_path / "far")], capture_output=True,
+                           text=True, timeout=60).stdout
+    assert f"WARNING: this run left the lazy regime the theory covers: {100 * flips:.1f}% of activation " \
+           f"patterns flipped (over 10%)" in shown, shown

@@ -65,7 +65,7 @@ def test_run_file_layout(default_job):
         M = masks.sample("partition", 4, 0.25, m, cfg["train"]["seed"], 0)
         evaluated = 1 in f["eval/round"][()]
         np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0],
-                                      rows_sent_by_rank0(M, 4) * d * 8 + 8 * ((n if evaluated else 0) + 3))
+                                      rows_sent_by_rank0(M, 4) * d * 8 + (8 * (n + 6) + 8 if evaluated else 8 * 3))
         assert np.all(f["metrics/seconds_wall"][()] >= f["metrics/seconds_compute"][()])
         assert "masks" not in f
 

@@ -122,10 +122,11 @@ def test_plan_outputs_matches_the_replay_and_plan_rows(tmp_path, kind, K):
     assert rel(run["eval"]["loss"][1:], losses) <= 1e-10
     assert rel(run["metrics"]["sub_loss"], sub_losses) <= 1e-10
     # the traffic target, 2 tau p n c 8 bytes per rank per round (x 1.1): one Allreduce of
-    # the p x n x c outputs per local step, plus the loss Allreduce every plan shares (n x c + 3)
+    # the p x n x c outputs per local step, plus the evaluation every plan shares: n x c outputs, the
+    # sub-loss sum, 2 flags and 3 lazy-regime sums in one Allreduce, and one max
     n, c, p, tau = 40, 2, PLAN_KINDS[kind]["masks__subnets"], 3
     moved = run["metrics"]["bytes_comm"] + run["metrics"]["bytes_recv"]
-    np.testing.assert_array_equal(moved, 2 * tau * p * n * c * 8 + 2 * (n * c + 3) * 8)
+    np.testing.assert_array_equal(moved, 2 * tau * p * n * c * 8 + 2 * ((n * c + 6) * 8 + 8))
     r = mpirun(1, *sets(output__dir="rows", train__plan="rows", **PLAN_JOB, **PLAN_KINDS[kind]),
                cwd=tmp_path, env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
