@@ -8,6 +8,7 @@ import sys
 import time
 
 import h5py
+import numpy as np
 
 from . import theory
 from .errors import UserError, exit_with
@@ -88,10 +89,43 @@ def flat_config(run: Run) -> dict:
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
-    """The config keys whose values are not the same in all runs (output.dir aside)."""
+    """The config keys whose values are not the same in all runs (the output section aside: where
+    and how often a run writes does not change what it computes)."""
     flats = [flat_config(r) for r in runs]
     keys = sorted(set().union(*flats))
-    return [k for k in keys if k != "output.dir" and len({json.dumps(f.get(k)) for f in flats}) > 1]
+    return [k for k in keys if not k.startswith("output.") and len({json.dumps(f.get(k)) for f in flats}) > 1]
+
+
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """The runs grouped by their config without train.seed (and the output section), in first-seen order:
+    a group of several is one point of a sweep over seeds."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        flat = {k: v for k, v in flat_config(run).items() if k != "train.seed" and not k.startswith("output.")}
+        groups.setdefault(json.dumps(flat, sort_keys=True), []).append(run)
+    return list(groups.values())
+
+
+def spread_table(runs: list[Run]) -> str | None:
+    """One row per group of runs that differ only in train.seed: the seeds, and the mean +- std
+    (min-max) over them of the final loss and, where recorded, the test loss and accuracy."""
+    groups = [g for g in seed_groups(runs) if len(g) > 1]
+    if not groups:
+        return None
+    keys = [k for k in differing_keys(runs) if k != "train.seed"]
+    lines = ["runs that differ only in train.seed (mean +- std, min-max):"]
+    for group in groups:
+        flat = flat_config(group[0])
+        name = ", ".join(f"{k}={flat.get(k)}" for k in keys) or "all"
+        cells = []
+        for column in ("loss", "test_loss", "test_acc"):
+            values = np.array([r.eval[column][-1] for r in group if column in r.eval and len(r.eval[column])])
+            values = values[np.isfinite(values)]
+            if len(values):
+                std = values.std(ddof=1) if len(values) > 1 else 0.0
+                cells.append(f"final {column} {values.mean():.4g} +- {std:.2g} ({values.min():.4g}-{values.max():.4g})")
+        lines.append(f"  {name}: {len(group)} seeds; " + "; ".join(cells))
+    return "\n".join(lines)
 
 
 def summary(run: Run) -> dict:
@@ -332,3 +366,6 @@ def inspect_main(argv=None) -> None:
     print("\n".join(format_summary(s) for s in summaries))
     if len(runs) > 1:
         print("\n" + comparison_table(runs, summaries))
+        spreads = spread_table(runs)
+        if spreads:
+            print("\n" + spreads)

@@ -282,25 +282,31 @@ def parse_assignment(text: str) -> tuple[str, object]:
     return key, value
 
 
-def load_toml(path: str) -> dict[str, object]:
-    """A config file as {section.key: value}."""
+def read_toml(path: str, what: str = "config file") -> dict:
+    """A TOML file as parsed; every way it can fail is one UserError naming it as `what`."""
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
     except FileNotFoundError:
-        raise UserError(f"config file {path!r} not found; check the path given to --config") from None
+        raise UserError(f"{what} {path!r} not found; check the path") from None
     except IsADirectoryError:
-        raise UserError(f"config file {path!r} is a folder; give the path of a TOML file to --config") from None
+        raise UserError(f"{what} {path!r} is a folder; give the path of a TOML file") from None
     except OSError as e:
-        raise UserError(f"config file {path!r} cannot be read: {e.strerror}") from None
+        raise UserError(f"{what} {path!r} cannot be read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path!r} is not valid TOML: {cause(e)}") from None
+        raise UserError(f"{what} {path!r} is not valid TOML: {cause(e)}") from None
     except UnicodeDecodeError as e:
-        raise UserError(f"config file {path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+        raise UserError(f"{what} {path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
                         f"{e.start}); save it as UTF-8") from None
     except Exception as e:  # noqa: BLE001 (a user's file: whatever the parser raises is one line)
-        raise UserError(f"config file {path!r} cannot be read as TOML ({type(e).__name__}: {cause(e)}); "
+        raise UserError(f"{what} {path!r} cannot be read as TOML ({type(e).__name__}: {cause(e)}); "
                         f"check the file") from None
+    return doc
+
+
+def load_toml(path: str) -> dict[str, object]:
+    """A config file as {section.key: value}."""
+    doc = read_toml(path)
     flat = {}
     for section, values in doc.items():
         if not isinstance(values, dict):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from . import theory
-from .analysis import Run, differing_keys, flat_config, open_all
+from .analysis import Run, differing_keys, flat_config, open_all, seed_groups
 from .errors import UserError, exit_with
 
 
@@ -22,6 +22,14 @@ def pyplot():
     return plt
 
 
+def _curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """(rounds, loss) of a run's evaluations, round 0 included (older runs kept it as an attribute)."""
+    at, loss = run.eval["round"], run.eval["loss"]
+    if not len(at) or at[0] != 0:
+        at, loss = np.concatenate([[0], at]), np.concatenate([[run.loss_init], loss])
+    return at.astype(np.int64), loss
+
+
 def label(run: Run, keys: list[str]) -> str:
     flat = flat_config(run)
     return ", ".join(f"{k.split('.', 1)[1]}={flat.get(k)}" for k in keys) or os.path.basename(run.folder)
@@ -34,16 +42,28 @@ def plot_runs(runs: list[Run], out: str, x: str = "rounds", reference: bool = Fa
     plt = pyplot()
     keys = differing_keys(runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, run in enumerate(runs):
+    groups = seed_groups(runs)
+    for i, group in enumerate(groups):
+        run = group[0]
         m = run.metrics
         color = f"C{i % 10}"
         xs = m["round"] if x == "rounds" else np.cumsum(m["seconds_wall"])
-        at, loss = run.eval["round"], run.eval["loss"]
-        if not len(at) or at[0] != 0:  # runs before mpisub 0.2 kept the initial loss as an attribute only
-            at, loss = np.concatenate([[0], at]), np.concatenate([[run.loss_init], loss])
+        at, loss = _curve(run)
         x_eval = np.concatenate([[0], xs])[at]   # the x of round k is the x of its row (round 0: 0)
-        ax.plot(x_eval, loss, "-", color=color, label=labels[i] if labels else label(run, keys))
-        ax.plot(xs, m["sub_loss"], "--", color=color, alpha=0.6, linewidth=1)
+        name = labels[i] if labels else label(run, [k for k in keys if k != "train.seed"])
+        if len(group) == 1:
+            ax.plot(x_eval, loss, "-", color=color, label=name)
+            ax.plot(xs, m["sub_loss"], "--", color=color, alpha=0.6, linewidth=1)
+        else:  # seeds: the geometric mean as the curve, the min-max band around it
+            curves = [_curve(r) for r in group]
+            common = np.array(sorted(set.intersection(*(set(a.tolist()) for a, _ in curves))), dtype=np.int64)
+            stack = np.array([[c[1][np.searchsorted(c[0], k)] for k in common] for c in curves])
+            x_common = np.concatenate([[0], xs])[common]
+            ax.plot(x_common, np.exp(np.log(stack).mean(axis=0)), "-", color=color,
+                    label=f"{name} ({len(group)} seeds: geometric mean, band min-max)")
+            ax.fill_between(x_common, stack.min(axis=0), stack.max(axis=0), color=color, alpha=0.25, linewidth=0)
+            ax.plot(xs, np.exp(np.mean([np.log(r.metrics["sub_loss"][: len(xs)]) for r in group], axis=0)), "--",
+                    color=color, alpha=0.6, linewidth=1)
         if reference and run.lambda0 is not None:
             tr = run.config["train"]
             steps = tr["local_steps"]

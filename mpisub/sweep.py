@@ -1,12 +1,28 @@
-"""Many runs from one Python script (the examples, a user's sweep): each run is its own
-`mpirun -n K mpisub-train`, prints one line when it ends, and is reused when the script runs again.
+"""Many runs: `mpisub-sweep SWEEP.toml` (a grid of config values times seeds) and the examples'
+Python scripts. Each run is its own `mpirun -n K mpisub-train`, prints one line when it ends, is
+reused when the sweep runs again and resumed when it was interrupted.
+
+SWEEP.toml (docs/design.md, "Sweeps"):
+
+    out = "runs/keep-sweep"     # the sweep's folder: one run folder per point and seed in it
+    ranks = 2                   # mpirun -n for every run
+    seeds = 3                   # train.seed = 0, 1, 2 at every point (default 1)
+    config = "job.toml"         # optional: a base config file (relative to SWEEP.toml)
+    [set]                       # optional: base values, as --set would give them
+    "train.rounds" = 200
+    [grid]                      # the points: every combination of these values
+    "masks.keep" = [0.25, 0.5, 0.75]
 """
 import argparse
+import itertools
 import os
+import shlex
 import subprocess
 import time
 
+from . import config
 from .analysis import Run, open_run
+from .errors import UserError, exit_with
 from .launch import executables, set_args
 from .store import CHECKPOINT, FILENAME
 
@@ -19,9 +35,10 @@ def _same_settings(run: Run, settings: dict) -> bool:
     return all(run.config[k.split(".")[0]][k.split(".")[1]] == v for k, v in settings.items())
 
 
-def launch(folder: str, settings: dict, ranks: int = 2, tag: str = "") -> Run:
-    """Train into `folder` with `settings` ({"section.key": value}) on `ranks` ranks, unless a
-    completed run with the same settings is already there. An interrupted one is resumed."""
+def launch(folder: str, settings: dict, ranks: int = 2, tag: str = "", base_file: str | None = None) -> Run:
+    """Train into `folder` with `settings` ({"section.key": value}, over the config file
+    `base_file`) on `ranks` ranks, unless a completed run with the same settings is already there.
+    An interrupted one is resumed."""
     t0 = time.perf_counter()
     path = os.path.join(folder, FILENAME)
     args = ["--set", "output.overwrite=true"]
@@ -38,7 +55,7 @@ def launch(folder: str, settings: dict, ranks: int = 2, tag: str = "") -> Run:
         except (OSError, KeyError, ValueError):
             pass  # unreadable: train again
     if args[0] != "--resume":
-        args += set_args({**settings, "output.dir": folder})
+        args += (["--config", base_file] if base_file else []) + set_args({**settings, "output.dir": folder})
     mpirun, train = executables()
     r = subprocess.run([mpirun, "-n", str(ranks), train, *args], capture_output=True, text=True)
     if r.returncode:
@@ -60,3 +77,88 @@ def example_args(description: str) -> argparse.Namespace:
     p.add_argument("--ranks", type=int, default=2, help="MPI ranks per run (default 2)")
     p.add_argument("--quick", action="store_true", help="a tiny version (seconds), to check that it works")
     return p.parse_args()
+
+
+def read_sweep(path: str) -> dict:
+    """The sweep file, checked: every key it sets is a config key with a value of the right type."""
+    spec = config.read_toml(path, what="sweep file")
+    unknown = set(spec) - {"out", "ranks", "seeds", "config", "set", "grid"}
+    if unknown:
+        raise UserError(f"sweep file {path!r}: unknown entr{'ies' if len(unknown) > 1 else 'y'} "
+                        f"{', '.join(sorted(unknown))}; it takes out, ranks, seeds, config, [set] and [grid]")
+    grid = spec.get("grid", {})
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise UserError(f"sweep file {path!r}: [grid] must map config keys to non-empty lists of values")
+    base_file = spec.get("config")
+    if base_file:
+        base_file = os.path.join(os.path.dirname(os.path.abspath(path)), base_file)
+    values = dict(spec.get("set", {}))
+    cfg = config.build(None, base_file, set_args(values)[1::2])   # the base, checked
+    for key, options in grid.items():
+        for value in options:
+            config.set_value(cfg, key, value)                        # every grid value, checked
+    seeds, ranks = spec.get("seeds", 1), spec.get("ranks", 2)
+    if not (isinstance(seeds, int) and seeds >= 1 and isinstance(ranks, int) and ranks >= 1):
+        raise UserError(f"sweep file {path!r}: seeds and ranks must be positive integers")
+    return {"out": spec.get("out", os.path.splitext(path)[0]), "ranks": ranks, "seeds": seeds,
+            "base_file": base_file, "set": values, "grid": grid}
+
+
+def points(spec: dict) -> list[tuple[str, dict]]:
+    """(run folder, settings) for every grid point and seed, in order."""
+    keys = list(spec["grid"])
+    out = []
+    for combo in itertools.product(*(spec["grid"][k] for k in keys)):
+        name = "-".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo)) or "base"
+        for seed in range(spec["seeds"]):
+            settings = {**spec["set"], **dict(zip(keys, combo)), "train.seed": seed}
+            out.append((os.path.join(spec["out"], f"{name}-seed{seed}"), settings))
+    return out
+
+
+def run_sweep(spec: dict) -> list[Run]:
+    """Every point, one after another: a finished run is reused, an interrupted one resumed; one
+    line per run with the count and the time left at the pace of the runs trained so far."""
+    todo = points(spec)
+    runs, spent, trained = [], 0.0, 0
+    for i, (folder, settings) in enumerate(todo):
+        t0 = time.perf_counter()
+        eta = f", about {spent / trained * (len(todo) - i):.0f} s left" if trained else ""
+        run = launch(folder, settings, spec["ranks"], tag=f"[{i + 1}/{len(todo)}{eta}] ",
+                     base_file=spec["base_file"])
+        if time.perf_counter() - t0 > 1.0:  # trained or resumed, not reused
+            spent, trained = spent + time.perf_counter() - t0, trained + 1
+        runs.append(run)
+    return runs
+
+
+def slurm_points(spec: dict) -> str:
+    """Writes <out>/points.txt for jobs/slurm-array.sbatch (one line per run: its folder and
+    options); returns the sbatch command that runs them."""
+    todo = points(spec)
+    os.makedirs(spec["out"], exist_ok=True)
+    path = os.path.join(spec["out"], "points.txt")
+    with open(path, "w") as f:
+        for folder, settings in todo:
+            extra = ["--config", spec["base_file"]] if spec["base_file"] else []
+            f.write(" ".join(shlex.quote(a) for a in [f"RUN_DIR={folder}", *extra, *set_args(settings)]) + "\n")
+    return f"sbatch --array=0-{len(todo) - 1} jobs/slurm-array.sbatch {path}"
+
+
+def sweep_main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="mpisub-sweep", description="Run a grid of configs times seeds (SWEEP.toml; "
+                                "see the module's docstring or the README), reusing finished runs.")
+    p.add_argument("sweep", metavar="SWEEP.toml")
+    p.add_argument("--slurm", action="store_true", help="instead of running: write <out>/points.txt and print the "
+                   "sbatch command of a job array that runs one point per task (jobs/slurm-array.sbatch)")
+    args = p.parse_args(argv)
+    try:
+        spec = read_sweep(args.sweep)
+        if args.slurm:
+            print(slurm_points(spec))
+            return
+        runs = run_sweep(spec)
+    except (UserError, RunFailed) as e:
+        exit_with("mpisub-sweep", str(e))
+    print(f"{len(runs)} run(s) in {spec['out']}: mpisub-inspect {spec['out']}/* ; mpisub-plot {spec['out']}/* "
+          f"(runs that differ only in train.seed become one curve with a band)")

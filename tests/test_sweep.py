@@ -1,0 +1,105 @@
+"""mpisub-sweep: a grid times seeds from SWEEP.toml, reused when run again, an interrupted run
+resumed; the Slurm points file; seeds as one curve with a band (pixels) and as spreads in inspect."""
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+from conftest import job_log, rank_pids, start_job, wait_for_rows, wait_job
+
+import mpisub
+from mpisub import sweep
+from mpisub.launch import set_args
+
+BIN = os.path.dirname(sys.executable)
+SWEEP = """out = "grid"
+ranks = 2
+seeds = 2
+[set]
+"model.width" = 128
+"data.n" = 64
+"masks.kind" = "bernoulli"
+"masks.subnets" = 2
+"train.rounds" = {rounds}
+"train.lr" = 2.0
+"train.lr_scaling" = "keep"
+[grid]
+"masks.keep" = [0.25, 0.75]
+"""
+
+
+def _sweep(folder, *args):
+    return subprocess.run([os.path.join(BIN, "mpisub-sweep"), "sweep.toml", *args], cwd=folder, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_sweep_trains_every_point_reuses_and_resumes(tmp_path):
+    (tmp_path / "sweep.toml").write_text(SWEEP.format(rounds=400))
+    spec = sweep.read_sweep(str(tmp_path / "sweep.toml"))
+    todo = sweep.points(spec)
+    assert [os.path.basename(f) for f, _ in todo] == ["keep=0.25-seed0", "keep=0.25-seed1", "keep=0.75-seed0",
+                                                      "keep=0.75-seed1"]
+    # the first point, started as the sweep would start it and stopped by a signal: interrupted
+    folder, settings = todo[0]
+    proc = start_job(2, tmp_path, *set_args({**settings, "output.dir": folder, "output.checkpoint_every": 5}))
+    wait_for_rows(proc, tmp_path / folder / "run.h5", 20)
+    for pid in rank_pids(folder):
+        os.kill(pid, signal.SIGUSR1)
+    assert wait_job(proc, 120) == 3, job_log(proc)
+    r = _sweep(tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("[")]
+    assert [line.split("] ")[0] for line in lines][:1] == ["[1/4"] and len(lines) == 4
+    assert ": resumed in " in lines[0] and all(": trained in " in line for line in lines[1:]), r.stdout
+    assert "s left]" in lines[2]                                       # an ETA once a run has been timed
+    for folder, settings in todo:
+        with h5py.File(tmp_path / folder / "run.h5") as f:
+            cfg = json.loads(f.attrs["config"])
+            assert f.attrs["status"] == "completed" and f["metrics/round"].shape == (400,)
+            assert (cfg["masks"]["keep"], cfg["train"]["seed"]) == (settings["masks.keep"], settings["train.seed"])
+    again = _sweep(tmp_path)
+    assert again.returncode == 0 and again.stdout.count(": reused (") == 4, again.stdout
+
+
+def test_slurm_points_file_runs_each_point_in_its_folder(tmp_path):
+    (tmp_path / "sweep.toml").write_text(SWEEP.format(rounds=5))
+    r = _sweep(tmp_path, "--slurm")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "sbatch --array=0-3 jobs/slurm-array.sbatch grid/points.txt"
+    lines = [shlex.split(line) for line in (tmp_path / "grid" / "points.txt").read_text().splitlines()]
+    assert [line[0] for line in lines] == [f"RUN_DIR={f}" for f, _ in
+                                           sweep.points(sweep.read_sweep(str(tmp_path / "sweep.toml")))]
+    assert all("train.seed=0" in line or "train.seed=1" in line for line in lines)
+
+
+def test_bad_sweep_file_is_one_line(tmp_path):
+    (tmp_path / "sweep.toml").write_text('[grid]\n"masks.kepp" = [0.5]\n')
+    r = _sweep(tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == ("mpisub-sweep: error: unknown config key 'masks.kepp'; "
+                                                      "did you mean 'masks.keep'?")
+
+
+def test_seeds_become_one_band_and_a_spread(tmp_path):
+    (tmp_path / "sweep.toml").write_text(SWEEP.format(rounds=20))
+    assert _sweep(tmp_path).returncode == 0
+    runs = [mpisub.open_run(str(p)) for p in sorted((tmp_path / "grid").iterdir()) if p.is_dir()]
+    shown = subprocess.run([os.path.join(BIN, "mpisub-inspect"), *[r.folder for r in runs]], capture_output=True,
+                           text=True, timeout=60).stdout
+    for keep in (0.25, 0.75):
+        finals = np.array([r.eval["loss"][-1] for r in runs if r.config["masks"]["keep"] == keep])
+        assert f"masks.keep={keep}: 2 seeds; final loss {finals.mean():.4g} +- {finals.std(ddof=1):.2g}" in shown
+    # the band: pixels of C0 at alpha 0.25 over white, with the seeds and without (one seed per point)
+    from matplotlib.image import imread
+
+    from mpisub.plot import plot_runs
+    band = imread(plot_runs(runs, str(tmp_path / "band.png")))[..., :3]
+    single = imread(plot_runs(runs[::2], str(tmp_path / "single.png")))[..., :3]
+    tint = 0.25 * np.array([0.122, 0.467, 0.706]) + 0.75                # C0, as fill_between draws it
+
+    def count(img):
+        return int(np.sum(np.all(np.abs(img - tint) < 0.03, axis=-1)))
+    assert count(band) > 1000 and count(band) > 5 * count(single), (count(band), count(single))  # edges tint too
