@@ -19,6 +19,10 @@ EXAMPLES = {  # script: (runs it writes, a check of their configs)
     "schemes": (4, lambda runs: sorted(r.config["masks"]["kind"] for r in runs)
                 == ["bernoulli", "bernoulli", "full", "partition"]),
     "diabetes": (2, lambda runs: all(r.config["data"]["n"] == 442 and r.config["data"]["d"] == 10 for r in runs)),
+    "digits": (4, lambda runs: {(r.config["masks"]["keep"], r.config["train"]["seed"]) for r in runs}
+               == {(0.25, 0), (0.25, 1), (0.75, 0), (0.75, 1)}
+               and all(r.config["data"]["outputs"] == 10 and r.config["data"]["n"] == 1348
+                       and 0 < r.eval["test_acc"][-1] <= 1 for r in runs)),
 }
 
 
