@@ -65,6 +65,7 @@ class TrainConfig:
     memory_limit_mb: int = 0    # refuse a run whose estimated memory per rank exceeds this (0 = what the node has)
     plan: str = "auto"          # rows | outputs | auto (the one with fewer bytes per rank per round)
     lr_scaling: str = "none"    # none | keep: the step is lr x masks.keep (the paper's lr = c keep)
+    loss: str = "squared"       # squared (the paper's) | cross_entropy (softmax; for classification)
 
 
 @dataclass
@@ -187,6 +188,7 @@ RULES = {
     "train.memory_limit_mb": COUNT,          # 0: what the node has
     "train.plan": Options(("auto", "rows", "outputs")),
     "train.lr_scaling": Options(("none", "keep")),
+    "train.loss": Options(("squared", "cross_entropy")),
     "output.log_every": COUNT,               # 0: about 20 lines a run
     "output.checkpoint_every": POSITIVE,
     "output.eval_every": COUNT,              # 0: EVAL_SHARE of the training time
@@ -419,6 +421,9 @@ def resolve(cfg: Config, ranks: int, resuming: bool = False) -> Config:
     if d.test_source and not d.test_source.lower().endswith(DATA_SUFFIXES):
         raise UserError(f"data.test_source = {d.test_source!r} is not a data file; give a path ending in "
                         f"{', '.join(DATA_SUFFIXES)}")
+    if cfg.train.loss == "cross_entropy" and d.task != "classification":
+        raise UserError("train.loss = 'cross_entropy' needs class targets: set data.task = 'classification' "
+                        "(or use train.loss = 'squared')")
     m = cfg.masks
     if m.subnets == 0:
         m.subnets = 1 if m.kind == "full" else ranks

@@ -43,30 +43,43 @@ def _loss(out, Y):
 
 
 @njit(cache=True, nogil=True)
-def residual_loss(R):
-    """1/(2n) sum_i ||r_i||^2 of a residual R = out - Y, accumulated in float64."""
+def residual(out, Y, cross_entropy):
+    """In place: out (the outputs f) becomes n dL/df, the residual the backward pass takes:
+    f - y for the squared error L = 1/(2n) sum ||f_i - y_i||^2, softmax(f) - y for the cross-entropy
+    L = 1/n sum (logsumexp(f_i) - <y_i, f_i>) (y: one-hot or probabilities). Returns L at f, in
+    float64."""
+    n, c = out.shape
     s = 0.0
-    r = R.ravel()
-    for t in range(r.size):
-        e = np.float64(r[t])
-        s += e * e
-    return s / (2.0 * R.shape[0])
+    for i in range(n):
+        if cross_entropy:
+            top = out[i, 0]
+            for j in range(c):
+                top = max(top, out[i, j])
+            z = 0.0
+            for j in range(c):
+                z += np.exp(np.float64(out[i, j]) - top)
+            lse = top + np.log(z)
+            for j in range(c):
+                s += np.float64(Y[i, j]) * (lse - np.float64(out[i, j]))
+                out[i, j] = np.exp(np.float64(out[i, j]) - lse) - Y[i, j]
+        else:
+            for j in range(c):
+                e = np.float64(out[i, j]) - np.float64(Y[i, j])
+                s += e * e
+                out[i, j] -= Y[i, j]
+    return s / n if cross_entropy else s / (2.0 * n)
 
 
 @njit(cache=True, nogil=True)
-def _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk):
-    """One gradient step W <- W - lr * grad L(W) for L = 1/(2n) sum ||scale relu(X W^T) a - Y||^2,
+def _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk, cross_entropy):
+    """One gradient step W <- W - lr * grad L(W) of L(scale relu(X W^T) a) (`residual`'s loss),
     in place. aT = a^T, contiguous (c x k). Returns L at the weights the step started from: its
     forward pass has it for free."""
     n, k = A.shape
     _forward(X, W, a, scale, A, out)
-    R = out  # the residual, in place
-    for i in range(n):
-        for j in range(out.shape[1]):
-            R[i, j] -= Y[i, j]
-    loss = residual_loss(R)
+    loss = residual(out, Y, cross_entropy)   # out is now the residual
     if k > 0:
-        _backward(X, R, W, aT, lr * scale / n, A, G, Dblk)
+        _backward(X, out, W, aT, lr * scale / n, A, G, Dblk)
     return loss
 
 
@@ -132,7 +145,7 @@ def part_backward(X, R, W, aT, step, A, G, Dblk):
 
 
 @njit(cache=True, nogil=True)
-def local_steps(W, a, X, Y, scale, lr, batches):
+def local_steps(W, a, X, Y, scale, lr, batches, cross_entropy=False):
     """tau = batches.shape[0] gradient steps of one subnetwork, in place on its active rows W (k x d).
 
     batches: (tau x b) sample indices per step, or (tau x 0) for full-batch steps (the paper).
@@ -154,12 +167,12 @@ def local_steps(W, a, X, Y, scale, lr, batches):
     last = 0.0
     for t in range(tau):
         if b == 0:
-            last = _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk)
+            last = _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk, cross_entropy)
         else:
             for i in range(b):
                 Xb[i] = X[batches[t, i]]
                 Yb[i] = Y[batches[t, i]]
-            last = _step(Xb, Yb, W, a, aT, scale, lr, A, out, G, Dblk)
+            last = _step(Xb, Yb, W, a, aT, scale, lr, A, out, G, Dblk, cross_entropy)
     return last
 
 
@@ -196,9 +209,12 @@ def compile_for(dtype) -> None:
     X, Y = np.ones((3, 2), dtype), np.ones((3, 1), dtype)
     W, a = np.ones((2, 2), dtype), np.ones((2, 1), dtype)
     for batches in (np.zeros((1, 0), np.int64), np.zeros((1, 2), np.int64)):
-        local_steps(W.copy(), a, X, Y, one, one, batches)
+        for cross_entropy in (False, True):
+            local_steps(W.copy(), a, X, Y, one, one, batches, cross_entropy)
     partial_output(W, a, X, one)
     A, out = np.empty((3, 2), dtype), np.empty((3, 1), dtype)
     part_forward(X, W, a, one, A, out)
-    residual_loss(out)
+    for cross_entropy in (False, True):
+        residual(out.copy(), Y, cross_entropy)
+        residual(out.astype(np.float64), Y.astype(np.float64), cross_entropy)   # the full network's evaluation
     part_backward(X, out, W.copy(), np.ascontiguousarray(a.T), np.float64(1.0), A, *_workspaces(2, 2, 3, dtype))

@@ -71,7 +71,7 @@ def network_outputs(W_own, a_own, X, m: int, each=map, parts: int = 1) -> np.nda
 
 
 def network_loss(W_own, a_own, X, Y, m: int, comm, extra=(), each=map, parts: int = 1,
-                 test=None, classify: bool = False) -> tuple[dict, np.ndarray]:
+                 test=None, classify: bool = False, cross_entropy: bool = False) -> tuple[dict, np.ndarray]:
     """The full network's evaluation: loss L(W) on the training data, and with `test` = (X_test,
     Y_test) of some rows the test loss, and with `classify` the accuracies (argmax of the outputs
     against the one-hot targets; NaN where they do not apply). One Allreduce sums the ranks'
@@ -86,8 +86,9 @@ def network_loss(W_own, a_own, X, Y, m: int, comm, extra=(), each=map, parts: in
     outputs_t = buf[out.size: out.size + out_t.size].reshape(Yt.shape)
     nan = float("nan")
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the caller
-        metrics = {"loss": float(np.sum((outputs - Y) ** 2) / (2 * Y.shape[0])),
-                   "test_loss": float(np.sum((outputs_t - Yt) ** 2) / (2 * Yt.shape[0])) if len(Yt) else nan,
+        metrics = {"loss": kernels.residual(outputs.copy(), Y.astype(np.float64), cross_entropy),
+                   "test_loss": kernels.residual(outputs_t.copy(), Yt.astype(np.float64), cross_entropy)
+                   if len(Yt) else nan,
                    "train_acc": _accuracy(outputs, Y) if classify else nan,
                    "test_acc": _accuracy(outputs_t, Yt) if classify and len(Yt) else nan}
     return metrics, buf[out.size + out_t.size:]
@@ -108,17 +109,19 @@ class LazyRegime:
     def __init__(self, cfg, X, lo: int, hi: int):
         self.cfg, self.lo, self.hi = cfg, lo, hi
         W0 = init_rows(cfg, lo, hi)
-        self.w0_sq = float(np.einsum("ij,ij->", W0, W0, dtype=np.float64))
-        self.pattern0 = np.packbits(X @ W0.T > 0, axis=1)
+        with np.errstate(all="ignore"):  # weights too large for the dtype are reported by check_start
+            self.w0_sq = float(np.einsum("ij,ij->", W0, W0, dtype=np.float64))
+            self.pattern0 = np.packbits(X @ W0.T > 0, axis=1)
         self.gram = 0 < X.shape[0] <= cfg.theory.gram_max_n
         self.XX = (X.astype(np.float64) @ X.T.astype(np.float64)) if self.gram else None
 
     def local(self, W_own, X) -> tuple[np.ndarray, float]:
         """This rank's sums (||W - W0||^2, ||W0||^2, flips, and the n x n sum over its rows for H)
         and its largest ||w_r - w_r(0)||."""
-        diff = W_own.astype(np.float64) - init_rows(self.cfg, self.lo, self.hi)
-        rows = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        active = X @ W_own.T > 0
+        with np.errstate(all="ignore"):  # non-finite weights are reported as divergence
+            diff = W_own.astype(np.float64) - init_rows(self.cfg, self.lo, self.hi)
+            rows = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+            active = X @ W_own.T > 0
         flips = np.count_nonzero(np.unpackbits(self.pattern0, axis=1, count=active.shape[1]).astype(bool) != active)
         sums = [float(rows @ rows), self.w0_sq, float(flips)]
         if self.gram:
@@ -313,6 +316,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
     lr = real(config.step_size(cfg))
     round_of_plan = round_rows if cfg.train.plan == "rows" else round_outputs
     classify = cfg.data.task == "classification"
+    cross_entropy = cfg.train.loss == "cross_entropy"
     lazy = LazyRegime(cfg, X, lo, hi)
     due = Cadence(cfg)
 
@@ -322,7 +326,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
             Allreduce (and one of the largest row distance)."""
             diag, dw_max = lazy.local(W, X)
             scores, sums = network_loss(W, a[lo:hi], X, Y, m, comm, np.concatenate([flags, diag]), each, workers,
-                                        test, classify)
+                                        test, classify, cross_entropy)
             dw_max = float(comm.maxima([dw_max])[0])
             scores.update(lazy.finish(sums[len(flags):], dw_max, X.shape[0], m, comm.rank == 0))
             return scores, sums[:len(flags)]
@@ -365,7 +369,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
             # 1. tau local steps of every subnetwork from W_k, on its active rows only, and
             # 2. the mean per neuron over the subnetworks that hold it, on its owner
             sub_loss_sum, seconds_local = round_of_plan(
-                W, a, X, Y, rows, batches, counts, (lo, hi), sub_scale, lr, disjoint, comm, each)
+                W, a, X, Y, rows, batches, counts, (lo, hi), sub_scale, lr, disjoint, comm, each, cross_entropy)
 
             # the subnetworks' losses, any rank's stop request and a failed write in one Allreduce,
             # with the full network's outputs when this round is evaluated
@@ -495,7 +499,7 @@ def check_diverged(loss: float | None, sub_loss: float, loss_init: float, done: 
                     f"(the last good checkpoint, round {last_checkpoint}, is kept)")
 
 
-def round_rows(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjoint, comm, each):
+def round_rows(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjoint, comm, each, cross_entropy):
     """Plan "rows" (IST's pattern): pull the rows this rank's subnetworks hold from their owners,
     run each subnetwork's tau steps in one kernel call (side by side on `each`'s threads), push the
     trained rows back to their owners, which average them. Returns (sub-loss sum, seconds local)."""
@@ -505,13 +509,14 @@ def round_rows(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjoint
     del pulled
     t = time.perf_counter()
     sub_losses = list(each(kernels.local_steps, trained.values(), [a[rows[l]] for l in plan.subnets],
-                           repeat(X), repeat(Y), repeat(sub_scale), repeat(lr), [batches[l] for l in plan.subnets]))
+                           repeat(X), repeat(Y), repeat(sub_scale), repeat(lr), [batches[l] for l in plan.subnets],
+                           repeat(cross_entropy)))
     seconds_local = time.perf_counter() - t
     push(W, trained, plan, counts, comm, disjoint)
     return sum(sub_losses), seconds_local  # in subnet order, however they ran
 
 
-def round_outputs(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjoint, comm, each):
+def round_outputs(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjoint, comm, each, cross_entropy):
     """Plan "outputs" (neurons never move): every rank steps its own rows of every subnetwork
     (one working copy per holding subnetwork). Each local step sums the ranks' parts of the p
     subnetworks' outputs with one Allreduce, then each rank takes the gradient step of its rows
@@ -536,12 +541,11 @@ def round_outputs(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjo
         seconds_local += time.perf_counter() - t0
         comm.sum(out)                                     # the subnetworks' outputs, whole
         t0 = time.perf_counter()
-        R = [out[l] - Yb[l] for l in range(p)]
+        R = out   # the residuals, in place; sub_loss as plan rows has it: the losses of this forward pass
+        sub_losses = [kernels.residual(R[l], Yb[l], cross_entropy) for l in range(p)]
         list(each(kernels.part_backward, Xb, R, W_l, aT_l, repeat(step), A,
                   [g for g, _ in spaces], [b for _, b in spaces]))
         seconds_local += time.perf_counter() - t0
-    # sub_loss as plan rows has it: each subnetwork's loss in its last step's forward pass
-    sub_losses = [kernels.residual_loss(R[l]) for l in range(p)]
     del A, out, R                                     # before the combine's sum buffer exists
     shard.combine(W, zip(mine, W_l), disjoint, counts)
     # every rank has all p losses; the round loop sums this over the ranks: rank 0 alone counts them

@@ -10,19 +10,24 @@ def surrogate_output(W, a, X, mask, keep):
     return (np.maximum(X @ W.T, 0.0) * mask) @ a / (keep * np.sqrt(m))
 
 
-def surrogate_loss(W, a, X, Y, mask, keep):
-    return 0.5 * np.mean(np.sum((surrogate_output(W, a, X, mask, keep) - Y) ** 2, axis=1))
+def surrogate_loss(W, a, X, Y, mask, keep, loss="squared"):
+    f = surrogate_output(W, a, X, mask, keep)
+    if loss == "cross_entropy":   # (1/n) sum_i (log sum_j exp f_ij - <y_i, f_i>)
+        return np.mean(np.log(np.sum(np.exp(f), axis=1)) - np.sum(Y * f, axis=1))
+    return 0.5 * np.mean(np.sum((f - Y) ** 2, axis=1))
 
 
-def surrogate_grad(W, a, X, Y, mask, keep):
+def surrogate_grad(W, a, X, Y, mask, keep, loss="squared"):
     m, n = W.shape[0], X.shape[0]
     Z = X @ W.T
-    R = surrogate_output(W, a, X, mask, keep) - Y                   # n x c
+    f = surrogate_output(W, a, X, mask, keep)
+    # dL/df_i times n: f - y for the squared error; softmax(f) - y for the cross-entropy
+    R = (np.exp(f) / np.sum(np.exp(f), axis=1, keepdims=True) if loss == "cross_entropy" else f) - Y
     D = (R @ a.T) * (Z > 0) * mask / (keep * np.sqrt(m))            # n x m: d f-terms / d z
     return D.T @ X / n
 
 
-def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None):
+def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None, loss="squared"):
     """Every round of a run from its recorded masks (rounds x p x m). Returns the final W and per
     round (loss of the aggregated network, mean over subnetworks of the loss their last local step
     descended from: at its starting weights, over its samples)."""
@@ -40,8 +45,8 @@ def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None):
                 else:
                     Xb, Yb = X[batches[k][l][t]], Y[batches[k][l][t]]
                 if t == local_steps - 1:
-                    last.append(surrogate_loss(W_l, a, Xb, Yb, M[l], keep))
-                W_l = W_l - lr * surrogate_grad(W_l, a, Xb, Yb, M[l], keep)
+                    last.append(surrogate_loss(W_l, a, Xb, Yb, M[l], keep, loss))
+                W_l = W_l - lr * surrogate_grad(W_l, a, Xb, Yb, M[l], keep, loss)
             trained.append(W_l)
         sub_losses.append(np.mean(last))
         W_next = W.copy()
@@ -50,7 +55,7 @@ def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None):
             if holders:  # a neuron held by no subnetwork keeps its weights
                 W_next[r] = sum(trained[l][r] for l in holders) / len(holders)
         W = W_next
-        losses.append(surrogate_loss(W, a, X, Y, full, 1.0))
+        losses.append(surrogate_loss(W, a, X, Y, full, 1.0, loss))
     return W, np.array(losses), np.array(sub_losses)
 
 

@@ -101,6 +101,7 @@ BAD_RESOLVE = [
     (["masks.keep=0.3"], 2, "masks.keep = 0.3 does not apply to masks.kind = 'partition'"),
     (["data.source='data.txt'"], 1, "data.source = 'data.txt' is neither 'synthetic' nor a data file"),
     (["data.holdout=0.2"], 1, "data.holdout and data.test_source are for a data file"),
+    (["train.loss='cross_entropy'"], 1, "train.loss = 'cross_entropy' needs class targets"),
     (["data.source='a.npz'", "data.test_n=10"], 1, "data.test_n is for the synthetic source"),
     (["data.source='a.npz'", "data.holdout=0.2", "data.test_source='b.npz'"], 1, "set one of them"),
 ]

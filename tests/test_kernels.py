@@ -19,23 +19,24 @@ def problem(seed=0, n=30, d=6, c=2, m=20, keep=0.5):
     return X, Y, W, a, mask, keep
 
 
-def kernel_grad(W, a, X, Y, mask, keep, batches=FULL_BATCH):
+def kernel_grad(W, a, X, Y, mask, keep, batches=FULL_BATCH, cross_entropy=False):
     """The gradient the kernel applies, read off one step with lr = 1 on the active rows."""
     rows = np.flatnonzero(mask)
     W_l = W[rows].copy()
-    kernels.local_steps(W_l, a[rows].copy(), X, Y, 1.0 / (keep * np.sqrt(W.shape[0])), 1.0, batches)
+    kernels.local_steps(W_l, a[rows].copy(), X, Y, 1.0 / (keep * np.sqrt(W.shape[0])), 1.0, batches, cross_entropy)
     G = np.zeros_like(W)
     G[rows] = W[rows] - W_l
     return G
 
 
-def fd_grad(W, a, X, Y, mask, keep, h=1e-6):
+def fd_grad(W, a, X, Y, mask, keep, h=1e-6, loss="squared"):
     G = np.zeros_like(W)
     for r in range(W.shape[0]):
         for q in range(W.shape[1]):
             E = np.zeros_like(W)
             E[r, q] = h
-            up, down = surrogate_loss(W + E, a, X, Y, mask, keep), surrogate_loss(W - E, a, X, Y, mask, keep)
+            up = surrogate_loss(W + E, a, X, Y, mask, keep, loss)
+            down = surrogate_loss(W - E, a, X, Y, mask, keep, loss)
             G[r, q] = (up - down) / (2 * h)
     return G
 
@@ -99,3 +100,18 @@ def test_float32_step_agrees_with_float64():
     G32 = kernel_grad(f32[0], f32[1], f32[2], f32[3], mask, keep)
     assert G32.dtype == np.float32
     np.testing.assert_allclose(G32, G64, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("seed,keep", [(0, 0.5), (3, 1.0)])
+def test_cross_entropy_gradient_matches_finite_differences(seed, keep):
+    """train.loss = cross_entropy: L = (1/n) sum_i (logsumexp(f_i) - <y_i, f_i>) on one-hot targets."""
+    X, _, W, a, mask, keep = problem(seed, c=3, keep=keep)
+    Y = np.eye(3)[np.random.default_rng(seed).integers(0, 3, size=X.shape[0])]
+    G = kernel_grad(W, a, X, Y, mask, keep, cross_entropy=True)
+    G_fd = fd_grad(W, a, X, Y, mask, keep, loss="cross_entropy")
+    assert np.abs(G).max() > 1e-3
+    np.testing.assert_allclose(G, G_fd, rtol=1e-6, atol=1e-8)
+    rows = np.flatnonzero(mask)
+    got = kernels.local_steps(W[rows].copy(), a[rows].copy(), X, Y, 1.0 / (keep * np.sqrt(W.shape[0])), 0.1,
+                              FULL_BATCH, True)
+    assert got == pytest.approx(surrogate_loss(W, a, X, Y, mask, keep, "cross_entropy"), rel=1e-12)

@@ -156,3 +156,27 @@ def test_lr_scaling_keep_is_lr_times_keep(tmp_path):
     A, B = read_run(str(tmp_path / "a")), read_run(str(tmp_path / "b"))
     np.testing.assert_array_equal(A["model/W"], B["model/W"])
     assert rel_diff(A["model/W"], A["model/W_init"]) > 1e-3
+
+
+@pytest.mark.parametrize("plan", ["rows", "outputs"])
+def test_cross_entropy_run_matches_the_replay(tmp_path, plan):
+    """train.loss = cross_entropy on one-hot class targets, both plans, against the numpy replay
+    with the softmax residual."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((40, 5))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    np.savez(tmp_path / "cls.npz", X=X, Y=rng.integers(0, 3, size=(40, 1)).astype(float))
+    job = dict(SMALL, data__source="cls.npz", data__task="classification", train__loss="cross_entropy",
+               train__plan=plan, **KINDS["bernoulli"])
+    for key in ("data__n", "data__d", "data__outputs"):
+        job.pop(key)
+    r = mpirun(2, *sets(**job, output__dir="out"), cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    run = read_run(str(tmp_path / "out"))
+    Y = np.eye(3)[np.load(tmp_path / "cls.npz")["Y"][:, 0].astype(int)]
+    W, losses, sub_losses = replay(run["model/W_init"], run["model/a"], X, Y, run["masks"].astype(float), 0.6,
+                                   lr=1.5, local_steps=3, loss="cross_entropy")
+    assert rel_diff(W, run["model/W_init"]) > 1e-3
+    assert rel_diff(run["model/W"], W) <= 1e-10
+    assert rel_diff(run["eval"]["loss"][1:], losses) <= 1e-10
+    assert rel_diff(run["metrics"]["sub_loss"], sub_losses) <= 1e-10
