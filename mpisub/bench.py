@@ -22,13 +22,18 @@ CASES = {
     "theory-small": dict(n=200, d=20, m=2000, p=4, tau=10, kind="bernoulli", keep=0.5),
     "paper": dict(n=1000, d=2048, m=500, p=10, tau=10, kind="bernoulli", keep=0.5),
     "wide-ist": dict(n=2000, d=128, m=16384, p=4, tau=5, kind="partition", keep=0.25),
+    "dropout": dict(n=2000, d=256, m=8192, p=1, tau=1, kind="bernoulli", keep=0.5),
+    "multisample": dict(n=2000, d=256, m=8192, p=4, tau=1, kind="bernoulli", keep=0.5),
 }
 QUICK = {  # the same cases, small enough for the test suite
     "theory-small": dict(n=60, d=8, m=400, p=4, tau=3, kind="bernoulli", keep=0.5),
     "paper": dict(n=100, d=128, m=64, p=2, tau=3, kind="bernoulli", keep=0.5),
     "wide-ist": dict(n=100, d=16, m=1024, p=4, tau=2, kind="partition", keep=0.25),
+    "dropout": dict(n=100, d=16, m=512, p=1, tau=1, kind="bernoulli", keep=0.5),
+    "multisample": dict(n=100, d=16, m=512, p=4, tau=1, kind="bernoulli", keep=0.5),
 }
-ROUNDS = {"theory-small": 20, "paper": 3, "wide-ist": 5}  # measured rounds, after one warm-up round
+# measured rounds, after one warm-up round
+ROUNDS = {"theory-small": 20, "paper": 3, "wide-ist": 5, "dropout": 41, "multisample": 21}
 LR = 0.5
 
 
@@ -62,6 +67,9 @@ def mpisub_numbers(run: dict) -> dict:
                   "MPI collectives": float(np.mean(comm)),
                   "full-loss evaluation": float(np.mean(m["seconds_loss"])),
                   "HDF5 writes, log": float(np.mean(np.maximum(wall - compute - comm, 0.0)))},
+        # the evaluations' share of the rounds between the warm-up and the last (which a run always
+        # evaluates once, whatever its length)
+        "evaluation_share": float(np.sum(m["seconds_loss"][:-1]) / max(np.sum(wall[:-1]), 1e-12)),
         "bytes_per_round": float(np.mean(m["bytes_comm"])),
         "model_bytes": run["model/W"].nbytes,
         "peak_rss_mb": [float(x) for x in run["attrs"].get("peak_rss_mb", [])],

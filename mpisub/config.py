@@ -457,12 +457,13 @@ EVAL_SHARE = 0.05
 
 def auto_eval_every(cfg: Config) -> int:
     """Rounds between evaluations so that they cost about EVAL_SHARE of the training
-    (docs/design.md, "Evaluation cadence"). An evaluation is one forward pass of the whole network
-    over the n samples, 2 n d m flops; a round is p subnetworks x tau steps x two products of
-    b x d x (keep m), 4 p keep tau b d m flops (b = n at full batch). So evaluating every
-    ceil(n / (EVAL_SHARE 2 p keep tau b)) rounds costs at most EVAL_SHARE."""
+    (docs/design.md, "Evaluation cadence"). An evaluation is two products of the whole network over
+    the n samples (its outputs, and the activation patterns for the lazy-regime diagnostics),
+    4 n d m flops; a round is p subnetworks x tau steps x two products of b x d x (keep m),
+    4 p keep tau b d m flops (b = n at full batch). So evaluating every
+    ceil(n / (EVAL_SHARE p keep tau b)) rounds costs at most EVAL_SHARE."""
     b = cfg.train.batch_size or cfg.data.n
-    per_round = 2 * cfg.masks.subnets * cfg.masks.keep * cfg.train.local_steps * b
+    per_round = cfg.masks.subnets * cfg.masks.keep * cfg.train.local_steps * b
     if per_round <= 0:  # not resolved yet (subnets, keep 0: auto)
         return 1
     return max(1, math.ceil(cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
