@@ -56,7 +56,9 @@ def test_quick_peer_benchmark_prints_the_table_with_consistent_ratios(tmp_path):
                         "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == len(peers.TARGETS) + 2     # the header, every target, local steps vs bare products
+    # the header, every target, local steps vs bare products, each dropout case's round vs its
+    # products, and each case's evaluation share
+    assert len(rows) == len(peers.TARGETS) + 2 + len(peers.ROUND_TARGETS) + len(peers.CASES)
     res = json.loads(out.read_text())
 
     def result(key):
@@ -72,6 +74,15 @@ def test_quick_peer_benchmark_prints_the_table_with_consistent_ratios(tmp_path):
         expected = mine / other if t.peer else other / mine   # a variant is shown as "N x faster"
         assert abs(ratio - expected) <= 0.006, row   # printed with two decimals
         assert row[7].strip() == ("yes" if (expected if t.peer else 1 / expected) <= t.target else "NO"), row
+    for case, target in peers.ROUND_TARGETS.items():
+        got = result((case, 1, "float64", 0))
+        row = next(cells for cells in rows if cells[0].strip() == f"{case}: whole round vs its products")
+        assert abs(float(row[5].split("x")[0]) - got["mpisub"]["seconds"] / got["bare products"]) <= 0.006
+    for case in peers.CASES:
+        row = next(cells for cells in rows if cells[0].strip().startswith(f"{case}: evaluations"))
+        share = result((case, 1, "float64", 0))["mpisub"]["evaluation_share"]
+        assert 0 <= share <= 1 and abs(float(row[5]) - share) <= 0.0006
+        assert row[7].strip() == ("yes" if share <= peers.INSTRUMENTS_SHARE else "NO")
     # the baselines reproduced mpisub's weights, so the three measured the same computation
     for key, value in res["results"].items():
         for how in ("numpy", "torch"):
@@ -87,7 +98,7 @@ def test_mpisub_bench_reports_every_case_at_the_ranks_asked_for(tmp_path):
                        text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text())["results"]
-    assert sorted(res) == ["paper K=2", "theory-small K=2", "wide-ist K=2"]
+    assert sorted(res) == ["dropout K=2", "multisample K=2", "paper K=2", "theory-small K=2", "wide-ist K=2"]
     for name, numbers in res.items():
         assert all(v >= 0 for v in numbers["split"].values()), name
         assert len(numbers["peak_rss_mb"]) == 2 and min(numbers["peak_rss_mb"]) > 50
