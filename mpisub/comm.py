@@ -32,7 +32,6 @@ class Comm:
         self.seconds = 0.0
         self.bytes = 0          # sent to other ranks
         self.bytes_recv = 0     # received from other ranks
-        self.last_seconds = 0.0  # of the latest collective
         self._row_types = {}
 
     def library(self) -> str:
@@ -47,8 +46,7 @@ class Comm:
 
     def _count(self, t0: float, sent: int, received: int | None = None) -> None:
         """`received` defaults to `sent` (a reduction's buffer goes both ways)."""
-        self.last_seconds = time.perf_counter() - t0
-        self.seconds += self.last_seconds
+        self.seconds += time.perf_counter() - t0
         if self.size > 1:
             self.bytes += int(sent)
             self.bytes_recv += int(sent if received is None else received)

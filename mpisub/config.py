@@ -451,8 +451,11 @@ def resolve(cfg: Config, ranks: int, resuming: bool = False) -> Config:
     return cfg
 
 
-# the share of the training time that evaluating the full network may take by default
+# the share of the training time that evaluating the full network may take by default, and how
+# much more an evaluation costs than its products' flops say (it also redraws W_init's rows for
+# the diagnostics, reduces over the ranks and runs Python; measured on the benchmark's small cases)
 EVAL_SHARE = 0.05
+EVAL_OVERHEAD = 3.0
 
 
 def auto_eval_every(cfg: Config) -> int:
@@ -461,12 +464,12 @@ def auto_eval_every(cfg: Config) -> int:
     the n samples (its outputs, and the activation patterns for the lazy-regime diagnostics),
     4 n d m flops; a round is p subnetworks x tau steps x two products of b x d x (keep m),
     4 p keep tau b d m flops (b = n at full batch). So evaluating every
-    ceil(n / (EVAL_SHARE p keep tau b)) rounds costs at most EVAL_SHARE."""
+    ceil(EVAL_OVERHEAD n / (EVAL_SHARE p keep tau b)) rounds costs at most EVAL_SHARE."""
     b = cfg.train.batch_size or cfg.data.n
     per_round = cfg.masks.subnets * cfg.masks.keep * cfg.train.local_steps * b
     if per_round <= 0:  # not resolved yet (subnets, keep 0: auto)
         return 1
-    return max(1, math.ceil(cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
+    return max(1, math.ceil(EVAL_OVERHEAD * cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
 
 
 def step_size(cfg: Config) -> float:

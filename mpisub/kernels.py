@@ -184,6 +184,13 @@ OUTPUT_BLOCK = 512
 @njit(cache=True, nogil=True)
 def partial_output(W, a, X, scale):
     """scale * relu(X W^T) a for a block of rows: the blocks' outputs sum to the network's output."""
+    return output_and_pattern(W, a, X, scale, np.empty((0, 0), dtype=np.bool_))
+
+
+@njit(cache=True, nogil=True)
+def output_and_pattern(W, a, X, scale, P):
+    """partial_output, and, when P is n x k, the activation patterns 1{<w_r, x_i> > 0} into P (the
+    lazy-regime diagnostics read them off the forward pass instead of a second product)."""
     n, k, c = X.shape[0], W.shape[0], a.shape[1]
     out = np.zeros((n, c), dtype=W.dtype)
     part = np.empty((n, c), dtype=W.dtype)
@@ -194,6 +201,10 @@ def partial_output(W, a, X, scale):
             A = np.empty((n, hi - lo), dtype=W.dtype)
         _forward(X, W[lo:hi], a[lo:hi], scale, A, part)
         out += part
+        if P.shape[0] == n:
+            for i in range(n):
+                for j in range(hi - lo):
+                    P[i, lo + j] = A[i, j] > 0.0
     return out
 
 
@@ -212,6 +223,7 @@ def compile_for(dtype) -> None:
         for cross_entropy in (False, True):
             local_steps(W.copy(), a, X, Y, one, one, batches, cross_entropy)
     partial_output(W, a, X, one)
+    output_and_pattern(W, a, X, one, np.empty((3, 2), dtype=np.bool_))
     A, out = np.empty((3, 2), dtype), np.empty((3, 1), dtype)
     part_forward(X, W, a, one, A, out)
     for cross_entropy in (False, True):

@@ -59,28 +59,39 @@ def init_output_weights(cfg) -> np.ndarray:
     return np.concatenate(chunks).astype(cfg.model.dtype)
 
 
-def network_outputs(W_own, a_own, X, m: int, each=map, parts: int = 1) -> np.ndarray:
+def network_outputs(W_own, a_own, X, m: int, each=map, parts: int = 1, pattern=None) -> np.ndarray:
     """This rank's part of the full network's outputs on X (n x c): its own block of neurons, in
-    `parts` pieces mapped by `each` (e.g. over threads); the ranks' parts add up."""
+    `parts` pieces mapped by `each` (e.g. over threads); the ranks' parts add up. With `pattern`
+    (n x rows, bool), also the activation patterns of its rows."""
     k = len(W_own)
     cuts = [i * k // parts for i in range(parts + 1)]
-    pieces = each(kernels.partial_output, [W_own[b:e] for b, e in zip(cuts, cuts[1:])],
-                  [a_own[b:e] for b, e in zip(cuts, cuts[1:])], repeat(X),
-                  repeat(W_own.dtype.type(1.0 / math.sqrt(m))))
+    patterns = [np.empty((X.shape[0], e - b) if pattern is not None else (0, 0), dtype=np.bool_)
+                for b, e in zip(cuts, cuts[1:])]
+    pieces = list(each(kernels.output_and_pattern, [W_own[b:e] for b, e in zip(cuts, cuts[1:])],
+                       [a_own[b:e] for b, e in zip(cuts, cuts[1:])], repeat(X),
+                       repeat(W_own.dtype.type(1.0 / math.sqrt(m))), patterns))
+    if pattern is not None:
+        for (b, e), P in zip(zip(cuts, cuts[1:]), patterns):
+            pattern[:, b:e] = P
     return sum(pieces, np.zeros((X.shape[0], a_own.shape[1]), dtype=W_own.dtype))  # in block order
 
 
 def network_loss(W_own, a_own, X, Y, m: int, comm, extra=(), each=map, parts: int = 1,
-                 test=None, classify: bool = False, cross_entropy: bool = False) -> tuple[dict, np.ndarray]:
+                 test=None, classify: bool = False, cross_entropy: bool = False,
+                 lazy=None) -> tuple[dict, np.ndarray]:
     """The full network's evaluation: loss L(W) on the training data, and with `test` = (X_test,
     Y_test) of some rows the test loss, and with `classify` the accuracies (argmax of the outputs
-    against the one-hot targets; NaN where they do not apply). One Allreduce sums the ranks'
-    outputs, with the numbers in `extra` riding along; returns (metrics, the sums of `extra`)."""
+    against the one-hot targets; NaN where they do not apply), and with `lazy` (a LazyRegime) its
+    diagnostics, from the forward pass's activation patterns. One Allreduce sums the ranks'
+    outputs, with the numbers in `extra` riding along (and one takes the largest row distance);
+    returns (metrics, the sums of `extra`)."""
     Xt, Yt = test if test is not None and len(test[0]) else (X[:0], Y[:0])
-    out = network_outputs(W_own, a_own, X, m, each, parts)
+    pattern = np.empty((X.shape[0], len(W_own)), dtype=np.bool_) if lazy is not None else None
+    out = network_outputs(W_own, a_own, X, m, each, parts, pattern)
     out_t = network_outputs(W_own, a_own, Xt, m, each, parts) if len(Xt) else out[:0]
-    buf = np.concatenate([out.astype(np.float64).ravel(), out_t.astype(np.float64).ravel(),
-                          np.asarray(extra, dtype=np.float64)])
+    diag, dw_max = lazy.local(W_own, pattern) if lazy is not None else (np.zeros(0), 0.0)
+    extra = np.asarray(extra, dtype=np.float64)
+    buf = np.concatenate([out.astype(np.float64).ravel(), out_t.astype(np.float64).ravel(), extra, diag])
     comm.sum(buf)
     outputs = buf[:out.size].reshape(Y.shape)
     outputs_t = buf[out.size: out.size + out_t.size].reshape(Yt.shape)
@@ -91,7 +102,11 @@ def network_loss(W_own, a_own, X, Y, m: int, comm, extra=(), each=map, parts: in
                    if len(Yt) else nan,
                    "train_acc": _accuracy(outputs, Y) if classify else nan,
                    "test_acc": _accuracy(outputs_t, Yt) if classify and len(Yt) else nan}
-    return metrics, buf[out.size + out_t.size:]
+    sums = buf[out.size + out_t.size:]
+    if lazy is not None:
+        metrics.update(lazy.finish(sums[len(extra):], float(comm.maxima([dw_max])[0]), X.shape[0], m,
+                                   comm.rank == 0))
+    return metrics, sums[:len(extra)]
 
 
 def _accuracy(outputs: np.ndarray, Y: np.ndarray) -> float:
@@ -106,24 +121,25 @@ class LazyRegime:
     its own rows: W_init's rows are drawn again from their streams (keeping them would cost a copy
     of the rank's W), its activation patterns are kept as bits (n x rows / 8 bytes)."""
 
-    def __init__(self, cfg, X, lo: int, hi: int):
+    def __init__(self, cfg, X, lo: int, hi: int, a_own):
         self.cfg, self.lo, self.hi = cfg, lo, hi
         W0 = init_rows(cfg, lo, hi)
+        pattern = np.empty((X.shape[0], hi - lo), dtype=np.bool_)
         with np.errstate(all="ignore"):  # weights too large for the dtype are reported by check_start
             self.w0_sq = float(np.einsum("ij,ij->", W0, W0, dtype=np.float64))
-            self.pattern0 = np.packbits(X @ W0.T > 0, axis=1)
+            kernels.output_and_pattern(W0, a_own, X, W0.dtype.type(1.0), pattern)
+            self.pattern0 = np.packbits(pattern, axis=1)
         self.gram = 0 < X.shape[0] <= cfg.theory.gram_max_n
         self.XX = (X.astype(np.float64) @ X.T.astype(np.float64)) if self.gram else None
 
-    def local(self, W_own, X) -> tuple[np.ndarray, float]:
+    def local(self, W_own, active) -> tuple[np.ndarray, float]:
         """This rank's sums (||W - W0||^2, ||W0||^2, flips, and the n x n sum over its rows for H)
-        and its largest ||w_r - w_r(0)||."""
+        and its largest ||w_r - w_r(0)||, from its rows and their activation patterns `active`."""
         with np.errstate(all="ignore"):  # non-finite weights are reported as divergence
             diff = W_own.astype(np.float64) - init_rows(self.cfg, self.lo, self.hi)
             rows = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-            active = X @ W_own.T > 0
         flips = np.count_nonzero(np.unpackbits(self.pattern0, axis=1, count=active.shape[1]).astype(bool) != active)
-        sums = [float(rows @ rows), self.w0_sq, float(flips)]
+        sums = [float(np.sum(rows * rows)), self.w0_sq, float(flips)]
         if self.gram:
             D = active.astype(np.float64)
             sums = np.concatenate([sums, (D @ D.T).ravel()])
@@ -317,19 +333,14 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
     round_of_plan = round_rows if cfg.train.plan == "rows" else round_outputs
     classify = cfg.data.task == "classification"
     cross_entropy = cfg.train.loss == "cross_entropy"
-    lazy = LazyRegime(cfg, X, lo, hi)
+    lazy = LazyRegime(cfg, X, lo, hi, a[lo:hi])
     due = Cadence(cfg)
 
     with side_by_side(workers) as each:
         def evaluate(flags) -> tuple[dict, np.ndarray]:
-            """The full network's scores and lazy-regime diagnostics, with the flags' sums, in one
-            Allreduce (and one of the largest row distance)."""
-            diag, dw_max = lazy.local(W, X)
-            scores, sums = network_loss(W, a[lo:hi], X, Y, m, comm, np.concatenate([flags, diag]), each, workers,
-                                        test, classify, cross_entropy)
-            dw_max = float(comm.maxima([dw_max])[0])
-            scores.update(lazy.finish(sums[len(flags):], dw_max, X.shape[0], m, comm.rank == 0))
-            return scores, sums[:len(flags)]
+            """The full network's scores and lazy-regime diagnostics, with the flags' sums."""
+            return network_loss(W, a[lo:hi], X, Y, m, comm, flags, each, workers, test, classify, cross_entropy,
+                                lazy)
 
         first, history, evals = 0, {}, {}
         if start is not None:
@@ -373,7 +384,7 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
 
             # the subnetworks' losses, any rank's stop request and a failed write in one Allreduce,
             # with the full network's outputs when this round is evaluated
-            t = time.perf_counter()
+            t, comm_before = time.perf_counter(), comm.seconds
             flags = (sub_loss_sum, float(stop_requested()), out.failed)
             evaluating = due.evaluate(k + 1)
             if evaluating:
@@ -381,9 +392,8 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
                 loss = scores["loss"]
             else:
                 loss, (sub_loss_sum, stops, failed) = None, comm.sums(flags)
-            seconds_loss = time.perf_counter() - t
+            seconds_loss = time.perf_counter() - t - (comm.seconds - comm_before)   # its collectives count as comm
             seconds_comm, bytes_comm, bytes_recv = comm.take_counters()
-            seconds_loss -= comm.last_seconds  # its Allreduce counts as comm
             if failed:
                 raise out.failure(k, cfg)
             check_diverged(loss, sub_loss_sum / p, loss_init, k + 1, cfg, X, out.last_checkpoint)
@@ -408,22 +418,23 @@ def run(cfg, comm, X, Y, store=None, log=print, start=None, stop_requested=lambd
 
 
 class Cadence:
-    """What is due after a round: an evaluation of the full network every output.eval_every rounds
-    and at every logged round; weights into the run file and a log line every output.log_every
-    rounds; a checkpoint every output.checkpoint_every; all after the last round, and all but the
-    evaluation at a stop."""
+    """What is due after a round: an evaluation of the full network every output.eval_every rounds;
+    weights into the run file and a log line every output.log_every rounds (by default a multiple
+    of eval_every, so logged rounds show the loss); a checkpoint every output.checkpoint_every; all
+    after the last round, and all but the evaluation at a stop."""
 
     def __init__(self, cfg):
         self.rounds, self.first, self.t0 = cfg.train.rounds, 0, time.perf_counter()
-        self.log_every = cfg.output.log_every or max(1, self.rounds // 20)
         self.eval_every = cfg.output.eval_every or 1
+        # by default about 20 lines a run, at evaluated rounds (a multiple of eval_every)
+        self.log_every = cfg.output.log_every or -(-max(1, self.rounds // 20) // self.eval_every) * self.eval_every
         self.checkpoint_every = cfg.output.checkpoint_every
         self.digits = len(str(self.rounds))
         self.logged = False
 
     def evaluate(self, done: int) -> bool:
         """The same rounds in a resumed run as in an unbroken one (the launch's first is not special)."""
-        return done == self.rounds or done % self.eval_every == 0 or done % self.log_every == 0
+        return done == self.rounds or done % self.eval_every == 0
 
     def weights(self, done: int, stop: bool) -> bool:
         return stop or done == self.rounds or done % self.log_every == 0
