@@ -60,6 +60,8 @@ def mpisub_numbers(run: dict) -> dict:
     """Seconds per round (median after the warm-up round), the time split, bytes and peak memory."""
     m = {k: v[1:] for k, v in run["metrics"].items() if isinstance(v, np.ndarray)}
     wall, compute, comm = m["seconds_wall"], m["seconds_compute"], m["seconds_comm"]
+    evaluated = np.isin(run["metrics"]["round"], run["eval"]["round"])   # the last round at least
+    every = json.loads(run["attrs"]["config"])["output"]["eval_every"]
     return {
         "seconds": float(np.median(wall)),
         "split": {"local steps": float(np.mean(m["seconds_local"])),
@@ -67,9 +69,9 @@ def mpisub_numbers(run: dict) -> dict:
                   "MPI collectives": float(np.mean(comm)),
                   "full-loss evaluation": float(np.mean(m["seconds_loss"])),
                   "HDF5 writes, log": float(np.mean(np.maximum(wall - compute - comm, 0.0)))},
-        # the evaluations' share of the rounds between the warm-up and the last (which a run always
-        # evaluates once, whatever its length)
-        "evaluation_share": float(np.sum(m["seconds_loss"][:-1]) / max(np.sum(wall[:-1]), 1e-12)),
+        # the evaluations' share of the training at the run's cadence: an evaluation's seconds, once
+        # every eval_every rounds (a short run may hold only the last round's evaluation)
+        "evaluation_share": float(np.mean(run["metrics"]["seconds_loss"][evaluated]) / (every * np.median(wall))),
         "bytes_per_round": float(np.mean(m["bytes_comm"])),
         "model_bytes": run["model/W"].nbytes,
         "peak_rss_mb": [float(x) for x in run["attrs"].get("peak_rss_mb", [])],
