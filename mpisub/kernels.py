@@ -1,45 +1,147 @@
 """The numba-compiled hot path: a subnetwork's local gradient steps and the network's forward pass.
 
 A subnetwork is given as its compact active rows only (W_l: k x d, a_l: k x c), so the cost of a
-local step scales with keep. Each step is two BLAS products, Z = X W_l^T and G = D^T X, plus the
-small product relu(Z) a_l; the element-wise work (ReLU, residual, ReLU derivative, update) runs in
-flat loops between them that LLVM vectorizes. `scale` is the network's output scale: 1/sqrt(m)
-for the full network, 1/(keep sqrt(m)) for a subnetwork's surrogate f_l.
+local step scales with keep. A step is its two BLAS products, Z = X W_l^T and G = D^T X, and one
+pass over Z between them, a sample at a time while its row is in cache: the output
+f_i = scale relu(z_i) a_l, the residual, and the row of D = [Z > 0] * (R a_l^T), written over z_i.
+One read and one write of the n x k activations is all a step adds to its products
+(docs/design.md, section 8). `scale` is the network's output scale: 1/sqrt(m) for the full network,
+1/(keep sqrt(m)) for a subnetwork's surrogate f_l.
 """
 import numpy as np
 from numba import njit
 
-# the gradient G = D^T X of a subnetwork with many rows is computed in row blocks of at most this
-# many bytes: its workspace would otherwise be the subnetwork's k x d, at owner storage's scale W's
-# own size per rank. Smaller subnetworks take one block, as fast as one product.
+# the gradient G = D^T X of a subnetwork with many rows is computed in neuron blocks of at most
+# this many bytes: its workspace would otherwise be the subnetwork's k x d, at owner storage's
+# scale W's own size per rank. Smaller subnetworks take one block, as fast as one product.
 GRAD_BYTES = 8 * 2**20
+# the per-sample sums over neurons may be reordered, so that LLVM vectorizes them (lanes of partial
+# sums): deterministic for a given shape and machine, as BLAS is
+SUMS = {"reassoc", "nsz", "contract"}
 
 
 @njit(cache=True, nogil=True)
-def _forward(X, W, a, scale, A, out):
-    """A = relu(X W^T) (kept: relu'(z) = [A > 0] for the backward pass); out = scale * A a."""
-    if W.shape[0] == 0:  # a subnetwork that holds no neuron outputs 0 (BLAS rejects empty operands)
-        out[:] = 0.0
-        return
-    np.dot(X, W.T, A)
-    flat = A.ravel()
-    for t in range(flat.size):
-        flat[t] = max(flat[t], 0.0)
-    np.dot(A, a, out)
-    flat = out.ravel()
-    for t in range(flat.size):
-        flat[t] *= scale
+def blocks(k, d, itemsize):
+    """A subnetwork's k rows in neuron blocks of equal width (the last may be narrower), each
+    block's gradient within GRAD_BYTES: returns (count, width), (0, 0) for no rows."""
+    if k == 0:
+        return 0, 0
+    most = max(1, GRAD_BYTES // (d * itemsize))
+    width = -(-k // -(-k // most))
+    return -(-k // width), width
 
 
 @njit(cache=True, nogil=True)
-def _loss(out, Y):
-    """1/(2n) sum_i ||out_i - y_i||^2, accumulated in float64."""
+def _block(A, n, lo, hi):
+    """Neurons lo:hi of the activations, n x (hi - lo) and contiguous: A is a flat buffer holding
+    the blocks one after the other, so each block feeds BLAS without a copy."""
+    return A[n * lo: n * hi].reshape((n, hi - lo))
+
+
+@njit(cache=True, nogil=True)
+def _pre_activations(X, W, A, count, width):
+    """Z = X W^T into A's blocks."""
+    n, k = X.shape[0], W.shape[0]
+    for b in range(count):
+        lo, hi = b * width, min(b * width + width, k)
+        np.dot(X, W[lo:hi].T, _block(A, n, lo, hi))
+
+
+@njit(cache=True, nogil=True, fastmath=SUMS)
+def _add_output(z, aT, lo, o):
+    """o += relu(z) a for one sample's pre-activations z of the neurons lo:lo + len(z)."""
+    for j in range(aT.shape[0]):
+        aj = aT[j]
+        s = 0.0
+        for r in range(z.size):
+            s += max(z[r], 0.0) * aj[lo + r]
+        o[j] += s
+
+
+@njit(cache=True, nogil=True)
+def _residual_row(o, y, cross_entropy):
+    """In place: one sample's outputs f_i become n dL/df_i (f_i - y_i, or softmax(f_i) - y_i);
+    returns that sample's term of n L, in float64."""
+    c = o.shape[0]
     s = 0.0
-    o, y = out.ravel(), Y.ravel()
-    for t in range(o.size):
-        e = np.float64(o[t]) - np.float64(y[t])
+    if cross_entropy:
+        top = o[0]
+        for j in range(c):
+            top = max(top, o[j])
+        z = 0.0
+        for j in range(c):
+            z += np.exp(np.float64(o[j]) - top)
+        lse = top + np.log(z)
+        for j in range(c):
+            s += np.float64(y[j]) * (lse - np.float64(o[j]))
+            o[j] = np.exp(np.float64(o[j]) - lse) - y[j]
+        return s
+    for j in range(c):
+        e = np.float64(o[j]) - np.float64(y[j])
         s += e * e
-    return s / (2.0 * out.shape[0])
+        o[j] -= y[j]
+    return 0.5 * s
+
+
+@njit(cache=True, nogil=True)
+def _delta(z, e, aT, lo):
+    """In place over one sample's pre-activations z of neurons lo:lo + len(z): its row of D,
+    D_r = [z_r > 0] sum_j e_j a_rj, from its residual e."""
+    c = aT.shape[0]
+    if c == 1:
+        e0, a0 = e[0], aT[0]
+        for r in range(z.size):
+            z[r] = e0 * a0[lo + r] if z[r] > 0.0 else 0.0
+        return
+    for r in range(z.size):
+        if z[r] > 0.0:
+            s = 0.0
+            for j in range(c):
+                s += e[j] * aT[j, lo + r]
+            z[r] = s
+        else:
+            z[r] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _sample_output(A, i, n, k, count, width, aT, scale, o):
+    """o = scale relu(z_i) a from sample i's pre-activations, across A's blocks."""
+    o[:] = 0.0
+    for b in range(count):
+        lo, hi = b * width, min(b * width + width, k)
+        _add_output(_block(A, n, lo, hi)[i], aT, lo, o)
+    for j in range(o.size):
+        o[j] *= scale
+
+
+@njit(cache=True, nogil=True)
+def _sample_delta(A, i, n, k, count, width, aT, e):
+    """Sample i's row of D over its pre-activations, across A's blocks, from its residual e."""
+    for b in range(count):
+        lo, hi = b * width, min(b * width + width, k)
+        _delta(_block(A, n, lo, hi)[i], e, aT, lo)
+
+
+@njit(cache=True, nogil=True)
+def _descend(X, W, step, A, G, count, width):
+    """W <- W - step * D^T X, in place, a neuron block at a time (G: width x d)."""
+    n, k = X.shape[0], W.shape[0]
+    for b in range(count):
+        lo, hi = b * width, min(b * width + width, k)
+        Gb = G[:hi - lo]
+        np.dot(_block(A, n, lo, hi).T, X, Gb)
+        w, g = W[lo:hi].ravel(), Gb.ravel()
+        for t in range(w.size):
+            w[t] -= step * g[t]
+
+
+@njit(cache=True, nogil=True)
+def _outputs(X, W, aT, scale, A, out, count, width):
+    """out = scale relu(X W^T) a (aT = a^T, c x k), A keeping Z = X W^T for a backward pass."""
+    n, k = X.shape[0], W.shape[0]
+    _pre_activations(X, W, A, count, width)
+    for i in range(n):
+        _sample_output(A, i, n, k, count, width, aT, scale, out[i])
 
 
 @njit(cache=True, nogil=True)
@@ -48,136 +150,88 @@ def residual(out, Y, cross_entropy):
     f - y for the squared error L = 1/(2n) sum ||f_i - y_i||^2, softmax(f) - y for the cross-entropy
     L = 1/n sum (logsumexp(f_i) - <y_i, f_i>) (y: one-hot or probabilities). Returns L at f, in
     float64."""
-    n, c = out.shape
     s = 0.0
-    for i in range(n):
-        if cross_entropy:
-            top = out[i, 0]
-            for j in range(c):
-                top = max(top, out[i, j])
-            z = 0.0
-            for j in range(c):
-                z += np.exp(np.float64(out[i, j]) - top)
-            lse = top + np.log(z)
-            for j in range(c):
-                s += np.float64(Y[i, j]) * (lse - np.float64(out[i, j]))
-                out[i, j] = np.exp(np.float64(out[i, j]) - lse) - Y[i, j]
-        else:
-            for j in range(c):
-                e = np.float64(out[i, j]) - np.float64(Y[i, j])
-                s += e * e
-                out[i, j] -= Y[i, j]
-    return s / n if cross_entropy else s / (2.0 * n)
+    for i in range(out.shape[0]):
+        s += _residual_row(out[i], Y[i], cross_entropy)
+    return s / out.shape[0]
 
 
 @njit(cache=True, nogil=True)
-def _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk, cross_entropy):
+def _step(X, Y, W, aT, scale, lr, A, out, G, cross_entropy):
     """One gradient step W <- W - lr * grad L(W) of L(scale relu(X W^T) a) (`residual`'s loss),
-    in place. aT = a^T, contiguous (c x k). Returns L at the weights the step started from: its
-    forward pass has it for free."""
-    n, k = A.shape
-    _forward(X, W, a, scale, A, out)
-    loss = residual(out, Y, cross_entropy)   # out is now the residual
-    if k > 0:
-        _backward(X, out, W, aT, lr * scale / n, A, G, Dblk)
-    return loss
-
-
-@njit(cache=True, nogil=True)
-def _backward(X, R, W, aT, step, A, G, Dblk):
-    """W <- W - step * D^T X, in place, from the residual R (n x c) and the forward pass's
-    A = relu(X W^T): D[i, r] = [z_ir > 0] * sum_j R[i, j] a[r, j], written over A."""
-    n, k = A.shape
-    c = R.shape[1]
-    if k == 0:
-        return
+    in place; the forward pass, residual and D in one pass over Z (module docstring). Returns L at
+    the weights the step started from."""
+    n = X.shape[0]
+    k, d = W.shape
+    count, width = blocks(k, d, W.itemsize)
+    _pre_activations(X, W, A, count, width)
+    loss = 0.0
     for i in range(n):
-        Ai = A[i]
-        if c == 1:
-            e = R[i, 0]
-            a0 = aT[0]
-            for r in range(k):
-                Ai[r] = e * a0[r] if Ai[r] > 0.0 else 0.0
+        _sample_output(A, i, n, k, count, width, aT, scale, out[i])
+        loss += _residual_row(out[i], Y[i], cross_entropy)
+        _sample_delta(A, i, n, k, count, width, aT, out[i])
+    # d/dw_r of L = (scale/n) sum_i D[i, r] x_i
+    _descend(X, W, lr * scale / n, A, G, count, width)
+    return loss / n
+
+
+@njit(cache=True, nogil=True)
+def _local_steps(W, aT, X, Y, scale, lr, batches, cross_entropy, A, out, G, Xb, Yb):
+    last = 0.0
+    for t in range(batches.shape[0]):
+        if batches.shape[1] == 0:
+            last = _step(X, Y, W, aT, scale, lr, A, out, G, cross_entropy)
         else:
-            for r in range(k):
-                if Ai[r] > 0.0:
-                    s = 0.0
-                    for j in range(c):
-                        s += R[i, j] * aT[j, r]
-                    Ai[r] = s
-    # d/dw_r of 1/(2n) sum ||f - y||^2 = (scale/n) sum_i D[i, r] x_i, in blocks of G's rows
-    # (GRAD_BYTES): the gradient's workspace stays small however many rows the subnetwork holds
-    B = G.shape[0]
-    for lo in range(0, k, B):
-        cols = min(B, k - lo)
-        Gb = G[:cols]
-        if cols == k:  # one block: D is A itself
-            np.dot(A.T, X, Gb)
-        else:
-            D = Dblk if cols == B else np.empty((n, cols), dtype=A.dtype)
-            for i in range(n):
-                for r in range(cols):
-                    D[i, r] = A[i, lo + r]
-            np.dot(D.T, X, Gb)
-        w, g = W[lo:lo + cols].ravel(), Gb.ravel()
-        for t in range(w.size):
-            w[t] -= step * g[t]
+            for i in range(batches.shape[1]):
+                Xb[i] = X[batches[t, i]]
+                Yb[i] = Y[batches[t, i]]
+            last = _step(Xb, Yb, W, aT, scale, lr, A, out, G, cross_entropy)
+    return last
 
 
-def _workspaces(k: int, d: int, nb: int, dtype):
-    """The gradient's blocks (see GRAD_BYTES) for a subnetwork part of k rows and nb samples."""
-    block = max(1, GRAD_BYTES // (d * np.dtype(dtype).itemsize))
-    return np.empty((min(k, block), d), dtype=dtype), np.empty((nb, block if k > block else 0), dtype=dtype)
+def workspaces(k: int, d: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The activations (a flat buffer of n x k, in blocks) and the gradient block of a subnetwork
+    part of k rows on n samples. numpy allocates them, not numba: it asks the kernel for huge pages
+    for large arrays, so a fresh n x k buffer each round costs a few page faults, not thousands."""
+    _, width = blocks(k, d, np.dtype(dtype).itemsize)
+    return np.empty(n * k, dtype=dtype), np.empty((width, d), dtype=dtype)
 
 
-@njit(cache=True, nogil=True)
-def part_forward(X, W, a, scale, A, out):
-    """Plan "outputs": this rank's part of a subnetwork's output, out = scale relu(X W^T) a for its
-    own rows W (k x d), keeping A = relu(X W^T) for part_backward."""
-    _forward(X, W, a, scale, A, out)
-
-
-@njit(cache=True, nogil=True)
-def part_backward(X, R, W, aT, step, A, G, Dblk):
-    """Plan "outputs": the gradient step of this rank's rows of a subnetwork, from the whole
-    subnetwork's residual R (summed over the ranks' parts)."""
-    _backward(X, R, W, aT, step, A, G, Dblk)
-
-
-@njit(cache=True, nogil=True)
-def local_steps(W, a, X, Y, scale, lr, batches, cross_entropy=False):
+def local_steps(W, a, X, Y, scale, lr, batches, cross_entropy=False) -> float:
     """tau = batches.shape[0] gradient steps of one subnetwork, in place on its active rows W (k x d).
 
     batches: (tau x b) sample indices per step, or (tau x 0) for full-batch steps (the paper).
     Returns the subnetwork's loss in its last step's forward pass (at the weights that step started
     from, over that step's samples): the sub_loss metric, free of any extra product."""
+    (k, d), c, b = W.shape, Y.shape[1], batches.shape[1]
+    nb = b or X.shape[0]
+    A, G = workspaces(k, d, nb, W.dtype)
+    return _local_steps(W, np.ascontiguousarray(a.T), X, Y, scale, lr, batches, cross_entropy, A,
+                        np.empty((nb, c), W.dtype), G, np.empty((b, d), W.dtype), np.empty((b, c), W.dtype))
+
+
+@njit(cache=True, nogil=True)
+def part_forward(X, W, aT, scale, A, out):
+    """Plan "outputs": this rank's part of a subnetwork's output, out = scale relu(X W^T) a for its
+    own rows W (k x d), keeping Z = X W^T in A (`workspaces`) for part_backward."""
+    count, width = blocks(W.shape[0], W.shape[1], W.itemsize)
+    _outputs(X, W, aT, scale, A, out, count, width)
+
+
+@njit(cache=True, nogil=True)
+def part_backward(X, R, W, aT, step, A, G):
+    """Plan "outputs": the gradient step of this rank's rows of a subnetwork, from the whole
+    subnetwork's residual R (summed over the ranks' parts)."""
+    n = X.shape[0]
     k, d = W.shape
-    n, c = Y.shape
-    tau, b = batches.shape
-    nb = n if b == 0 else b
-    # one set of workspaces for all tau steps
-    A = np.empty((nb, k), dtype=W.dtype)
-    out = np.empty((nb, c), dtype=W.dtype)
-    block = max(1, GRAD_BYTES // (d * W.itemsize))
-    G = np.empty((min(k, block), d), dtype=W.dtype)
-    Dblk = np.empty((nb, block if k > block else 0), dtype=W.dtype)
-    aT = np.ascontiguousarray(a.T)
-    Xb = np.empty((nb if b else 0, d), dtype=W.dtype)
-    Yb = np.empty((nb if b else 0, c), dtype=W.dtype)
-    last = 0.0
-    for t in range(tau):
-        if b == 0:
-            last = _step(X, Y, W, a, aT, scale, lr, A, out, G, Dblk, cross_entropy)
-        else:
-            for i in range(b):
-                Xb[i] = X[batches[t, i]]
-                Yb[i] = Y[batches[t, i]]
-            last = _step(Xb, Yb, W, a, aT, scale, lr, A, out, G, Dblk, cross_entropy)
-    return last
+    count, width = blocks(k, d, W.itemsize)
+    for i in range(n):
+        _sample_delta(A, i, n, k, count, width, aT, R[i])
+    _descend(X, W, step, A, G, count, width)
 
 
-# neurons per block of the forward pass: the n x block workspace stays small where the whole
-# n x m product would take GBs (and memory traffic instead of cache)
+# neurons per block of the evaluation's forward pass: the n x block workspace stays small where
+# the whole n x m product would take GBs (and memory traffic instead of cache)
 OUTPUT_BLOCK = 512
 
 
@@ -193,25 +247,21 @@ def output_and_pattern(W, a, X, scale, P):
     lazy-regime diagnostics read them off the forward pass instead of a second product)."""
     n, k, c = X.shape[0], W.shape[0], a.shape[1]
     out = np.zeros((n, c), dtype=W.dtype)
-    part = np.empty((n, c), dtype=W.dtype)
-    A = np.empty((n, min(k, OUTPUT_BLOCK)), dtype=W.dtype)
+    aT = np.ascontiguousarray(a.T)
+    A = np.empty(n * min(k, OUTPUT_BLOCK), dtype=W.dtype)
     for lo in range(0, k, OUTPUT_BLOCK):
         hi = min(lo + OUTPUT_BLOCK, k)
-        if hi - lo != A.shape[1]:
-            A = np.empty((n, hi - lo), dtype=W.dtype)
-        _forward(X, W[lo:hi], a[lo:hi], scale, A, part)
-        out += part
-        if P.shape[0] == n:
-            for i in range(n):
+        Z = A[:n * (hi - lo)].reshape((n, hi - lo))
+        np.dot(X, W[lo:hi].T, Z)
+        for i in range(n):
+            _add_output(Z[i], aT, lo, out[i])
+            if P.shape[0] == n:
                 for j in range(hi - lo):
-                    P[i, lo + j] = A[i, j] > 0.0
+                    P[i, lo + j] = Z[i, j] > 0.0
+    flat = out.ravel()
+    for t in range(flat.size):
+        flat[t] *= scale
     return out
-
-
-@njit(cache=True, nogil=True)
-def loss(W, a, X, Y, scale):
-    """L(W) = 1/(2n) sum_i ||scale relu(X W^T) a - y_i||^2."""
-    return _loss(partial_output(W, a, X, scale), Y)
 
 
 def compile_for(dtype) -> None:
@@ -224,9 +274,9 @@ def compile_for(dtype) -> None:
             local_steps(W.copy(), a, X, Y, one, one, batches, cross_entropy)
     partial_output(W, a, X, one)
     output_and_pattern(W, a, X, one, np.empty((3, 2), dtype=np.bool_))
-    A, out = np.empty((3, 2), dtype), np.empty((3, 1), dtype)
-    part_forward(X, W, a, one, A, out)
+    (A, G), out, aT = workspaces(2, 2, 3, dtype), np.empty((3, 1), dtype), np.ascontiguousarray(a.T)
+    part_forward(X, W, aT, one, A, out)
     for cross_entropy in (False, True):
         residual(out.copy(), Y, cross_entropy)
         residual(out.astype(np.float64), Y.astype(np.float64), cross_entropy)   # the full network's evaluation
-    part_backward(X, out, W.copy(), np.ascontiguousarray(a.T), np.float64(1.0), A, *_workspaces(2, 2, 3, dtype))
+    part_backward(X, out, W.copy(), aT, np.float64(1.0), A, G)

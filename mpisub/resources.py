@@ -36,8 +36,7 @@ def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -
     nb = cfg.train.batch_size or n
     from .kernels import GRAD_BYTES
     block = max(1, GRAD_BYTES // row)                    # the gradient's rows per block
-    blocked = k > block
-    workspace = workers * (nb * k + min(k, block) * d + (nb * block if blocked else 0) + n * 512) * s
+    workspace = workers * (nb * k + min(k, block) * d + n * 512) * s
     phases = (own + pull_send + pulled,                               # pull
               own + pulled + copies,                                  # each subnetwork's rows copied out
               own + trained + workspace / row,                        # local steps

@@ -71,15 +71,17 @@ def combine(W_own: np.ndarray, pieces, disjoint: bool, counts: np.ndarray) -> No
     """In place: each owned neuron becomes the mean of the trained copies of it in `pieces`, an
     iterable of (owned indices, their trained rows) in subnet order, summed in that order; a
     neuron held by no subnetwork keeps its row. `counts`: N_r for the owned neurons."""
-    if disjoint:  # one copy per neuron: it is the mean
+    if disjoint or counts.max(initial=0) <= 1:  # one copy per neuron: it is the mean (x / 1 is x)
         for idx, rows in pieces:
             W_own[idx] = rows
         return
-    S = np.zeros_like(W_own)
+    held = np.flatnonzero(counts)
+    at = np.empty(len(W_own), dtype=np.int64)   # an owned neuron's row in the sums of the held ones
+    at[held] = np.arange(len(held))
+    S = np.zeros((len(held), W_own.shape[1]), dtype=W_own.dtype)
     for idx, rows in pieces:
-        S[idx] += rows
-    held = counts > 0
-    W_own[held] = S[held] / counts[held, None].astype(W_own.dtype)
+        S[at[idx]] += rows
+    W_own[held] = S / counts[held, None].astype(W_own.dtype)
 
 
 def received_pieces(received: np.ndarray, segments):

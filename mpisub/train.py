@@ -536,28 +536,25 @@ def round_outputs(W, a, X, Y, rows, batches, counts, owned, sub_scale, lr, disjo
     p, (n, c), d = len(rows), Y.shape, X.shape[1]
     mine = [r[np.searchsorted(r, lo): np.searchsorted(r, hi)] - lo for r in rows]
     W_l = [W[i] for i in mine]                            # working copies of this rank's rows
-    a_l = [np.ascontiguousarray(a[lo:hi][i]) for i in mine]
-    aT_l = [np.ascontiguousarray(x.T) for x in a_l]
+    aT_l = [np.ascontiguousarray(a[lo:hi][i].T) for i in mine]
     tau, nb = batches[0].shape[0], batches[0].shape[1] or n
     out = np.empty((p, nb, c), dtype=W.dtype)
-    A = [np.empty((nb, len(i)), dtype=W.dtype) for i in mine]
-    spaces = [kernels._workspaces(len(i), d, nb, W.dtype) for i in mine]
+    A, G = zip(*(kernels.workspaces(len(i), d, nb, W.dtype) for i in mine))
     step = np.float64(lr) * np.float64(sub_scale) / nb
     seconds_local = 0.0
     for t in range(tau):
         Xb = [X if not batches[l].shape[1] else X[batches[l][t]] for l in range(p)]
         Yb = [Y if not batches[l].shape[1] else Y[batches[l][t]] for l in range(p)]
         t0 = time.perf_counter()
-        list(each(kernels.part_forward, Xb, W_l, a_l, repeat(sub_scale), A, out))
+        list(each(kernels.part_forward, Xb, W_l, aT_l, repeat(sub_scale), A, out))
         seconds_local += time.perf_counter() - t0
         comm.sum(out)                                     # the subnetworks' outputs, whole
         t0 = time.perf_counter()
         R = out   # the residuals, in place; sub_loss as plan rows has it: the losses of this forward pass
         sub_losses = [kernels.residual(R[l], Yb[l], cross_entropy) for l in range(p)]
-        list(each(kernels.part_backward, Xb, R, W_l, aT_l, repeat(step), A,
-                  [g for g, _ in spaces], [b for _, b in spaces]))
+        list(each(kernels.part_backward, Xb, R, W_l, aT_l, repeat(step), A, G))
         seconds_local += time.perf_counter() - t0
-    del A, out, R                                     # before the combine's sum buffer exists
+    del A, G, out, R                                  # before the combine's sum buffer exists
     shard.combine(W, zip(mine, W_l), disjoint, counts)
     # every rank has all p losses; the round loop sums this over the ranks: rank 0 alone counts them
     return (sum(sub_losses) if comm.rank == 0 else 0.0), seconds_local

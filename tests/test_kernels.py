@@ -1,7 +1,7 @@
 """The compiled local steps against central finite differences of an independent numpy loss."""
 import numpy as np
 import pytest
-from reference import surrogate_loss
+from reference import surrogate_grad, surrogate_loss
 
 from mpisub import kernels
 
@@ -84,11 +84,36 @@ def test_empty_subnetwork_outputs_zero():
     assert got == pytest.approx(0.5 * np.mean(np.sum(Y**2, axis=1)), rel=1e-14)
 
 
+@pytest.mark.parametrize("c", [1, 3])
+def test_neuron_blocks_take_the_step_of_one_product(c):
+    """Rows so long that the gradient's GRAD_BYTES limit cuts the subnetwork into uneven neuron
+    blocks (2, 2, 1): the step, through local_steps and through plan outputs' part_forward and
+    part_backward, is the chain rule's gradient (reference.surrogate_grad, plain numpy)."""
+    d = kernels.GRAD_BYTES // 8 // 3 + 16        # two rows fit a block, three do not
+    count, width = kernels.blocks(5, d, 8)
+    assert (count, width) == (3, 2)
+    X, Y, W, a, _, _ = problem(8, n=4, d=d, c=c, m=5)
+    mask, keep, lr = np.ones(5), 1.0, 0.7
+    expected = W - lr * surrogate_grad(W, a, X, Y, mask, keep)
+    W_rows = W.copy()
+    got = kernels.local_steps(W_rows, a, X, Y, 1 / np.sqrt(5), lr, FULL_BATCH)
+    assert got == pytest.approx(surrogate_loss(W, a, X, Y, mask, keep), rel=1e-12)
+    np.testing.assert_allclose(W_rows, expected, rtol=1e-12, atol=1e-14)
+    A, G = kernels.workspaces(5, d, 4, np.float64)
+    out, aT, W_parts = np.empty((4, c)), np.ascontiguousarray(a.T), W.copy()
+    kernels.part_forward(X, W_parts, aT, 1 / np.sqrt(5), A, out)
+    np.testing.assert_allclose(out, np.maximum(X @ W.T, 0) @ a / np.sqrt(5), rtol=1e-12, atol=1e-14)
+    kernels.residual(out, Y, False)
+    kernels.part_backward(X, out, W_parts, aT, lr / np.sqrt(5) / 4, A, G)
+    np.testing.assert_allclose(W_parts, expected, rtol=1e-12, atol=1e-14)
+
+
 def test_row_blocks_of_the_output_add_up_to_the_network():
     X, Y, W, a, _, _ = problem(6)
+    W, a = np.tile(W, (60, 1)), np.tile(a, (60, 1))    # 1200 neurons: three evaluation blocks
     whole = kernels.partial_output(W, a, X, 0.2)
-    parts = kernels.partial_output(W[:7].copy(), a[:7].copy(), X, 0.2) + \
-        kernels.partial_output(W[7:].copy(), a[7:].copy(), X, 0.2)
+    parts = kernels.partial_output(W[:700].copy(), a[:700].copy(), X, 0.2) + \
+        kernels.partial_output(W[700:].copy(), a[700:].copy(), X, 0.2)
     np.testing.assert_allclose(whole, parts, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(whole, np.maximum(X @ W.T, 0) @ a * 0.2, rtol=1e-12, atol=1e-14)
 
