@@ -39,6 +39,13 @@ def _block(A, n, lo, hi):
 
 
 @njit(cache=True, nogil=True)
+def _row(A, n, lo, hi, i):
+    """Sample i's pre-activations of the neurons lo:hi, a slice of A (no reshape per sample)."""
+    at = n * lo + i * (hi - lo)
+    return A[at: at + hi - lo]
+
+
+@njit(cache=True, nogil=True)
 def _pre_activations(X, W, A, count, width):
     """Z = X W^T into A's blocks."""
     n, k = X.shape[0], W.shape[0]
@@ -51,10 +58,10 @@ def _pre_activations(X, W, A, count, width):
 def _add_output(z, aT, lo, o):
     """o += relu(z) a for one sample's pre-activations z of the neurons lo:lo + len(z)."""
     for j in range(aT.shape[0]):
-        aj = aT[j]
+        aj = aT[j][lo: lo + z.size]   # a view from 0: an offset index would keep LLVM from vectorizing
         s = 0.0
         for r in range(z.size):
-            s += max(z[r], 0.0) * aj[lo + r]
+            s += max(z[r], 0.0) * aj[r]
         o[j] += s
 
 
@@ -89,9 +96,9 @@ def _delta(z, e, aT, lo):
     D_r = [z_r > 0] sum_j e_j a_rj, from its residual e."""
     c = aT.shape[0]
     if c == 1:
-        e0, a0 = e[0], aT[0]
+        e0, a0 = e[0], aT[0][lo: lo + z.size]
         for r in range(z.size):
-            z[r] = e0 * a0[lo + r] if z[r] > 0.0 else 0.0
+            z[r] = e0 * a0[r] if z[r] > 0.0 else 0.0
         return
     for r in range(z.size):
         if z[r] > 0.0:
@@ -109,7 +116,7 @@ def _sample_output(A, i, n, k, count, width, aT, scale, o):
     o[:] = 0.0
     for b in range(count):
         lo, hi = b * width, min(b * width + width, k)
-        _add_output(_block(A, n, lo, hi)[i], aT, lo, o)
+        _add_output(_row(A, n, lo, hi, i), aT, lo, o)
     for j in range(o.size):
         o[j] *= scale
 
@@ -119,7 +126,7 @@ def _sample_delta(A, i, n, k, count, width, aT, e):
     """Sample i's row of D over its pre-activations, across A's blocks, from its residual e."""
     for b in range(count):
         lo, hi = b * width, min(b * width + width, k)
-        _delta(_block(A, n, lo, hi)[i], e, aT, lo)
+        _delta(_row(A, n, lo, hi, i), e, aT, lo)
 
 
 @njit(cache=True, nogil=True)
