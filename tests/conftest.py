@@ -20,11 +20,13 @@ except UserError:  # the tests that need mpirun say so
     MPIRUN, TRAIN = None, os.path.join(BIN, "mpisub-train")
 
 
-def mpirun(ranks: int, *args: str, cwd, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `mpirun -n ranks mpisub-train args...`; a hang fails the test (the whole process group
-    is killed at the timeout) instead of freezing the suite. `env` adds environment variables."""
+def mpirun(ranks: int, *args: str, cwd, timeout: float = 180, env: dict | None = None,
+           program: tuple = (TRAIN,)) -> subprocess.CompletedProcess:
+    """Run `mpirun -n ranks mpisub-train args...` (or another program); a hang fails the test (the
+    whole process group is killed at the timeout) instead of freezing the suite. `env` adds
+    environment variables."""
     assert MPIRUN, "mpirun not found: pip install -e '.[mpi]' (or put a system MPI on PATH)"
-    cmd = [MPIRUN, "-n", str(ranks), TRAIN, *args]
+    cmd = [MPIRUN, "-n", str(ranks), *program, *args]
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, **(env or {})})
     try:

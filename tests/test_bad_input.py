@@ -1,10 +1,15 @@
 """Every mistake a user can make with config, data or paths: one line on stderr (rank 0 only)
 naming the key or file, what is wrong and the fix; exit code 2; no traceback; nothing on disk lost.
 
-Each case runs `mpirun -n 2 mpisub-train` for real, so the line must come out once from two ranks.
+Every case runs on two MPI ranks: all of them in one `mpirun -n 2` job that calls the command's
+function once per case (cases_in_one_job.py: each rank's exit code and output), and one case per
+stage of the start again as its own `mpirun -n 2 mpisub-train` process, where the line must come
+out once from the two ranks and the process must exit 2.
 """
 import hashlib
+import json
 import os
+import sys
 
 import h5py
 import numpy as np
@@ -200,18 +205,61 @@ def _snapshot(folder):
     return out
 
 
+def _check(name, code, stderr, stdout, fragments, before, after):
+    assert code == 2, f"{name}: exit code {code}\n{stdout}{stderr}"
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr             # once, from rank 0, no traceback
+    assert lines[0].startswith("mpisub-train: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "round" not in stdout               # nothing trained
+    assert after == before, "a refused run changed files on disk"
+
+
+@pytest.fixture(scope="module")
+def in_one_job(tmp_path_factory):
+    """Every case in its own folder, run in one mpirun -n 2 job: {name: (records per rank, the
+    folder's files before, after)}."""
+    root = tmp_path_factory.mktemp("bad-input")
+    folders = {}
+    for i, (name, _, setup, _) in enumerate(CASES):
+        folders[name] = root / f"case-{i}"
+        folders[name].mkdir()
+        if setup:
+            setup(folders[name])
+    before = {name: _snapshot(folder) for name, folder in folders.items()}
+    with open(root / "cases.json", "w") as f:
+        json.dump([[str(folders[name]), args] for name, args, _, _ in CASES], f)
+    script = os.path.join(os.path.dirname(__file__), "cases_in_one_job.py")
+    r = mpirun(2, str(root / "cases.json"), str(root / "results.json"), cwd=root, timeout=240,
+               program=(sys.executable, script))
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(root / "results.json") as f:
+        ranks = json.load(f)
+    return {name: ([rank[i] for rank in ranks], before[name], _snapshot(folders[name]))
+            for i, (name, _, _, _) in enumerate(CASES)}
+
+
 @pytest.mark.parametrize("name,args,setup,fragments", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, name, args, setup, fragments):
+def test_bad_input_is_one_clear_line_and_exit_2(in_one_job, name, args, setup, fragments):
+    (first, second), before, after = in_one_job[name]
+    assert second["code"] == 2 and second["stderr"] == "" and second["stdout"] == "", second   # rank 1 is silent
+    _check(name, first["code"], first["stderr"], first["stdout"], fragments, before, after)
+
+
+# one case per stage of the start: command line, config value, config file, ranks, data, model
+# size, output folder, resume
+OWN_PROCESS = ["unknown flag", "unknown key", "malformed config file", "p not a multiple of K under plan rows",
+               "missing data file", "model too large for the node", "output.dir holds a run",
+               "resume a corrupt checkpoint"]
+
+
+@pytest.mark.parametrize("name,args,setup,fragments", [c for c in CASES if c[0] in OWN_PROCESS],
+                         ids=[c[0] for c in CASES if c[0] in OWN_PROCESS])
+def test_bad_input_as_its_own_process(tmp_path, name, args, setup, fragments):
+    assert len(OWN_PROCESS) == len({c[0] for c in CASES} & set(OWN_PROCESS))   # no stale name
     if setup:
         setup(tmp_path)
     before = _snapshot(tmp_path)
     r = mpirun(2, *args, cwd=tmp_path, timeout=60)
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr           # once, from rank 0, no traceback
-    assert lines[0].startswith("mpisub-train: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "round" not in r.stdout             # nothing trained
-    after = _snapshot(tmp_path)
-    assert after == before, "a refused run changed files on disk"
+    _check(name, r.returncode, r.stderr, r.stdout, fragments, before, _snapshot(tmp_path))
