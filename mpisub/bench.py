@@ -96,9 +96,10 @@ def second_launch(folder: str) -> float:
 
 
 def bench_main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="mpisub-bench", description=__doc__.split("\n")[0].strip("`"))
-    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2], metavar="K", help="ranks to run each case on "
-                   "(default: 1 2)")
+    summary = " ".join(__doc__.split("\n\n")[0].split()).replace("`", "")   # the docstring's first paragraph
+    p = argparse.ArgumentParser(prog="mpisub-bench", description=summary)
+    p.add_argument("--ranks", type=int, nargs="+", metavar="K", help="ranks to run each case on (default: 1 2; "
+                   "with --scaling: 1 2 4 8)")
     p.add_argument("--rounds", type=int, default=0, help="measured rounds per case after one warm-up "
                    "(default: 20 theory-small, 3 paper, 5 wide IST)")
     p.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test, not a measurement)")
@@ -109,15 +110,15 @@ def bench_main(argv=None) -> None:
     args = p.parse_args(argv)
     try:
         if args.scaling:
-            from .scaling import scaling_main
-            return scaling_main(args.width, args.json)
+            from .scaling import MEASURED, scaling_main
+            return scaling_main(args.width, args.json, tuple(args.ranks or MEASURED))
         cases = QUICK if args.quick else CASES
         print(f"# mpisub-bench on {cores()} core(s): seconds per round (rank 0), split by where they go; "
               f"bytes sent per round against the model's size; peak memory per rank", flush=True)
         results = {}
         with tempfile.TemporaryDirectory(prefix="mpisub-bench-") as tmp:
             for name, case in cases.items():
-                for K in args.ranks:
+                for K in args.ranks or [1, 2]:
                     run = run_mpisub(case, K, "float64", 1 + (args.rounds or ROUNDS[name]),
                                      os.path.join(tmp, f"{name}-{K}"))
                     results[f"{name} K={K}"] = numbers = mpisub_numbers(run)

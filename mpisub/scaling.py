@@ -83,7 +83,7 @@ def _ratio(measured: float | None, model: float) -> str:
     return f"{measured / model:5.2f}" if measured and model else " 1.00"
 
 
-def scaling_main(width: int, as_json: str | None) -> None:
+def scaling_main(width: int, as_json: str | None, measured=MEASURED) -> None:
     cfg = config.build(None, None, set_args({**CASE, "model.width": width})[1::2])
     s = np.dtype(cfg.model.dtype).itemsize
     W_bytes = width * cfg.data.d * s
@@ -95,7 +95,7 @@ def scaling_main(width: int, as_json: str | None) -> None:
           f"projected with alpha = {ALPHA * 1e6:g} us, beta = 1/{1 / BETA / 1e9:g} GB/s", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpisub-scaling-") as tmp:
-        for K in MEASURED + PROJECTED:
+        for K in sorted(set(measured) | set(PROJECTED)):
             c = config.resolve(cfg, K) if cfg.masks.subnets % K == 0 else None
             if c is None:  # p grows with K past the measured range: one subnetwork per rank
                 c = config.resolve(config.build(None, None, set_args({**CASE, "model.width": width,
@@ -106,7 +106,7 @@ def scaling_main(width: int, as_json: str | None) -> None:
             cost = resources.plan_costs(c, K)["outputs"]
             row.update(outputs_bytes=cost[0] + (2 * loss_bytes if K > 1 else 0), outputs_seconds=cost[1],
                        outputs_memory=sum(resources.memory_per_rank(_with_plan(c, "outputs"), K).values()))
-            if K in MEASURED:
+            if K in measured:
                 print(f"# measuring K = {K} (plans rows and outputs) ...", flush=True)
                 row.update(measure(K, width, os.path.join(tmp, f"K{K}")))
                 row.update({f"outputs_{k}": v for k, v in

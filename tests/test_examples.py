@@ -39,7 +39,9 @@ def test_example(name, tmp_path):
     assert check(runs)
     image = matplotlib.image.imread(str(tmp_path / f"{name}.png"))
     assert image.shape[0] > 200 and image[..., :3].std() > 0.05   # a picture, not a blank
-    # a second time, every run is reused, not trained again
+    if name != "width":   # all examples train through sweep.launch: one of them shows its reuse here
+        return
+    # a second time, every run is reused, not trained again (test_sweep.py tests the reuse itself)
     again = subprocess.run([sys.executable, os.path.join(ROOT, "examples", f"{name}.py"), "--quick", "--out",
                             str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count(": reused (") == count, again.stdout

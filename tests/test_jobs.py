@@ -49,10 +49,10 @@ def test_pbs_watchdog_checkpoints_before_the_wall_time_and_the_job_resubmits_its
            "MPISUB_ARGS": " ".join(sets(train__rounds=100000, model__width=256, data__n=64, output__log_every=1000,
                                         output__checkpoint_every=1000)),
            "PATH": _stand_ins(tmp_path, qsub=_recorder(qsub_log),
-                              qstat='echo "    Resource_List.walltime = 00:00:40"\n')}
+                              qstat='echo "    Resource_List.walltime = 00:00:33"\n')}
     r = _run(PBS, tmp_path, env)
     assert r.returncode == 3, r.stdout + r.stderr
-    assert "wall time 00:00:40: the run is asked to checkpoint 25 s before it" in r.stdout
+    assert "wall time 00:00:33: the run is asked to checkpoint 25 s before it" in r.stdout
     assert "asking the run to checkpoint" in r.stdout and "resubmitting to resume" in r.stdout, r.stdout
     kept = store.read_checkpoint(str(tmp_path / "run"))["round"]
     assert kept >= 1
