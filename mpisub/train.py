@@ -118,32 +118,47 @@ class LazyRegime:
     how far the weights moved from W_init, the fraction of activation patterns 1{<w_r, x_i> > 0}
     that differ from W_init's, and (n <= theory.gram_max_n) lambda_min of the finite-width Gram
     matrix H(W)_ij = (1/m) <x_i, x_j> sum_r 1{<w_r, x_i> > 0} 1{<w_r, x_j> > 0}. Each rank measures
-    its own rows: W_init's rows are drawn again from their streams (keeping them would cost a copy
-    of the rank's W), its activation patterns are kept as bits (n x rows / 8 bytes)."""
+    its own rows: W_init's rows are drawn again from their streams, INIT_CHUNK rows at a time
+    (keeping them, or drawing them at once, would cost a copy of the rank's W), its activation
+    patterns are kept as bits (n x rows / 8 bytes)."""
 
     def __init__(self, cfg, X, lo: int, hi: int, a_own):
         self.cfg, self.lo, self.hi = cfg, lo, hi
-        W0 = init_rows(cfg, lo, hi)
         pattern = np.empty((X.shape[0], hi - lo), dtype=np.bool_)
-        with np.errstate(all="ignore"):  # weights too large for the dtype are reported by check_start
-            self.w0_sq = float(np.einsum("ij,ij->", W0, W0, dtype=np.float64))
-            kernels.output_and_pattern(W0, a_own, X, W0.dtype.type(1.0), pattern)
-            self.pattern0 = np.packbits(pattern, axis=1)
+        self.w0_sq = 0.0
+        for j, e, W0 in self._init_chunks():
+            with np.errstate(all="ignore"):  # weights too large for the dtype are reported by check_start
+                self.w0_sq += float(np.einsum("ij,ij->", W0, W0, dtype=np.float64))
+                P = np.empty((X.shape[0], e - j), dtype=np.bool_)
+                kernels.output_and_pattern(W0, a_own[j:e], X, W0.dtype.type(1.0), P)
+            pattern[:, j:e] = P
+        self.pattern0 = np.packbits(pattern, axis=1)
         self.gram = 0 < X.shape[0] <= cfg.theory.gram_max_n
         self.XX = (X.astype(np.float64) @ X.T.astype(np.float64)) if self.gram else None
+
+    def _init_chunks(self):
+        """(first, end, W_init's rows) of this rank's rows, INIT_CHUNK (a multiple of 8) at a time."""
+        for j in range(0, self.hi - self.lo, INIT_CHUNK):
+            e = min(j + INIT_CHUNK, self.hi - self.lo)
+            yield j, e, init_rows(self.cfg, self.lo + j, self.lo + e)
 
     def local(self, W_own, active) -> tuple[np.ndarray, float]:
         """This rank's sums (||W - W0||^2, ||W0||^2, flips, and the n x n sum over its rows for H)
         and its largest ||w_r - w_r(0)||, from its rows and their activation patterns `active`."""
-        with np.errstate(all="ignore"):  # non-finite weights are reported as divergence
-            diff = W_own.astype(np.float64) - init_rows(self.cfg, self.lo, self.hi)
-            rows = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        flips = np.count_nonzero(np.unpackbits(self.pattern0, axis=1, count=active.shape[1]).astype(bool) != active)
-        sums = [float(np.sum(rows * rows)), self.w0_sq, float(flips)]
+        moved, flips, dw_max = 0.0, 0, 0.0
+        for j, e, W0 in self._init_chunks():
+            with np.errstate(all="ignore"):  # non-finite weights are reported as divergence
+                diff = W_own[j:e].astype(np.float64) - W0
+                rows = np.einsum("ij,ij->i", diff, diff)
+            moved += float(np.sum(rows))
+            dw_max = np.maximum(dw_max, np.sqrt(rows.max(initial=0.0)))   # NaN stays NaN
+            was = np.unpackbits(self.pattern0[:, j // 8:], axis=1, count=e - j).astype(bool)
+            flips += np.count_nonzero(was != active[:, j:e])
+        sums = [moved, self.w0_sq, float(flips)]
         if self.gram:
             D = active.astype(np.float64)
             sums = np.concatenate([sums, (D @ D.T).ravel()])
-        return np.asarray(sums, dtype=np.float64), float(rows.max(initial=0.0))
+        return np.asarray(sums, dtype=np.float64), float(dw_max)
 
     def finish(self, sums: np.ndarray, dw_max: float, n: int, m: int, root: bool) -> dict:
         """The diagnostics from the ranks' summed numbers (lambda_min on rank 0, which records it)."""

@@ -230,8 +230,9 @@ def test_curve_summary_finds_the_early_rate_and_the_plateau():
 
 def test_lazy_regime_diagnostics_match_numpy_on_w_and_w_init(tmp_path):
     """dw_max, dw_rel, flips and lambda_min(H(W_k)) at the last evaluation, from an independent
-    numpy computation on the run file's W, W_init and X (at K = 2: the ranks' sums add up)."""
-    r = mpirun(2, *sets(output__dir="lazy", train__rounds=12, model__width=256, data__n=96, train__lr=8.0,
+    numpy computation on the run file's W, W_init and X (at K = 2: the ranks' sums add up; 1250
+    rows per rank: W_init is drawn again in chunks, rank 1's not aligned to the streams' chunks)."""
+    r = mpirun(2, *sets(output__dir="lazy", train__rounds=12, model__width=2500, data__n=96, train__lr=8.0,
                         theory__gram_max_n=200), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run = mpisub.open_run(str(tmp_path / "lazy"))
