@@ -31,8 +31,10 @@ from .store import read_run
 ALPHA, BETA = resources.ALPHA, resources.BETA
 MEASURED = (1, 2, 4, 8)
 PROJECTED = (16, 64, 256, 1024)
+# evaluated every round: the model counts one evaluation's Allreduce in every round's bytes
 CASE = {"model.width": 262144, "data.d": 256, "data.n": 256, "masks.kind": "partition", "masks.subnets": 8,
-        "train.local_steps": 2, "train.rounds": 3, "theory.max_n": 0, "output.checkpoint_every": 1000}
+        "train.local_steps": 2, "train.rounds": 3, "theory.max_n": 0, "output.checkpoint_every": 1000,
+        "output.eval_every": 1}
 
 
 def model(K: int, W_bytes: float, loss_bytes: float) -> dict:
