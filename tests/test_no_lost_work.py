@@ -100,7 +100,7 @@ def test_one_writer_per_folder_and_a_requeued_job_waits_for_the_last_one(tmp_pat
 
 def test_a_stop_signal_before_training_exits_3_and_leaves_nothing_that_blocks_a_restart(tmp_path):
     # n = 4000: the NTK Gram matrix's eigenvalue takes a few seconds before round 1
-    job = sets(output__dir="out", data__n=4000, train__rounds=3)
+    job = sets(output__dir="out", data__n=4000, train__rounds=3, model__width=512)
     proc = start_job(2, tmp_path, *job)
     t0 = time.monotonic()
     while "computing the NTK Gram matrix" not in job_log(proc):
