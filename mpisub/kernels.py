@@ -90,24 +90,25 @@ def _residual_row(o, y, cross_entropy):
     return 0.5 * s
 
 
-@njit(cache=True, nogil=True)
-def _delta(z, e, aT, lo):
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _delta(z, e, aT, lo, ea):
     """In place over one sample's pre-activations z of neurons lo:lo + len(z): its row of D,
-    D_r = [z_r > 0] sum_j e_j a_rj, from its residual e."""
-    c = aT.shape[0]
+    D_r = [z_r > 0] sum_j e_j a_rj, from its residual e. ea: room for len(z) numbers (c > 1:
+    the sums go over j one output at a time, so that each pass over r vectorizes)."""
+    kb, c = z.size, aT.shape[0]
+    e0, a0 = e[0], aT[0][lo: lo + kb]
     if c == 1:
-        e0, a0 = e[0], aT[0][lo: lo + z.size]
-        for r in range(z.size):
+        for r in range(kb):
             z[r] = e0 * a0[r] if z[r] > 0.0 else 0.0
         return
-    for r in range(z.size):
-        if z[r] > 0.0:
-            s = 0.0
-            for j in range(c):
-                s += e[j] * aT[j, lo + r]
-            z[r] = s
-        else:
-            z[r] = 0.0
+    for r in range(kb):
+        ea[r] = e0 * a0[r]
+    for j in range(1, c):
+        ej, aj = e[j], aT[j][lo: lo + kb]
+        for r in range(kb):
+            ea[r] += ej * aj[r]
+    for r in range(kb):
+        z[r] = ea[r] if z[r] > 0.0 else 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -122,11 +123,11 @@ def _sample_output(A, i, n, k, count, width, aT, scale, o):
 
 
 @njit(cache=True, nogil=True)
-def _sample_delta(A, i, n, k, count, width, aT, e):
+def _sample_delta(A, i, n, k, count, width, aT, e, ea):
     """Sample i's row of D over its pre-activations, across A's blocks, from its residual e."""
     for b in range(count):
         lo, hi = b * width, min(b * width + width, k)
-        _delta(_row(A, n, lo, hi, i), e, aT, lo)
+        _delta(_row(A, n, lo, hi, i), e, aT, lo, ea)
 
 
 @njit(cache=True, nogil=True)
@@ -172,11 +173,12 @@ def _step(X, Y, W, aT, scale, lr, A, out, G, cross_entropy):
     k, d = W.shape
     count, width = blocks(k, d, W.itemsize)
     _pre_activations(X, W, A, count, width)
+    ea = G.ravel()[:width]   # the gradient's block is free until the pass is done: room for D's sums
     loss = 0.0
     for i in range(n):
         _sample_output(A, i, n, k, count, width, aT, scale, out[i])
         loss += _residual_row(out[i], Y[i], cross_entropy)
-        _sample_delta(A, i, n, k, count, width, aT, out[i])
+        _sample_delta(A, i, n, k, count, width, aT, out[i], ea)
     # d/dw_r of L = (scale/n) sum_i D[i, r] x_i
     _descend(X, W, lr * scale / n, A, G, count, width)
     return loss / n
@@ -232,8 +234,9 @@ def part_backward(X, R, W, aT, step, A, G):
     n = X.shape[0]
     k, d = W.shape
     count, width = blocks(k, d, W.itemsize)
+    ea = G.ravel()[:width]   # the gradient's block is free until the pass is done: room for D's sums
     for i in range(n):
-        _sample_delta(A, i, n, k, count, width, aT, R[i])
+        _sample_delta(A, i, n, k, count, width, aT, R[i], ea)
     _descend(X, W, step, A, G, count, width)
 
 
