@@ -198,7 +198,8 @@ def test_exports_tensorboard_and_dataframe_hold_the_run_files_numbers(tmp_path):
 
 
 def test_watch_follows_a_running_job_until_it_ends(tmp_path):
-    proc = start_job(2, tmp_path, *sets(output__dir="w", train__rounds=1000, model__width=256, data__n=128,
+    # about 4 s of training on 2 cores: several refreshes at --every 0.5 after inspect has started
+    proc = start_job(2, tmp_path, *sets(output__dir="w", train__rounds=2500, model__width=256, data__n=128,
                                         output__log_every=100))
     inspect = os.path.join(os.path.dirname(sys.executable), "mpisub-inspect")
     deadline = time.monotonic() + 60
@@ -212,7 +213,7 @@ def test_watch_follows_a_running_job_until_it_ends(tmp_path):
     views = r.stdout.count("mpisub-inspect --watch (")
     assert views >= 2, r.stdout                       # it refreshed while the job ran
     assert "s left at the pace of the last rounds" in r.stdout
-    assert r.stdout.rstrip().split("mpisub-inspect --watch (")[-1].count("w: completed, 1000/1000 rounds") == 1
+    assert r.stdout.rstrip().split("mpisub-inspect --watch (")[-1].count("w: completed, 2500/2500 rounds") == 1
 
 
 def test_curve_summary_finds_the_early_rate_and_the_plateau():
