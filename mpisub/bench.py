@@ -110,7 +110,12 @@ def bench_main(argv=None) -> None:
     args = p.parse_args(argv)
     try:
         if args.scaling:
-            from .scaling import MEASURED, scaling_main
+            from .scaling import CASE, MEASURED, scaling_main
+            p = CASE["masks.subnets"]
+            odd = [K for K in args.ranks or [] if K < 1 or p % K]
+            if odd:
+                raise UserError(f"--ranks {odd[0]}: the scaling case trains masks.subnets = {p} under plan rows "
+                                f"at every K; give ranks that divide {p} (e.g. --ranks 1 2 4 8)")
             return scaling_main(args.width, args.json, tuple(args.ranks or MEASURED))
         cases = QUICK if args.quick else CASES
         print(f"# mpisub-bench on {cores()} core(s): seconds per round (rank 0), split by where they go; "

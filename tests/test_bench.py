@@ -138,3 +138,13 @@ def test_kernels_cache_in_the_user_dir_when_the_package_is_read_only(tmp_path):
         assert not list(src.rglob("*.nbi"))
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_scaling_at_ranks_that_do_not_divide_its_subnetworks_is_one_line(capsys):
+    from mpisub.bench import bench_main
+    with pytest.raises(SystemExit) as e:
+        bench_main(["--scaling", "--ranks", "2", "3"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == ("mpisub-bench: error: --ranks 3: the scaling case trains masks.subnets "
+                                               "= 8 under plan rows at every K; give ranks that divide 8 (e.g. "
+                                               "--ranks 1 2 4 8)")
