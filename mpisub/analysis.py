@@ -42,7 +42,8 @@ class Run:
     X = property(lambda self: self._array("data/X"), doc="built-in training inputs (None for a data file)")
     Y = property(lambda self: self._array("data/Y"), doc="built-in training targets (None for a data file)")
     H = property(lambda self: self._array("theory/H"), doc="the data's NTK Gram matrix (None unless stored)")
-    masks = property(lambda self: self._array("masks"), doc="rounds x p x m, with output.record_masks")
+    masks = property(lambda self: None if (M := self._array("masks")) is None else M[:len(self.metrics["round"])],
+                     doc="rounds x p x m, with output.record_masks")
 
     def rows(self) -> list[dict]:
         """The per-round metrics as one dict per round (what --csv and --jsonl write)."""

@@ -479,6 +479,13 @@ def read_checkpoint_W(folder: str, lo: int = 0, hi: int | None = None) -> np.nda
         return f["W"][lo:hi]
 
 
+def _table(group) -> dict:
+    """A table's columns cut to the rows all of them hold: a running job grows its columns one
+    after another, so a reader may catch one a batch of rows ahead of the others."""
+    rows = min((ds.shape[0] for ds in group.values()), default=0)
+    return {k: ds[:rows] for k, ds in group.items()}
+
+
 def read_run(path: str, arrays: bool = True) -> dict:
     """A run file's attributes and metrics (and, with `arrays`, its data, weights and masks) as
     plain Python and numpy values."""
@@ -486,15 +493,17 @@ def read_run(path: str, arrays: bool = True) -> dict:
         path = os.path.join(path, FILENAME)
     with h5py.File(path, "r") as f:
         run = {"attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}}
-        run["metrics"] = {k: f["metrics"][k][()] for k in f["metrics"]}
+        run["metrics"] = _table(f["metrics"])
         run["metrics"].update(f["metrics"].attrs)
         if "eval" in f:
-            run["eval"] = {k: f["eval"][k][()] for k in f["eval"]}
+            run["eval"] = _table(f["eval"])
         else:  # before mpisub 0.2 every round was evaluated, into /metrics/loss
             run["eval"] = {"round": run["metrics"]["round"], "loss": run["metrics"]["loss"]}
         if "theory/lambda0" in f:
             run["lambda0"] = float(f["theory/lambda0"][()])
-        for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W", "masks"):
+        for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W"):
             if arrays and name in f:
                 run[name] = f[name][()]
+        if arrays and "masks" in f:
+            run["masks"] = f["masks"][:len(run["metrics"]["round"])]   # a row per metrics row
     return run

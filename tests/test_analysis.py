@@ -164,6 +164,29 @@ def test_inspect_says_when_a_running_run_has_gone_quiet(two_runs, tmp_path):
            f"mpisub-train --resume {tmp_path / 'dead'})" in old
 
 
+def test_a_reader_catching_columns_mid_append_sees_the_rows_all_of_them_hold(two_runs, tmp_path):
+    """A running job grows /eval and /metrics one column after another (store.Run.write_pending),
+    so inspect --watch can find `round` a batch longer than `loss`: the reader keeps the common rows."""
+    import shutil
+    shutil.copytree(two_runs / "p2", tmp_path / "mid")
+    path = tmp_path / "mid" / "run.h5"
+    with h5py.File(path, "r") as f:
+        rounds, loss = f["eval/round"][()], f["eval/loss"][()]
+        metric_rounds = f["metrics/round"][()]
+    with h5py.File(path, "r+") as f:
+        for column, last in (("eval/round", rounds[-1]), ("metrics/round", metric_rounds[-1])):
+            ds = f[column]
+            ds.resize((ds.shape[0] + 1,))
+            ds[-1] = last + 1
+    run = mpisub.open_run(tmp_path / "mid")
+    np.testing.assert_array_equal(run.eval["round"], rounds)
+    np.testing.assert_array_equal(run.eval["loss"], loss)
+    np.testing.assert_array_equal(run.metrics["round"], metric_rounds)
+    assert {len(v) for v in run.metrics.values()} == {len(metric_rounds)}
+    s = mpisub.analysis.summary(run)
+    assert s["loss_final"] == loss[-1] and s["rounds_done"] == len(metric_rounds)
+
+
 def test_exports_tensorboard_and_dataframe_hold_the_run_files_numbers(tmp_path):
     """--csv, --jsonl, Run.to_dataframe and the TensorBoard events (read back with TensorBoard's own
     reader) against the run file's metrics as h5py reads them."""
