@@ -12,7 +12,8 @@ import numpy as np
 
 from . import theory
 from .errors import UserError, exit_with
-from .store import FILENAME, read_run
+from .folders import FILENAME
+from .readback import read_run
 
 
 class Run:

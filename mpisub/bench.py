@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import UserError, exit_with
 from .launch import executables, set_args, thread_env
-from .store import read_run
+from .readback import read_run
 
 # the cases of the performance issue; lr only needs to keep the few rounds finite
 CASES = {

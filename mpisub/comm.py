@@ -11,6 +11,8 @@ import numpy as np
 from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
+from .errors import UserError
+
 # the most elements one collective call carries (counts are C ints); MPISUB_MAX_COUNT lowers it so
 # that tests run the chunked path with small buffers
 MAX_COUNT = int(os.environ.get("MPISUB_MAX_COUNT", str(2**31 - 1)))
@@ -160,6 +162,24 @@ class Comm:
     def gather(self, value) -> list | None:
         """Every rank's small Python value, in rank order, on rank 0 (None elsewhere)."""
         return self.mpi.gather(value, root=0)
+
+    def agree_on(self, check, *args, who: str = "all"):
+        """check(*args) on the ranks `who` names ("all", "root": rank 0, "node": each node's first
+        rank), then every rank raises the lowest rank's UserError if any of them raised one (a small
+        allgather, before training), so a check that fails on some ranks stops every rank the same
+        way instead of leaving the others in a collective. Returns check's result (None on the ranks
+        that did not run it)."""
+        runs = {"all": True, "root": self.rank == 0, "node": self.node.Get_rank() == 0}[who]
+        result, error = None, None
+        if runs:
+            try:
+                result = check(*args)
+            except UserError as e:
+                error = e
+        first = self.first_error(str(error) if error else None)
+        if first:
+            raise UserError(first) from error
+        return result
 
     def first_error(self, error: str | None) -> str | None:
         """The lowest rank's error message, or None when no rank has one (a small allgather,

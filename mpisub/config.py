@@ -1,9 +1,11 @@
-"""The run's configuration: plain values in five sections, presets, TOML loading, validation.
+"""The run's configuration: plain values in six sections, presets, and the declarative rules every
+value is checked against (after scikit-learn's parameter constraints).
 
-Order of precedence: defaults < --preset < --config FILE < --set section.key=value.
+Order of precedence: defaults < --preset < --config FILE < --set section.key=value (`build`).
 Every check here runs identically on every rank, so a bad value stops all ranks the same way
-before any collective. Values that depend on the number of ranks (masks.subnets = 0, masks.keep
-= 0, output.dir = "") are resolved by `resolve`, and the resolved config is what a run stores.
+before any collective. Values that depend on the number of ranks or the data (masks.subnets = 0,
+masks.keep = 0, output.eval_every = 0, train.plan = "auto") are settled once, by resolve.settle,
+and the settled config is what a run stores.
 """
 from __future__ import annotations
 
@@ -12,19 +14,26 @@ import dataclasses
 import difflib
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .errors import UserError
+from .losses import LOSSES
+from .masks import KINDS
+from .sources import line_of, load_toml, parse_assignment, suggest_key, tomllib  # noqa: F401 (tomllib: tests)
 
-from .errors import UserError, cause
+
+class _Section:
+    """A config section; once its Config is settled (Config.freeze), no value changes."""
+    _frozen = False
+
+    def __setattr__(self, name, value):
+        if self._frozen:
+            raise AttributeError(f"the run's config is settled: {name} cannot change (Config.replace makes a new one)")
+        super().__setattr__(name, value)
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     source: str = "synthetic"   # built-in (unit-sphere inputs, random teacher), or a .h5/.npz/.csv path
     n: int = 512                # samples      } for a file: taken from the file
     d: int = 16                 # input dimension
@@ -42,34 +51,34 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     width: int = 4096           # m, hidden neurons
     init_scale: float = 1.0     # kappa: w_r ~ N(0, kappa^2 I)
     dtype: str = "float64"
 
 
 @dataclass
-class MasksConfig:
-    kind: str = "partition"     # bernoulli | categorical | partition | full
-    subnets: int = 0            # p; 0 = one per rank (1 for full)
-    keep: float = 0.0           # xi; 0 = 0.5 for bernoulli, 1/p for categorical/partition, 1 for full
+class MasksConfig(_Section):
+    kind: str = "partition"     # masks.KINDS: bernoulli | categorical | partition | full
+    subnets: int = 0            # p; 0 = the kind's own (one per rank; 1 for full)
+    keep: float = 0.0           # xi; 0 = the kind's own (0.5 for bernoulli, 1/p for categorical/partition, 1 for full)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     rounds: int = 60
     local_steps: int = 5        # tau
     lr: float = 4.0             # the loss carries 1/(2n), so the stable step grows with n
     seed: int = 0
     batch_size: int = 0         # 0 = full batch (the paper); >0 = minibatch SGD local steps
     memory_limit_mb: int = 0    # refuse a run whose estimated memory per rank exceeds this (0 = what the node has)
-    plan: str = "auto"          # rows | outputs | auto (the one with fewer bytes per rank per round)
+    plan: str = "auto"          # rows | outputs | auto (the one whose collectives the cost model says are faster)
     lr_scaling: str = "none"    # none | keep: the step is lr x masks.keep (the paper's lr = c keep)
-    loss: str = "squared"       # squared (the paper's) | cross_entropy (softmax; for classification)
+    loss: str = "squared"       # losses.LOSSES: squared (the paper's) | cross_entropy (softmax; classification)
 
 
 @dataclass
-class OutputConfig:
+class OutputConfig(_Section):
     dir: str = ""               # "" = runs/<timestamp>
     log_every: int = 0          # 0 = about 20 progress lines per run
     checkpoint_every: int = 10  # rounds between checkpoints (and one at the end, or on SIGTERM/SIGUSR1)
@@ -80,7 +89,7 @@ class OutputConfig:
 
 
 @dataclass
-class TheoryConfig:
+class TheoryConfig(_Section):
     max_n: int = 4096           # compute the NTK Gram matrix's lambda_0 when n <= max_n (0 = never)
     store_H_max_n: int = 1024   # also store H itself (n x n) when n <= this
     gram_max_n: int = 0         # at each evaluation, lambda_min of the finite-width H(W_k) when n <= this (0 = never)
@@ -101,8 +110,27 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
-    def to_toml(self, resolved: "Config | None" = None, where: str = "") -> str:
-        """This config as TOML. With `resolved` (this config resolved for a run), a value that the
+    def flat(self) -> dict[str, object]:
+        """{"section.key": value} for every key."""
+        return {f"{s}.{k}": v for s, values in self.to_dict().items() for k, v in values.items()}
+
+    def freeze(self) -> Config:
+        """This config, settled: setting a value raises from here on."""
+        for section in dataclasses.fields(self):
+            object.__setattr__(getattr(self, section.name), "_frozen", True)
+        return self
+
+    def replace(self, values: dict) -> Config:
+        """A settled copy with {"section.key": value} changed (e.g. output.dir once rank 0 chose it)."""
+        new = copy.deepcopy(self)
+        for section in dataclasses.fields(new):
+            object.__setattr__(getattr(new, section.name), "_frozen", False)
+        for key, value in values.items():
+            set_value(new, key, value)
+        return new.freeze()
+
+    def to_toml(self, resolved: Config | None = None, where: str = "") -> str:
+        """This config as TOML. With `resolved` (this config settled for a run), a value that the
         run resolved to something else (an auto value: subnets = 0, keep = 0, plan = "auto") keeps
         its own value, so the file reproduces the run at any K, and says what it resolved to."""
         lines = []
@@ -116,10 +144,6 @@ class Config:
         return "\n".join(lines)
 
 
-MASK_KINDS = ("bernoulli", "categorical", "partition", "full")
-DTYPES = ("float64", "float32")
-NORMALIZE = ("none", "standardize", "unit")
-
 PRESETS = {
     # IST: a random balanced partition of the neurons, one part per subnetwork, tau local steps.
     "ist": {"masks.kind": "partition", "masks.subnets": 0, "train.local_steps": 5},
@@ -129,8 +153,8 @@ PRESETS = {
 }
 
 
-# Declarative constraints, one per key: (low, high, low_open, high_open) for numbers, a tuple of
-# choices for strings. The type of each key is the type of its default.
+# Declarative constraints, one per key (RULES names every key). The type of a key is the type of
+# its default; a rule says which values of that type a key takes.
 @dataclass(frozen=True)
 class Interval:
     """A number in [low, high] (None: unbounded); `open_low` excludes low itself. NaN and inf are
@@ -163,22 +187,38 @@ class Options:
             (f"; did you mean {close[0]!r}?" if close else "")
 
 
-POSITIVE, COUNT, SEED = Interval(1), Interval(0), Interval(0, 2**63 - 1)
+@dataclass(frozen=True)
+class Anything:
+    """Any value of the key's type (a path, a name, a flag): checked where it is used."""
+
+    def holds(self, v) -> bool:
+        return True
+
+    def problem(self, key: str, v) -> str:  # pragma: no cover (holds is always true)
+        return ""
+
+
+ANY, POSITIVE, COUNT, SEED = Anything(), Interval(1), Interval(0), Interval(0, 2**63 - 1)
 RULES = {
+    "data.source": ANY,                      # resolve.settle: "synthetic" or a data file's suffix
     "data.n": POSITIVE,
     "data.d": POSITIVE,
     "data.outputs": POSITIVE,
+    "data.x_name": ANY,
+    "data.y_name": ANY,
+    "data.target": ANY,
+    "data.normalize": Options(("none", "standardize", "unit")),
     "data.noise": Interval(0.0),
     "data.seed": SEED,
-    "data.normalize": Options(NORMALIZE),
     "data.task": Options(("regression", "classification")),
+    "data.test_source": ANY,
     "data.holdout": Interval(0.0, 0.9),
     "data.test_n": COUNT,
     "model.width": Interval(1, 2**31 - 1),  # neuron counts travel as C ints
     "model.init_scale": Interval(0.0, open_low=True),
-    "model.dtype": Options(DTYPES),
-    "masks.kind": Options(MASK_KINDS),
-    "masks.subnets": COUNT,                  # 0: one per rank
+    "model.dtype": Options(("float64", "float32")),
+    "masks.kind": Options(tuple(KINDS)),
+    "masks.subnets": COUNT,                  # 0: the kind's own
     "masks.keep": Interval(0.0, 1.0),
     "train.rounds": POSITIVE,
     "train.local_steps": POSITIVE,
@@ -188,10 +228,14 @@ RULES = {
     "train.memory_limit_mb": COUNT,          # 0: what the node has
     "train.plan": Options(("auto", "rows", "outputs")),
     "train.lr_scaling": Options(("none", "keep")),
-    "train.loss": Options(("squared", "cross_entropy")),
+    "train.loss": Options(tuple(LOSSES)),
+    "output.dir": ANY,
     "output.log_every": COUNT,               # 0: about 20 lines a run
     "output.checkpoint_every": POSITIVE,
-    "output.eval_every": COUNT,              # 0: EVAL_SHARE of the training time
+    "output.eval_every": COUNT,              # 0: resolve.EVAL_SHARE of the training time
+    "output.record_masks": ANY,
+    "output.overwrite": ANY,
+    "output.tensorboard": ANY,
     "theory.max_n": COUNT,
     "theory.store_H_max_n": COUNT,
     "theory.gram_max_n": COUNT,
@@ -209,11 +253,6 @@ def _toml_value(v) -> str:
     if isinstance(v, str):
         return json.dumps(v)
     return repr(v)
-
-
-def _key_type(cfg: Config, key: str):
-    section, name = key.split(".")
-    return type(getattr(getattr(cfg, section), name))
 
 
 def _coerce(key: str, value, typ):
@@ -236,103 +275,16 @@ def _coerce(key: str, value, typ):
     raise UserError(f"{key} must be {names[typ]}, got {value!r}")
 
 
-# names users bring from other tools, and the key that means the same here
-SYNONYMS = {"learning_rate": "train.lr", "step_size": "train.lr", "eta": "train.lr", "epochs": "train.rounds",
-            "iterations": "train.rounds", "tau": "train.local_steps", "steps": "train.local_steps",
-            "hidden": "model.width", "m": "model.width", "neurons": "model.width", "p": "masks.subnets",
-            "workers": "masks.subnets", "dropout": "masks.keep", "xi": "masks.keep", "kappa": "model.init_scale"}
-
-
-def suggest_key(key: str, known: list[str]) -> str | None:
-    """The known key a mistyped one most likely means: a synonym, else the closest spelling of the
-    whole key or of its name within a section."""
-    name = key.split(".")[-1].lower()
-    if name in SYNONYMS:
-        return SYNONYMS[name]
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-    if close:
-        return close[0]
-    by_name = {k.split(".")[1]: k for k in known}
-    close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.75)
-    return by_name[close[0]] if close else None
-
-
 def set_value(cfg: Config, key: str, value) -> None:
     """Set `section.key` on cfg after checking the name and type."""
     parts = key.split(".")
     if len(parts) != 2 or not hasattr(cfg, parts[0]) or not hasattr(getattr(cfg, parts[0]), parts[1]):
-        known = [f"{s}.{k}" for s, vals in cfg.to_dict().items() for k in vals]
+        known = list(cfg.flat())
         close = suggest_key(key, known)
         hint = f"did you mean {close!r}?" if close else f"known keys: {', '.join(known)}"
         raise UserError(f"unknown config key {key!r}; {hint}")
-    setattr(getattr(cfg, parts[0]), parts[1], _coerce(key, value, _key_type(cfg, key)))
-
-
-def _string_keys(cfg: Config) -> set[str]:
-    return {f"{s}.{k}" for s, vals in cfg.to_dict().items() for k, v in vals.items() if isinstance(v, str)}
-
-
-def parse_assignment(text: str) -> tuple[str, object]:
-    """'train.lr=0.5' -> ('train.lr', 0.5). The value is read as TOML, else taken as a string."""
-    if "=" not in text:
-        raise UserError(f"--set {text!r}: expected section.key=value, e.g. --set train.lr=0.5")
-    key, raw = (s.strip() for s in text.split("=", 1))
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key, value
-
-
-def read_toml(path: str, what: str = "config file") -> dict:
-    """A TOML file as parsed; every way it can fail is one UserError naming it as `what`."""
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{what} {path!r} not found; check the path") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} {path!r} is a folder; give the path of a TOML file") from None
-    except OSError as e:
-        raise UserError(f"{what} {path!r} cannot be read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{what} {path!r} is not valid TOML: {cause(e)}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what} {path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
-                        f"{e.start}); save it as UTF-8") from None
-    except Exception as e:  # noqa: BLE001 (a user's file: whatever the parser raises is one line)
-        raise UserError(f"{what} {path!r} cannot be read as TOML ({type(e).__name__}: {cause(e)}); "
-                        f"check the file") from None
-    return doc
-
-
-def load_toml(path: str) -> dict[str, object]:
-    """A config file as {section.key: value}."""
-    doc = read_toml(path)
-    flat = {}
-    for section, values in doc.items():
-        if not isinstance(values, dict):
-            raise UserError(f"config file {path!r}: {section!r} must be a [section] table, e.g. [train]")
-        for key, value in values.items():
-            flat[f"{section}.{key}"] = value
-    return flat
-
-
-def _line_of(file: str, key: str) -> str:
-    """', line N' where `key` (section.name) is set in a TOML file, or '' where it cannot be told."""
-    section, name = key.rsplit(".", 1) if "." in key else ("", key)
-    current = ""
-    try:
-        with open(file, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                text = line.strip()
-                if text.startswith("[") and text.endswith("]"):
-                    current = text.strip("[] ")
-                elif current == section and text.split("=", 1)[0].strip() == name:
-                    return f", line {number}"
-    except (OSError, UnicodeDecodeError):
-        pass
-    return ""
+    section = getattr(cfg, parts[0])
+    setattr(section, parts[1], _coerce(key, value, type(getattr(section, parts[1]))))
 
 
 def build(preset: str | None = None, file: str | None = None, overrides: list[str] = ()) -> Config:
@@ -350,7 +302,7 @@ def build(preset: str | None = None, file: str | None = None, overrides: list[st
             try:
                 set_value(cfg, key, value)
             except UserError as e:
-                raise UserError(f"config file {file!r}{_line_of(file, key)}: {e}") from None
+                raise UserError(f"config file {file!r}{line_of(file, key)}: {e}") from None
             where[key] = f"config file {file!r}: "
     for key in apply_overrides(cfg, overrides):
         where.pop(key, None)
@@ -364,7 +316,7 @@ RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "t
 
 
 def for_resume(stored: dict, overrides: list[str] = ()) -> Config:
-    """The stored (resolved) config of a run being resumed. `--set` may change RESUME_KEYS; any
+    """The stored (settled) config of a run being resumed. `--set` may change RESUME_KEYS; any
     other key it may only repeat (so a job script can pass the same options on every attempt)."""
     cfg = from_dict(stored)
     apply_overrides(cfg, overrides, allowed=RESUME_KEYS)
@@ -377,119 +329,30 @@ def apply_overrides(cfg: Config, overrides: list[str], allowed: tuple[str, ...] 
     keys = []
     for text in overrides:
         key, value = parse_assignment(text)
-        if isinstance(value, (int, float)) and key in _string_keys(cfg):
+        if isinstance(value, (int, float)) and isinstance(cfg.flat().get(key), str):
             value = text.split("=", 1)[1].strip()  # --set output.dir=2024 means the folder "2024"
-        before = copy.deepcopy(cfg)
+        before = cfg.flat().get(key)
         set_value(cfg, key, value)
-        if allowed is not None and key not in allowed and cfg != before:
-            section, name = key.split(".")
-            raise UserError(f"--set {key}={value!r}: the run being resumed has {key} = "
-                            f"{getattr(getattr(before, section), name)!r}, and its results depend on it; "
-                            f"only {', '.join(allowed)} may change with --resume")
+        if allowed is not None and key not in allowed and cfg.flat()[key] != before:
+            raise UserError(f"--set {key}={value!r}: the run being resumed has {key} = {before!r}, and its "
+                            f"results depend on it; only {', '.join(allowed)} may change with --resume")
         keys.append(key)
     return keys
 
 
 def check_ranges(cfg: Config, where: dict[str, str] | None = None) -> None:
     """`where`: a prefix for the message of a key, naming the file its value came from."""
-    values = {f"{s}.{k}": v for s, vals in cfg.to_dict().items() for k, v in vals.items()}
+    values = cfg.flat()
     for key, rule in RULES.items():
         if not rule.holds(values[key]):
             hint = f"; {HINTS[key]}" if key in HINTS else ""
             raise UserError(f"{(where or {}).get(key, '')}{rule.problem(key, values[key])}{hint}")
 
 
-DATA_SUFFIXES = (".h5", ".hdf5", ".npz", ".csv")
-
-
-def resolve(cfg: Config, ranks: int, resuming: bool = False) -> Config:
-    """Fill in the values that depend on the number of ranks and check the keys against each other."""
-    cfg = copy.deepcopy(cfg)
-    source = cfg.data.source
-    if source != "synthetic" and not source.lower().endswith(DATA_SUFFIXES):
-        raise UserError(f"data.source = {source!r} is neither 'synthetic' nor a data file; give a path "
-                        f"ending in {', '.join(DATA_SUFFIXES)}")
-    d = cfg.data
-    if source == "synthetic" and (d.holdout or d.test_source):
-        raise UserError("data.holdout and data.test_source are for a data file; the synthetic source draws its "
-                        "test points from the same teacher: set data.test_n")
-    if source != "synthetic" and d.test_n:
-        raise UserError("data.test_n is for the synthetic source; for a data file set data.holdout (a fraction) "
-                        "or data.test_source (a second file)")
-    if d.holdout and d.test_source:
-        raise UserError("data.holdout and data.test_source both give a test set; set one of them")
-    if d.test_source and not d.test_source.lower().endswith(DATA_SUFFIXES):
-        raise UserError(f"data.test_source = {d.test_source!r} is not a data file; give a path ending in "
-                        f"{', '.join(DATA_SUFFIXES)}")
-    if cfg.train.loss == "cross_entropy" and d.task != "classification":
-        raise UserError("train.loss = 'cross_entropy' needs class targets: set data.task = 'classification' "
-                        "(or use train.loss = 'squared')")
-    m = cfg.masks
-    if m.subnets == 0:
-        m.subnets = 1 if m.kind == "full" else ranks
-    p = m.subnets
-    if m.kind == "full" and p != 1:
-        raise UserError(f"masks.kind = 'full' means one subnetwork, but masks.subnets = {p}; set masks.subnets = 1")
-    if p % ranks and cfg.train.plan == "rows":
-        fits = max(k for k in range(1, min(p, ranks) + 1) if p % k == 0)
-        if resuming:
-            raise UserError(f"--resume: the run has masks.subnets = {p} and train.plan = 'rows', where every rank "
-                            f"holds whole subnetworks: resume it with a number of ranks that divides {p} "
-                            f"(e.g. mpirun -n {fits})")
-        raise UserError(f"masks.subnets = {p} is not a multiple of the {ranks} MPI ranks, which train.plan = 'rows' "
-                        f"needs (every rank holds whole subnetworks); set train.plan = 'outputs' (or 'auto'), "
-                        f"set masks.subnets to a multiple of {ranks}, or change mpirun -n")
-    if cfg.model.width < p:
-        raise UserError(f"model.width = {cfg.model.width} is smaller than masks.subnets = {p}; "
-                        f"every subnetwork needs neurons: raise model.width")
-    derived = {"bernoulli": 0.5, "categorical": 1.0 / p, "partition": 1.0 / p, "full": 1.0}[m.kind]
-    if m.keep == 0.0:
-        m.keep = derived
-    elif m.kind != "bernoulli" and not math.isclose(m.keep, derived):
-        raise UserError(f"masks.keep = {m.keep} does not apply to masks.kind = {m.kind!r} (its keep is "
-                        f"{derived:g}); remove masks.keep or use masks.kind = 'bernoulli'")
-    return cfg
-
-
-# the share of the training time that evaluating the full network may take by default, and how
-# much more an evaluation costs than its products' flops say (it also redraws W_init's rows for
-# the diagnostics, reduces over the ranks and runs Python; measured on the benchmark's small cases)
-EVAL_SHARE = 0.05
-EVAL_OVERHEAD = 3.0
-
-
-def auto_eval_every(cfg: Config) -> int:
-    """Rounds between evaluations so that they cost about EVAL_SHARE of the training
-    (docs/design.md, "Evaluation cadence"). An evaluation is two products of the whole network over
-    the n samples (its outputs, and the activation patterns for the lazy-regime diagnostics),
-    4 n d m flops; a round is p subnetworks x tau steps x two products of b x d x (keep m),
-    4 p keep tau b d m flops (b = n at full batch). So evaluating every
-    ceil(EVAL_OVERHEAD n / (EVAL_SHARE p keep tau b)) rounds costs at most EVAL_SHARE."""
-    b = cfg.train.batch_size or cfg.data.n
-    per_round = cfg.masks.subnets * cfg.masks.keep * cfg.train.local_steps * b
-    if per_round <= 0:  # not resolved yet (subnets, keep 0: auto)
-        return 1
-    return max(1, math.ceil(EVAL_OVERHEAD * cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
-
-
 def step_size(cfg: Config) -> float:
     """The step the local steps take: train.lr, times masks.keep with train.lr_scaling = "keep"
     (Liao & Kyrillidis scale the step with keep: a keep sweep at lr = c keep is one key)."""
     return cfg.train.lr * (cfg.masks.keep if cfg.train.lr_scaling == "keep" else 1.0)
-
-
-def fit_data(cfg: Config, n: int, d: int, outputs: int) -> Config:
-    """The loaded data's shape in the config (a data file decides n, d and outputs, and the stored
-    config then says what was trained), checked against the keys that depend on it; the
-    evaluation cadence, which depends on n, resolved."""
-    cfg = copy.deepcopy(cfg)
-    cfg.data.n, cfg.data.d, cfg.data.outputs = n, d, outputs
-    if cfg.train.batch_size > n:
-        raise UserError(f"train.batch_size = {cfg.train.batch_size} exceeds the {n} samples of the data; "
-                        f"use at most {n}, or 0 for full batch")
-    if cfg.output.eval_every == 0:
-        cfg.output.eval_every = auto_eval_every(cfg)
-    return cfg
 
 
 def from_dict(d: dict) -> Config:

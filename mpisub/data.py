@@ -8,6 +8,7 @@ import csv
 import hashlib
 import os
 import zipfile
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,6 +16,17 @@ from .errors import UserError, cause
 from .masks import DATA, stream
 
 TEACHER_WIDTH = 8
+
+
+@dataclass(frozen=True)
+class Sets:
+    """A run's data: the training set, the held-out set (0 rows without one), in the model's dtype,
+    and the data files' sha256 ("" for built-in data; the test file's after a comma)."""
+    X: np.ndarray
+    Y: np.ndarray
+    X_test: np.ndarray
+    Y_test: np.ndarray
+    sha256: str = ""
 
 
 def synthetic(n: int, d: int, outputs: int, noise: float, seed: int, test_n: int = 0):

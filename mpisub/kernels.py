@@ -11,6 +11,8 @@ One read and one write of the n x k activations is all a step adds to its produc
 import numpy as np
 from numba import njit
 
+from .losses import LOSSES
+
 # the gradient G = D^T X of a subnetwork with many rows is computed in neuron blocks of at most
 # this many bytes: its workspace would otherwise be the subnetwork's k x d, at owner storage's
 # scale W's own size per rank. Smaller subnetworks take one block, as fast as one product.
@@ -18,6 +20,9 @@ GRAD_BYTES = 8 * 2**20
 # the per-sample sums over neurons may be reordered, so that LLVM vectorizes them (lanes of partial
 # sums): deterministic for a given shape and machine, as BLAS is
 SUMS = {"reassoc", "nsz", "contract"}
+# the residual's branches (losses.LOSSES: a loss is passed as its code); numba compiles the
+# global in as a constant
+CROSS_ENTROPY = LOSSES["cross_entropy"].code
 
 
 @njit(cache=True, nogil=True)
@@ -66,12 +71,12 @@ def _add_output(z, aT, lo, o):
 
 
 @njit(cache=True, nogil=True)
-def _residual_row(o, y, cross_entropy):
-    """In place: one sample's outputs f_i become n dL/df_i (f_i - y_i, or softmax(f_i) - y_i);
-    returns that sample's term of n L, in float64."""
+def _residual_row(o, y, code):
+    """In place: one sample's outputs f_i become n dL/df_i (f_i - y_i, or softmax(f_i) - y_i for
+    the cross-entropy) for the loss of this code; returns that sample's term of n L, in float64."""
     c = o.shape[0]
     s = 0.0
-    if cross_entropy:
+    if code == CROSS_ENTROPY:
         top = o[0]
         for j in range(c):
             top = max(top, o[j])
@@ -153,19 +158,19 @@ def _outputs(X, W, aT, scale, A, out, count, width):
 
 
 @njit(cache=True, nogil=True)
-def residual(out, Y, cross_entropy):
+def residual(out, Y, code):
     """In place: out (the outputs f) becomes n dL/df, the residual the backward pass takes:
     f - y for the squared error L = 1/(2n) sum ||f_i - y_i||^2, softmax(f) - y for the cross-entropy
     L = 1/n sum (logsumexp(f_i) - <y_i, f_i>) (y: one-hot or probabilities). Returns L at f, in
     float64."""
     s = 0.0
     for i in range(out.shape[0]):
-        s += _residual_row(out[i], Y[i], cross_entropy)
+        s += _residual_row(out[i], Y[i], code)
     return s / out.shape[0]
 
 
 @njit(cache=True, nogil=True)
-def _step(X, Y, W, aT, scale, lr, A, out, G, cross_entropy):
+def _step(X, Y, W, aT, scale, lr, A, out, G, code):
     """One gradient step W <- W - lr * grad L(W) of L(scale relu(X W^T) a) (`residual`'s loss),
     in place; the forward pass, residual and D in one pass over Z (module docstring). Returns L at
     the weights the step started from."""
@@ -177,7 +182,7 @@ def _step(X, Y, W, aT, scale, lr, A, out, G, cross_entropy):
     loss = 0.0
     for i in range(n):
         _sample_output(A, i, n, k, count, width, aT, scale, out[i])
-        loss += _residual_row(out[i], Y[i], cross_entropy)
+        loss += _residual_row(out[i], Y[i], code)
         _sample_delta(A, i, n, k, count, width, aT, out[i], ea)
     # d/dw_r of L = (scale/n) sum_i D[i, r] x_i
     _descend(X, W, lr * scale / n, A, G, count, width)
@@ -185,16 +190,16 @@ def _step(X, Y, W, aT, scale, lr, A, out, G, cross_entropy):
 
 
 @njit(cache=True, nogil=True)
-def _local_steps(W, aT, X, Y, scale, lr, batches, cross_entropy, A, out, G, Xb, Yb):
+def _local_steps(W, aT, X, Y, scale, lr, batches, code, A, out, G, Xb, Yb):
     last = 0.0
     for t in range(batches.shape[0]):
         if batches.shape[1] == 0:
-            last = _step(X, Y, W, aT, scale, lr, A, out, G, cross_entropy)
+            last = _step(X, Y, W, aT, scale, lr, A, out, G, code)
         else:
             for i in range(batches.shape[1]):
                 Xb[i] = X[batches[t, i]]
                 Yb[i] = Y[batches[t, i]]
-            last = _step(Xb, Yb, W, aT, scale, lr, A, out, G, cross_entropy)
+            last = _step(Xb, Yb, W, aT, scale, lr, A, out, G, code)
     return last
 
 
@@ -206,7 +211,7 @@ def workspaces(k: int, d: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     return np.empty(n * k, dtype=dtype), np.empty((width, d), dtype=dtype)
 
 
-def local_steps(W, a, X, Y, scale, lr, batches, cross_entropy=False) -> float:
+def local_steps(W, a, X, Y, scale, lr, batches, code=0) -> float:
     """tau = batches.shape[0] gradient steps of one subnetwork, in place on its active rows W (k x d).
 
     batches: (tau x b) sample indices per step, or (tau x 0) for full-batch steps (the paper).
@@ -215,7 +220,7 @@ def local_steps(W, a, X, Y, scale, lr, batches, cross_entropy=False) -> float:
     (k, d), c, b = W.shape, Y.shape[1], batches.shape[1]
     nb = b or X.shape[0]
     A, G = workspaces(k, d, nb, W.dtype)
-    return _local_steps(W, np.ascontiguousarray(a.T), X, Y, scale, lr, batches, cross_entropy, A,
+    return _local_steps(W, np.ascontiguousarray(a.T), X, Y, scale, lr, batches, code, A,
                         np.empty((nb, c), W.dtype), G, np.empty((b, d), W.dtype), np.empty((b, c), W.dtype))
 
 
@@ -280,13 +285,13 @@ def compile_for(dtype) -> None:
     X, Y = np.ones((3, 2), dtype), np.ones((3, 1), dtype)
     W, a = np.ones((2, 2), dtype), np.ones((2, 1), dtype)
     for batches in (np.zeros((1, 0), np.int64), np.zeros((1, 2), np.int64)):
-        for cross_entropy in (False, True):
-            local_steps(W.copy(), a, X, Y, one, one, batches, cross_entropy)
+        for code in (0, CROSS_ENTROPY):
+            local_steps(W.copy(), a, X, Y, one, one, batches, code)
     partial_output(W, a, X, one)
     output_and_pattern(W, a, X, one, np.empty((3, 2), dtype=np.bool_))
     (A, G), out, aT = workspaces(2, 2, 3, dtype), np.empty((3, 1), dtype), np.ascontiguousarray(a.T)
     part_forward(X, W, aT, one, A, out)
-    for cross_entropy in (False, True):
-        residual(out.copy(), Y, cross_entropy)
-        residual(out.astype(np.float64), Y.astype(np.float64), cross_entropy)   # the full network's evaluation
+    for code in (0, CROSS_ENTROPY):
+        residual(out.copy(), Y, code)
+        residual(out.astype(np.float64), Y.astype(np.float64), code)   # the full network's evaluation
     part_backward(X, out, W.copy(), aT, np.float64(1.0), A, G)

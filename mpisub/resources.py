@@ -4,13 +4,14 @@ cannot fit stops with one line saying how much it needs and what would fit, inst
 MemoryError, an OOM kill or a half-written run file (docs/design.md, "Sizes before work").
 
 """
-import math
 import os
 import shutil
 
 import numpy as np
 
+from . import costs, schema
 from .errors import UserError
+from .masks import KINDS
 
 BASE = 224 * 2**20   # interpreter, numpy, scipy, numba, h5py, MPI (190 MiB measured) and OpenBLAS's buffers
 SLACK = 2**20        # HDF5's own structures
@@ -25,8 +26,9 @@ def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -
     here = p // ranks                                   # subnetworks per rank
     row = d * s
     own = -(-m // ranks)
-    bernoulli = cfg.masks.kind == "bernoulli"
-    held = 1 - (1 - xi) ** here if bernoulli else min(1.0, here * xi)
+    kind = KINDS[cfg.masks.kind]
+    bernoulli = not kind.disjoint                       # a neuron may be in several subnetworks
+    held = kind.held(here, xi)
     pulled = held * m                                   # rows this rank's subnetworks hold, once each
     trained = here * xi * m                             # their rows: a view of `pulled` for one disjoint subnet
     copies = 0 if here == 1 and not bernoulli else trained
@@ -57,10 +59,6 @@ def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -
     return parts
 
 
-# the alpha-beta costs of MPICH's collectives (Thakur, Rabenseifner & Gropp) on a 200 Gb/s link
-ALPHA, BETA = 1.5e-6, 1 / 25e9
-
-
 def plan_costs(cfg, ranks: int) -> dict:
     """Per plan, the bytes one rank sends plus receives per round (as bytes_comm + bytes_recv count
     them) and the modelled seconds of those collectives (docs/design.md, section 3). rows: two
@@ -72,15 +70,13 @@ def plan_costs(cfg, ranks: int) -> dict:
     if K == 1:
         return {"rows": (0.0, 0.0), "outputs": (0.0, 0.0)}
     here = p / K
-    held = 1 - (1 - xi) ** here if cfg.masks.kind == "bernoulli" else min(1.0, here * xi)
+    held = KINDS[cfg.masks.kind].held(here, xi)
     one_way = (K - 1) / K * m * (held + here * xi) / 2 * cfg.data.d * s   # each Alltoallv, each way
     n, c, tau = cfg.data.n, cfg.data.outputs, cfg.train.local_steps
-    nb = cfg.train.batch_size or n
-    buffers = [p * nb * c * s] * tau
+    buffer = p * (cfg.train.batch_size or n) * c * s
     # bytes as the run file counts them: an Allreduce's buffer goes out once and comes back once
-    return {"rows": (4 * one_way, 2 * ((K - 1) * ALPHA + one_way * BETA)),
-            "outputs": (sum(2 * b for b in buffers),
-                        sum(2 * math.log2(K) * ALPHA + 2 * (K - 1) / K * b * BETA for b in buffers))}
+    return {"rows": (4 * one_way, 2 * costs.alltoallv(K, one_way)),
+            "outputs": (tau * 2 * buffer, tau * costs.allreduce(K, buffer))}
 
 
 def choose_plan(cfg, ranks: int) -> tuple[str, str]:
@@ -154,13 +150,8 @@ def check_memory(cfg, ranks: int, ranks_on_node: int, workers: int = 1, resuming
 
 
 def _widest_that_fits(cfg, ranks, workers, resuming, avail) -> int:
-    import copy
-    trial = copy.deepcopy(cfg)
-
     def need(m):
-        trial.model.width = m
-        trial.masks.keep = cfg.masks.keep
-        return sum(memory_per_rank(trial, ranks, workers, resuming).values())
+        return sum(memory_per_rank(cfg.replace({"model.width": m}), ranks, workers, resuming).values())
 
     lo, hi = 0, cfg.model.width  # need(hi) > avail
     while hi - lo > 1:
@@ -172,12 +163,11 @@ def _widest_that_fits(cfg, ranks, workers, resuming, avail) -> int:
 def _fewest_ranks_that_fit(cfg, ranks, workers, resuming, avail) -> int | None:
     """The fewest ranks above `ranks` (up to 4096) at which one rank's share fits `avail`: divisors
     of p, or any K when p is one per rank (then p = K); None if none does."""
-    import copy
-    trial = copy.deepcopy(cfg)
-    p = cfg.masks.subnets
+    p, kind = cfg.masks.subnets, KINDS[cfg.masks.kind]
     for K in range(ranks + 1, 4097):
-        if p == ranks and cfg.masks.kind in ("partition", "categorical"):
-            trial.masks.subnets, trial.masks.keep = K, 1.0 / K
+        trial = cfg
+        if p == ranks and not kind.keep_settable and kind.auto_subnets(K) == K:   # one subnetwork per rank
+            trial = cfg.replace({"masks.subnets": K, "masks.keep": kind.keep(K)})
         elif p % K:
             continue
         if sum(memory_per_rank(trial, K, workers, resuming).values()) <= avail:
@@ -190,11 +180,12 @@ def disk_needed(cfg, resuming: bool = False) -> dict:
     replaces the other (and, on resume, the old run.h5 until the new one replaces it)."""
     s, m, d, n, c = np.dtype(cfg.model.dtype).itemsize, cfg.model.width, cfg.data.d, cfg.data.n, cfg.data.outputs
     rounds, p = cfg.train.rounds, cfg.masks.subnets
-    run = (2 * m * d * s + m * c * s + rounds * 9 * 8 + SLACK
+    row_bytes = sum(np.dtype(c.dtype).itemsize for c in schema.COLUMNS)   # a round's row, and at most one eval row
+    run = (2 * m * d * s + m * c * s + rounds * row_bytes + SLACK
            + (n * (d + c) * s if cfg.data.source == "synthetic" else 0)
            + (rounds * p * m if cfg.output.record_masks else 0)
            + (n * n * 8 if n <= min(cfg.theory.max_n, cfg.theory.store_H_max_n) else 0))
-    checkpoint = m * d * s + rounds * 9 * 8 + SLACK
+    checkpoint = m * d * s + rounds * row_bytes + SLACK
     return {"run.h5": run * (2 if resuming else 1), "checkpoints": 2 * checkpoint}
 
 

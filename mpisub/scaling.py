@@ -17,18 +17,17 @@ link: beta = 1/25 GB/s, alpha = 1.5 us. Both add an evaluation: an Allreduce of 
 and one of 1 (Rabenseifner: 2 log K alpha + 2 (K-1)/K bytes beta).
 """
 import json
-import math
 import os
 import subprocess
 import tempfile
 
 import numpy as np
 
-from . import config, resources
+from . import config, costs, resources
 from .launch import executables, set_args, thread_env
-from .store import read_run
+from .readback import read_run
+from .resolve import settle
 
-ALPHA, BETA = resources.ALPHA, resources.BETA
 MEASURED = (1, 2, 4, 8)
 PROJECTED = (16, 64, 256, 1024)
 # evaluated every round: the model counts one evaluation's Allreduce in every round's bytes
@@ -39,14 +38,14 @@ CASE = {"model.width": 262144, "data.d": 256, "data.n": 256, "masks.kind": "part
 
 def model(K: int, W_bytes: float, loss_bytes: float) -> dict:
     """Bytes per rank per round and seconds per round of communication, both designs."""
-    allreduce = 2 * math.log2(K) * ALPHA + 2 * (K - 1) / K * loss_bytes * BETA if K > 1 else 0.0
+    allreduce = costs.allreduce(K, loss_bytes)
     loss = loss_bytes if K > 1 else 0
     one_way = (K - 1) / K * W_bytes / K
     return {
         "rows_sent": 2 * one_way + loss, "rows_recv": 2 * one_way + loss,
-        "rows_seconds": (2 * ((K - 1) * ALPHA + one_way * BETA) if K > 1 else 0.0) + allreduce,
+        "rows_seconds": 2 * costs.alltoallv(K, one_way) + allreduce,
         "replicated_sent": (W_bytes / K + loss) if K > 1 else 0, "replicated_recv": ((K - 1) / K * W_bytes + loss),
-        "replicated_seconds": ((K - 1) * ALPHA + (K - 1) / K * W_bytes * BETA if K > 1 else 0.0) + allreduce,
+        "replicated_seconds": costs.allgatherv(K, W_bytes) + allreduce,
     }
 
 
@@ -60,10 +59,7 @@ def replicated_memory(cfg, K: int) -> float:
 
 
 def _with_plan(cfg, plan: str):
-    import copy
-    cfg = copy.deepcopy(cfg)
-    cfg.train.plan = plan
-    return cfg
+    return cfg.replace({"train.plan": plan})
 
 
 def measure(K: int, width: int, folder: str, plan: str = "rows") -> dict:
@@ -85,23 +81,31 @@ def _ratio(measured: float | None, model: float) -> str:
     return f"{measured / model:5.2f}" if measured and model else " 1.00"
 
 
+def _case(width: int, K: int):
+    """The case at K ranks under plan rows (past the measured range p grows with K: one subnetwork
+    per rank)."""
+    values = {**CASE, "model.width": width, "train.plan": "rows"}
+    if CASE["masks.subnets"] % K:
+        values["masks.subnets"] = K
+    return settle(config.build(overrides=set_args(values)[1::2]), K)[0]
+
+
 def scaling_main(width: int, as_json: str | None, measured=MEASURED) -> None:
-    cfg = config.build(None, None, set_args({**CASE, "model.width": width})[1::2])
+    from .evaluate import message_floats
+
+    cfg = _case(width, 1)
     s = np.dtype(cfg.model.dtype).itemsize
     W_bytes = width * cfg.data.d * s
-    loss_bytes = (cfg.data.n * cfg.data.outputs + 6) * 8 + 8   # an evaluation: outputs, flags, diagnostics; a max
+    loss_bytes = message_floats(cfg.data.n, cfg.data.outputs) * 8 + 8   # an evaluation's Allreduce, and its max
     mib = 2**20
     print(f"# mpisub-bench --scaling: m = {width}, d = {cfg.data.d}, float64 (W = {W_bytes / mib:.0f} MiB), "
           f"n = {cfg.data.n}, partition p = {cfg.masks.subnets}, tau = {cfg.train.local_steps}; "
           f"measured with mpirun -n K here, "
-          f"projected with alpha = {ALPHA * 1e6:g} us, beta = 1/{1 / BETA / 1e9:g} GB/s", flush=True)
+          f"projected with alpha = {costs.ALPHA * 1e6:g} us, beta = 1/{1 / costs.BETA / 1e9:g} GB/s", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpisub-scaling-") as tmp:
         for K in sorted(set(measured) | set(PROJECTED)):
-            c = config.resolve(cfg, K) if cfg.masks.subnets % K == 0 else None
-            if c is None:  # p grows with K past the measured range: one subnetwork per rank
-                c = config.resolve(config.build(None, None, set_args({**CASE, "model.width": width,
-                                                                      "masks.subnets": K})[1::2]), K)
+            c = _case(width, K)
             row = {"K": K, **model(K, W_bytes, loss_bytes),
                    "rows_memory": sum(resources.memory_per_rank(c, K).values()),
                    "replicated_memory": replicated_memory(c, K)}

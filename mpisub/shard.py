@@ -13,57 +13,46 @@ W live there and nowhere else between rounds. Each round, every rank works out f
 import numpy as np
 
 
-def owned(m: int, ranks: int, rank: int) -> tuple[int, int]:
-    """[lo, hi): the neurons rank `rank` owns."""
-    return rank * m // ranks, (rank + 1) * m // ranks
-
-
-def subnets_of_rank(p: int, ranks: int, rank: int) -> range:
-    """Contiguous blocks: rank k holds subnets [k p/K, (k+1) p/K), so visiting the ranks in order
-    visits the subnetworks in order, whatever K is."""
-    return range(rank * p // ranks, (rank + 1) * p // ranks)
-
-
 def _counts(sorted_rows: np.ndarray, bounds: list[int]) -> list[int]:
     """How many of the sorted neuron indices each rank owns."""
     return np.diff(np.searchsorted(sorted_rows, bounds)).tolist()
 
 
 class Exchange:
-    """One round's row traffic for rank `rank`, from rows[l] (subnetwork l's active neurons, sorted)."""
+    """One round's row traffic for this rank of `layout`, from `rows(l)` (subnetwork l's active
+    neurons, sorted)."""
 
-    def __init__(self, rows: list[np.ndarray], m: int, ranks: int, rank: int):
-        p = len(rows)
-        self.bounds = [owned(m, ranks, k)[0] for k in range(ranks)] + [m]
-        lo, hi = owned(m, ranks, rank)
-        self.subnets = subnets_of_rank(p, ranks, rank)
+    def __init__(self, rows, layout):
+        p, ranks = layout.subnets, layout.ranks
+        lo, hi = layout.lo, layout.hi
+        self.bounds = layout.bounds.tolist()
+        self.subnets = layout.my_subnets
 
         # pull: the union of this rank's subnetworks' rows, sorted, hence grouped by owner
         def needed(k):
-            mine = [rows[l] for l in subnets_of_rank(p, ranks, k)]
+            mine = [rows(l) for l in layout.subnets_of(k)]
             return np.unique(np.concatenate(mine)) if len(mine) > 1 else (mine[0] if mine else np.zeros(0, np.int64))
 
-        self.need = needed(rank)
+        self.need = needed(layout.rank)
         self.pull_recv = _counts(self.need, self.bounds)
         send = [needed(k) for k in range(ranks)]
         send = [r[np.searchsorted(r, lo): np.searchsorted(r, hi)] for r in send]
         self.pull_send = [len(r) for r in send]
         self.pull_index = np.concatenate(send) - lo      # rows of the owned block, by destination
         # where each of this rank's subnetworks finds its rows in the pulled buffer
-        self.position = {l: np.searchsorted(self.need, rows[l]) for l in self.subnets}
+        self.position = {l: np.searchsorted(self.need, rows(l)) for l in self.subnets}
 
         # push: each subnetwork's rows, split by owner; for each destination in turn, the
         # subnetworks in order: (subnet, first, last) slices of its trained rows, in send order
-        parts = {l: np.searchsorted(rows[l], self.bounds) for l in self.subnets}
+        parts = {l: np.searchsorted(rows(l), self.bounds) for l in self.subnets}
         self.push_slices = [(l, int(parts[l][j]), int(parts[l][j + 1])) for j in range(ranks) for l in self.subnets]
         self.push_send = [sum(int(parts[l][j + 1] - parts[l][j]) for l in self.subnets) for j in range(ranks)]
         # what the owner receives: from ranks in order, each rank's subnetworks in order
         self.segments = []                               # (subnet, owned-block indices), in subnet order
-        for k in range(ranks):
-            for l in subnets_of_rank(p, ranks, k):
-                r = rows[l]
-                self.segments.append((l, r[np.searchsorted(r, lo): np.searchsorted(r, hi)] - lo))
-        self.push_recv = [sum(len(seg) for l, seg in self.segments if l in subnets_of_rank(p, ranks, k))
+        for l in range(p):
+            r = rows(l)
+            self.segments.append((l, r[np.searchsorted(r, lo): np.searchsorted(r, hi)] - lo))
+        self.push_recv = [sum(len(seg) for l, seg in self.segments if l in layout.subnets_of(k))
                           for k in range(ranks)]
 
 

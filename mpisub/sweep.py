@@ -20,11 +20,11 @@ import shlex
 import subprocess
 import time
 
-from . import config
+from . import config, sources
 from .analysis import Run, open_run
 from .errors import UserError, exit_with
+from .folders import CHECKPOINT, FILENAME
 from .launch import executables, set_args
-from .store import CHECKPOINT, FILENAME
 
 
 class RunFailed(RuntimeError):
@@ -81,7 +81,7 @@ def example_args(description: str) -> argparse.Namespace:
 
 def read_sweep(path: str) -> dict:
     """The sweep file, checked: every key it sets is a config key with a value of the right type."""
-    spec = config.read_toml(path, what="sweep file")
+    spec = sources.read_toml(path, what="sweep file")
     unknown = set(spec) - {"out", "ranks", "seeds", "config", "set", "grid"}
     if unknown:
         raise UserError(f"sweep file {path!r}: unknown entr{'ies' if len(unknown) > 1 else 'y'} "

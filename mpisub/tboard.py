@@ -1,12 +1,15 @@
-"""TensorBoard event files of a run's per-round metrics (output.tensorboard), written by rank 0
-beside run.h5 in <output.dir>/tensorboard: the same numbers as the run file's /metrics rows, for
-dashboards that read TensorBoard. TensorBoard is an optional extra: pip install 'mpisub[tensorboard]'."""
+"""TensorBoard event files of a run (output.tensorboard), written by rank 0 beside run.h5 in
+<output.dir>/tensorboard: every column of the run file's /metrics and /eval rows (schema.py) as a
+scalar by round, for dashboards that read TensorBoard. TensorBoard is an optional extra:
+pip install 'mpisub[tensorboard]'."""
 import os
 import time
 
 from .errors import UserError
+from .loggers import Logger
 
 FOLDER = "tensorboard"
+FLUSH_SECONDS = 1.0   # as the run file: rows reach the disk at most this late
 
 
 def check_available() -> None:
@@ -18,7 +21,7 @@ def check_available() -> None:
                         "(or pip install tensorboard), or set output.tensorboard = false") from None
 
 
-class Events:
+class TensorBoard(Logger):
     """Scalars by round into one event file of <folder>/tensorboard (a resumed run adds a file)."""
 
     def __init__(self, folder: str):
@@ -28,13 +31,24 @@ class Events:
 
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
         self.writer = EventFileWriter(os.path.join(folder, FOLDER))
+        self.flushed = time.monotonic()
 
-    def scalars(self, step: int, values: dict) -> None:
-        summary = self._summary(value=[self._summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
-        self.writer.add_event(self._event(wall_time=time.time(), step=step, summary=summary))
+    def _scalars(self, row: dict) -> None:
+        values = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in row.items() if k != "round"]
+        self.writer.add_event(self._event(wall_time=time.time(), step=int(row["round"]),
+                                          summary=self._summary(value=values)))
+        if time.monotonic() - self.flushed >= FLUSH_SECONDS:
+            self.writer.flush()
+            self.flushed = time.monotonic()
 
-    def flush(self) -> None:
-        self.writer.flush()
+    def log_round(self, row, masks=None):
+        self._scalars(row)
 
-    def close(self) -> None:
-        self.writer.close()
+    def log_eval(self, row):
+        self._scalars(row)
+
+    def finalize(self, status):
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 (finalize never raises: the run file has the numbers)
+            pass

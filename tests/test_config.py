@@ -6,6 +6,7 @@ import pytest
 
 from mpisub import config
 from mpisub.errors import UserError
+from mpisub.resolve import settle
 
 
 def test_precedence_defaults_preset_file_set(tmp_path):
@@ -19,7 +20,7 @@ def test_precedence_defaults_preset_file_set(tmp_path):
 
 
 def test_presets_are_what_design_md_says():
-    r = {name: config.resolve(config.build(name), ranks=4 if name in ("ist", "multisample") else 1)
+    r = {name: settle(config.build(name), 4 if name in ("ist", "multisample") else 1)[0]
          for name in config.PRESETS}
     gd = r["gd"]
     assert (gd.masks.kind, gd.masks.subnets, gd.masks.keep, gd.train.local_steps) == ("full", 1, 1.0, 1)
@@ -34,11 +35,11 @@ def test_defaults_are_the_ist_job():
 
 
 def test_resolve_fills_rank_dependent_values():
-    cfg = config.resolve(config.build(), ranks=2)
+    cfg = settle(config.build(), 2)[0]
     assert cfg.masks.subnets == 2 and cfg.masks.keep == 0.5
-    cfg = config.resolve(config.build(overrides=["masks.kind='bernoulli'", "masks.subnets=6"]), ranks=3)
+    cfg = settle(config.build(overrides=["masks.kind='bernoulli'", "masks.subnets=6"]), 3)[0]
     assert cfg.masks.keep == 0.5
-    cfg = config.resolve(config.build(overrides=["masks.kind='categorical'", "masks.subnets=8"]), ranks=4)
+    cfg = settle(config.build(overrides=["masks.kind='categorical'", "masks.subnets=8"]), 4)[0]
     assert cfg.masks.keep == 0.125
 
 
@@ -51,13 +52,13 @@ def test_set_values_are_read_as_toml_and_type_checked():
 
 
 def test_printed_toml_reads_back_as_the_same_config():
-    cfg = config.resolve(config.build("dropout", overrides=["output.dir=runs/x y"]), ranks=1)
+    cfg = settle(config.build("dropout", overrides=["output.dir=runs/x y"]), 1)[0]
     parsed = config.tomllib.loads(cfg.to_toml())
     assert config.from_dict(parsed) == cfg
 
 
 def test_config_round_trips_through_json():
-    cfg = config.resolve(config.build("multisample"), ranks=2)
+    cfg = settle(config.build("multisample"), 2)[0]
     assert config.from_dict(json.loads(cfg.to_json())) == cfg
 
 
@@ -110,18 +111,18 @@ BAD_RESOLVE = [
 @pytest.mark.parametrize("overrides,ranks,message", BAD_RESOLVE)
 def test_inconsistent_values_are_refused(overrides, ranks, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        config.resolve(config.build(overrides=overrides), ranks)
+        settle(config.build(overrides=overrides), ranks)
 
 
 def test_batch_size_is_checked_against_the_data():
-    cfg = config.resolve(config.build(overrides=["train.batch_size=100"]), 1)
-    assert config.fit_data(cfg, 100, 3, 1).data.d == 3
+    given = config.build(overrides=["train.batch_size=100"])
+    assert settle(given, 1, (100, 3, 1))[0].data.d == 3
     with pytest.raises(UserError, match="train.batch_size = 100 exceeds the 99 samples of the data"):
-        config.fit_data(cfg, 99, 3, 1)
+        settle(given, 1, (99, 3, 1))
 
 
 def test_resume_allows_only_keys_that_do_not_change_results():
-    stored = config.resolve(config.build(), 2).to_dict()
+    stored = settle(config.build(), 2)[0].to_dict()
     cfg = config.for_resume(stored, ["train.rounds=500", "output.log_every=7"])
     assert (cfg.train.rounds, cfg.output.log_every, cfg.masks.subnets) == (500, 7, 2)
     with pytest.raises(UserError, match="--set train.lr=1: the run being resumed has train.lr = 4.0"):
@@ -174,8 +175,7 @@ def test_auto_eval_every_keeps_evaluation_near_5_percent(preset, ranks, every):
     not count) against a round (4 p keep tau b d m flops): every ceil(3 n / (0.05 p keep tau b))
     rounds; by hand for n = 512, full batch: IST p keep = 1, tau = 5 -> 12; gd 1 x 1 x 1 -> 60;
     dropout 1 x 0.5 x 1 -> 120; multisample 4 x 0.5 x 1 -> 30."""
-    cfg = config.fit_data(config.resolve(config.build(preset), ranks), 512, 16, 1)
+    cfg = settle(config.build(preset), ranks, (512, 16, 1))[0]
     assert cfg.output.eval_every == every
-    set_by_hand = config.fit_data(config.resolve(config.build(preset, overrides=["output.eval_every=7"]), ranks),
-                                  512, 16, 1)
+    set_by_hand = settle(config.build(preset, overrides=["output.eval_every=7"]), ranks, (512, 16, 1))[0]
     assert set_by_hand.output.eval_every == 7

@@ -6,7 +6,7 @@ import re
 import h5py
 from conftest import mpirun, sets
 
-from mpisub import config, store
+from mpisub import config, schema
 from mpisub.config import tomllib
 
 DESIGN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "design.md")
@@ -44,6 +44,6 @@ def test_the_run_file_table_names_what_a_run_file_holds(tmp_path):
         for name in names:
             leaf = name.split("/")[-1]
             assert f"/{name}`" in section or f"`{leaf}`" in section or f"/{name}/" in section, name
-        assert sorted(f["metrics"]) == sorted(store.METRICS)
-    for metric in store.METRICS:
+        assert sorted(f["metrics"]) == sorted(schema.METRICS)
+    for metric in schema.METRICS:
         assert f"`{metric}`" in section

@@ -81,6 +81,7 @@ READER = r"""
 import json, sys, traceback
 from mpisub import config, data
 from mpisub.errors import UserError
+from mpisub.resolve import settle
 for path in json.load(sys.stdin):
     try:
         if path.endswith(".toml"):
@@ -89,7 +90,7 @@ for path in json.load(sys.stdin):
             cfg = config.Config()
             cfg.data.source = path
             X, Y, _ = data.load(cfg)
-            config.fit_data(cfg, X.shape[0], X.shape[1], Y.shape[1])
+            settle(cfg, 1, (X.shape[0], X.shape[1], Y.shape[1]))
         print(json.dumps([path, "ok"]), flush=True)
     except UserError as e:
         print(json.dumps([path, "user: " + str(e)]), flush=True)

@@ -4,6 +4,7 @@ import pytest
 from reference import surrogate_grad, surrogate_loss
 
 from mpisub import kernels
+from mpisub.losses import LOSSES
 
 FULL_BATCH = np.zeros((1, 0), np.int64)
 
@@ -19,11 +20,12 @@ def problem(seed=0, n=30, d=6, c=2, m=20, keep=0.5):
     return X, Y, W, a, mask, keep
 
 
-def kernel_grad(W, a, X, Y, mask, keep, batches=FULL_BATCH, cross_entropy=False):
+def kernel_grad(W, a, X, Y, mask, keep, batches=FULL_BATCH, loss="squared"):
     """The gradient the kernel applies, read off one step with lr = 1 on the active rows."""
     rows = np.flatnonzero(mask)
     W_l = W[rows].copy()
-    kernels.local_steps(W_l, a[rows].copy(), X, Y, 1.0 / (keep * np.sqrt(W.shape[0])), 1.0, batches, cross_entropy)
+    kernels.local_steps(W_l, a[rows].copy(), X, Y, 1.0 / (keep * np.sqrt(W.shape[0])), 1.0, batches,
+                        LOSSES[loss].code)
     G = np.zeros_like(W)
     G[rows] = W[rows] - W_l
     return G
@@ -103,7 +105,7 @@ def test_neuron_blocks_take_the_step_of_one_product(c):
     out, aT, W_parts = np.empty((4, c)), np.ascontiguousarray(a.T), W.copy()
     kernels.part_forward(X, W_parts, aT, 1 / np.sqrt(5), A, out)
     np.testing.assert_allclose(out, np.maximum(X @ W.T, 0) @ a / np.sqrt(5), rtol=1e-12, atol=1e-14)
-    kernels.residual(out, Y, False)
+    kernels.residual(out, Y, LOSSES["squared"].code)
     kernels.part_backward(X, out, W_parts, aT, lr / np.sqrt(5) / 4, A, G)
     np.testing.assert_allclose(W_parts, expected, rtol=1e-12, atol=1e-14)
 
@@ -132,11 +134,11 @@ def test_cross_entropy_gradient_matches_finite_differences(seed, keep):
     """train.loss = cross_entropy: L = (1/n) sum_i (logsumexp(f_i) - <y_i, f_i>) on one-hot targets."""
     X, _, W, a, mask, keep = problem(seed, c=3, keep=keep)
     Y = np.eye(3)[np.random.default_rng(seed).integers(0, 3, size=X.shape[0])]
-    G = kernel_grad(W, a, X, Y, mask, keep, cross_entropy=True)
+    G = kernel_grad(W, a, X, Y, mask, keep, loss="cross_entropy")
     G_fd = fd_grad(W, a, X, Y, mask, keep, loss="cross_entropy")
     assert np.abs(G).max() > 1e-3
     np.testing.assert_allclose(G, G_fd, rtol=1e-6, atol=1e-8)
     rows = np.flatnonzero(mask)
     got = kernels.local_steps(W[rows].copy(), a[rows].copy(), X, Y, 1.0 / (keep * np.sqrt(W.shape[0])), 0.1,
-                              FULL_BATCH, True)
+                              FULL_BATCH, LOSSES["cross_entropy"].code)
     assert got == pytest.approx(surrogate_loss(W, a, X, Y, mask, keep, "cross_entropy"), rel=1e-12)

@@ -50,15 +50,15 @@ def test_a_run_file_is_replaced_only_once_its_successor_holds_everything(tmp_pat
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "run.h5").write_bytes(b"the previous run file")
-    new = store.RunFile(str(folder), config_json="{}", attrs={}, overwrite=True, subnets=1, width=4, record_masks=False)
+    new = store.RunFile(str(folder), store.Header("{}"), overwrite=True)
     assert (folder / "run.h5.tmp").exists()
-    new.close("failed")                                                  # e.g. the resume failed
+    new.finalize("failed")                                                  # e.g. the resume failed
     assert (folder / "run.h5").read_bytes() == b"the previous run file"
     assert _files(folder) == ["run.h5"]
 
-    new = store.RunFile(str(folder), config_json="{}", attrs={}, overwrite=True, subnets=1, width=4, record_masks=False)
+    new = store.RunFile(str(folder), store.Header("{}"), overwrite=True)
     new.publish()
-    new.close("completed")
+    new.finalize("completed")
     with h5py.File(folder / "run.h5", "r") as f:
         assert f.attrs["status"] == "completed"
     assert _files(folder) == ["run.h5"]

@@ -9,6 +9,7 @@ import pytest
 from conftest import BIN, ONE_THREAD, mpirun, sets
 
 from mpisub import shard
+from mpisub.layout import Layout
 from mpisub.store import read_run
 
 JOB = dict(data__n=48, data__d=6, data__outputs=2, model__width=96, train__rounds=4, train__local_steps=2,
@@ -46,8 +47,8 @@ def test_the_exchange_plan_moves_every_row_where_the_algorithm_needs_it(kind, p,
     m = 50
     M = masks.sample(kind, p, 0.5 if kind == "bernoulli" else 1 / p, m, 7, 3)
     rows = [np.flatnonzero(M[l]) for l in range(p)]
-    plans = [shard.Exchange(rows, m, K, k) for k in range(K)]
-    bounds = [shard.owned(m, K, k) for k in range(K)]
+    plans = [shard.Exchange(rows.__getitem__, Layout(m, K, k, p)) for k in range(K)]
+    bounds = [Layout(m, K, k, p).owned_by(k) for k in range(K)]
     W = np.arange(m, dtype=float)[:, None] * np.ones((1, 2))           # row r holds the value r
     # pull: what rank j sends to rank k is the slice k of j's send buffer
     for k, plan in enumerate(plans):
@@ -58,7 +59,7 @@ def test_the_exchange_plan_moves_every_row_where_the_algorithm_needs_it(kind, p,
             start = sum(sender.pull_send[:k])
             got.append(send[start:start + sender.pull_send[k]])
         pulled = np.concatenate(got)
-        for l in shard.subnets_of_rank(p, K, k):
+        for l in Layout(m, K, k, p).subnets_of(k):
             np.testing.assert_array_equal(pulled[plan.position[l], 0], rows[l])
     # push: every owner's received copies, in order, are the segments' neurons
     for j, owner in enumerate(plans):

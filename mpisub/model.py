@@ -1,0 +1,57 @@
+"""The network (docs/design.md, section 2), in one place, like nanoGPT's model.py:
+
+    f(W, x) = scale sum_r a_r relu(<w_r, x>),   scale = 1/sqrt(m)   (the NTK form)
+
+W (m x d) is trained; a (m x c, entries +-1) is fixed. Init: w_r ~ N(0, kappa^2 I) and a_r
+uniform in {+1, -1}, both drawn in chunks of INIT_CHUNK neurons from streams keyed by
+(train.seed, chunk), so a rank draws only its own rows and W_init is the same for any number of
+ranks. A subnetwork's surrogate f_l has scale 1/(keep sqrt(m)) over its active neurons.
+Plain numpy (no MPI, no numba): the kernels compute the same f fast (kernels.py), `forward` is
+its plain statement for readers of a run file.
+"""
+import math
+
+import numpy as np
+
+from .masks import INIT, stream
+
+# W and a are drawn in chunks of this many neurons, each from its own stream
+INIT_CHUNK = 1024
+
+
+def _chunk(cfg, c: int, what: int) -> np.random.Generator:
+    return stream(cfg.train.seed, INIT, c, what)
+
+
+def init_rows(cfg, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of W_init: w_r ~ N(0, kappa^2 I), drawn chunk by chunk."""
+    m, d = cfg.model.width, cfg.data.d
+    W = np.empty((hi - lo, d), dtype=cfg.model.dtype)
+    for c in range(lo // INIT_CHUNK, (hi - 1) // INIT_CHUNK + 1 if hi > lo else 0):
+        first, last = c * INIT_CHUNK, min((c + 1) * INIT_CHUNK, m)
+        block = _chunk(cfg, c, 0).standard_normal((last - first, d))
+        b, e = max(first, lo), min(last, hi)
+        with np.errstate(over="ignore"):  # a huge init_scale in float32: reported by train.check_start
+            W[b - lo:e - lo] = cfg.model.init_scale * block[b - first:e - first]
+    return W
+
+
+def output_weights(cfg) -> np.ndarray:
+    """a (m x c): entries uniform in {+1, -1}, fixed."""
+    m, c = cfg.model.width, cfg.data.outputs
+    chunks = [2.0 * _chunk(cfg, k, 1).integers(0, 2, size=(min(INIT_CHUNK, m - k * INIT_CHUNK), c)) - 1.0
+              for k in range(-(-m // INIT_CHUNK))]
+    return np.concatenate(chunks).astype(cfg.model.dtype)
+
+
+def scale(m: int, keep: float = 1.0) -> float:
+    """The output scale: 1/sqrt(m) for the network, 1/(keep sqrt(m)) for a subnetwork's surrogate f_l."""
+    return 1.0 / (keep * math.sqrt(m))
+
+
+def forward(W: np.ndarray, a: np.ndarray, X: np.ndarray, block: int = 4096) -> np.ndarray:
+    """f(W, X) (n x c) of the whole network, in float64, a block of neurons at a time."""
+    out = np.zeros((X.shape[0], a.shape[1]))
+    for lo in range(0, len(W), block):
+        out += np.maximum(X @ W[lo:lo + block].T.astype(np.float64), 0.0) @ a[lo:lo + block]
+    return out * scale(len(W))

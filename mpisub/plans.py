@@ -1,0 +1,125 @@
+"""How the ranks share a round's work (after mpi4py-fft's `Transfer`: built once, run every round):
+steps 1 and 2 of the algorithm, the tau local steps of every subnetwork and the mean per neuron on
+its owner (docs/design.md, sections 2 and 3). `train.plan` picks one from PLANS.
+
+- RowsPlan (IST's pattern): a rank trains whole subnetworks; it pulls their rows from their
+  owners, steps them, and pushes them back, and each owner averages the copies in subnet order
+  (identical bits for every K dividing p).
+- OutputsPlan (neurons never move): every rank steps its own rows of every subnetwork; each local
+  step sums the ranks' parts of the p subnetworks' outputs in one Allreduce (any K; equal to
+  rounding across K).
+
+The collectives are `comm`'s; the local steps are the kernels'; this module holds the bookkeeping.
+"""
+import time
+from dataclasses import dataclass
+from itertools import repeat
+
+import numpy as np
+
+from . import config, kernels, model, shard
+from .losses import LOSSES
+
+
+@dataclass
+class RoundStats:
+    sub_loss_sum: float     # this rank's part of the sum over subnetworks of their losses
+    seconds_local: float    # in the local steps' kernels
+
+
+class _Plan:
+    def __init__(self, cfg, layout, comm, sets, a, each=map):
+        self.layout, self.comm, self.X, self.Y, self.a, self.each = layout, comm, sets.X, sets.Y, a, each
+        real = np.dtype(cfg.model.dtype).type   # scalars in the model's dtype keep float32 kernels in float32
+        self.scale = real(model.scale(cfg.model.width, cfg.masks.keep))   # the surrogate f_l's 1/xi times 1/sqrt(m)
+        self.lr = real(config.step_size(cfg))
+        self.code = LOSSES[cfg.train.loss].code
+
+
+class RowsPlan(_Plan):
+    def round(self, W, masks, batches) -> RoundStats:
+        """One round in place on this rank's rows W: pull, tau local steps per subnetwork (side by
+        side on `each`'s threads), push and average. `masks`: the round's (masks.Round);
+        `batches(l)`: subnetwork l's minibatches."""
+        plan = shard.Exchange(masks.rows, self.layout)
+        pulled = self.pull(W, plan)
+        trained = {l: _rows_of(pulled, plan.position[l]) for l in plan.subnets}
+        del pulled
+        t = time.perf_counter()
+        sub_losses = list(self.each(kernels.local_steps, trained.values(),
+                                    [self.a[masks.rows(l)] for l in plan.subnets], repeat(self.X), repeat(self.Y),
+                                    repeat(self.scale), repeat(self.lr), [batches(l) for l in plan.subnets],
+                                    repeat(self.code)))
+        seconds_local = time.perf_counter() - t
+        self.push(W, trained, plan, masks)
+        return RoundStats(sum(sub_losses), seconds_local)  # in subnet order, however they ran
+
+    def pull(self, W_own, plan) -> np.ndarray:
+        """The rows this rank's subnetworks hold, each once, from their owners (plan.need order)."""
+        if self.comm.size == 1:  # it owns them all: one copy, no exchange
+            return W_own[plan.pull_index]
+        pulled = np.empty((len(plan.need), W_own.shape[1]), dtype=W_own.dtype)
+        self.comm.alltoall_rows(W_own[plan.pull_index], plan.pull_send, pulled, plan.pull_recv)
+        return pulled
+
+    def push(self, W_own, trained: dict, plan, masks) -> None:
+        """In place on W_own: the trained rows go to their owners, which average them (shard.combine)."""
+        if self.comm.size == 1:  # its own rows: average them where they are
+            shard.combine(W_own, ((idx, trained[l]) for l, idx in plan.segments), masks.disjoint, masks.counts)
+            return
+        send = np.empty((sum(plan.push_send), W_own.shape[1]), dtype=W_own.dtype)
+        at = 0
+        for l, first, last in plan.push_slices:
+            send[at: at + last - first] = trained[l][first:last]
+            at += last - first
+        trained.clear()  # their rows are in `send` now: free them before the receive buffer exists
+        received = np.empty((sum(plan.push_recv), W_own.shape[1]), dtype=W_own.dtype)
+        self.comm.alltoall_rows(send, plan.push_send, received, plan.push_recv)
+        del send
+        shard.combine(W_own, shard.received_pieces(received, plan.segments), masks.disjoint, masks.counts)
+
+
+class OutputsPlan(_Plan):
+    def round(self, W, masks, batches) -> RoundStats:
+        """One round in place on this rank's rows W: every rank steps its own rows of every
+        subnetwork (one working copy per holding subnetwork); each local step sums the ranks'
+        parts of the p subnetworks' outputs with one Allreduce, then each rank takes the gradient
+        step of its rows from the whole residual."""
+        lo, hi = self.layout.lo, self.layout.hi
+        p, (n, c), d = self.layout.subnets, self.Y.shape, self.X.shape[1]
+        mine = [r[np.searchsorted(r, lo): np.searchsorted(r, hi)] - lo for r in map(masks.rows, range(p))]
+        W_l = [W[i] for i in mine]                            # working copies of this rank's rows
+        aT_l = [np.ascontiguousarray(self.a[lo:hi][i].T) for i in mine]
+        every = [batches(l) for l in range(p)]
+        tau, nb = every[0].shape[0], every[0].shape[1] or n
+        out = np.empty((p, nb, c), dtype=W.dtype)
+        A, G = zip(*(kernels.workspaces(len(i), d, nb, W.dtype) for i in mine))
+        step = np.float64(self.lr) * np.float64(self.scale) / nb
+        seconds_local, sub_losses = 0.0, []
+        for t in range(tau):
+            Xb = [self.X if not every[l].shape[1] else self.X[every[l][t]] for l in range(p)]
+            Yb = [self.Y if not every[l].shape[1] else self.Y[every[l][t]] for l in range(p)]
+            t0 = time.perf_counter()
+            list(self.each(kernels.part_forward, Xb, W_l, aT_l, repeat(self.scale), A, out))
+            seconds_local += time.perf_counter() - t0
+            self.comm.sum(out)                                # the subnetworks' outputs, whole
+            t0 = time.perf_counter()
+            # the residuals, in place; sub_loss as plan rows has it: the losses of this forward pass
+            sub_losses = [kernels.residual(out[l], Yb[l], self.code) for l in range(p)]
+            list(self.each(kernels.part_backward, Xb, out, W_l, aT_l, repeat(step), A, G))
+            seconds_local += time.perf_counter() - t0
+        del A, G, out                                         # before the combine's sum buffer exists
+        shard.combine(W, zip(mine, W_l), masks.disjoint, masks.counts)
+        # every rank has all p losses; the round loop sums this over the ranks: rank 0 alone counts them
+        return RoundStats(sum(sub_losses) if self.comm.rank == 0 else 0.0, seconds_local)
+
+
+PLANS = {"rows": RowsPlan, "outputs": OutputsPlan}
+
+
+def _rows_of(pulled: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """A subnetwork's rows of the pulled buffer: a view when they are one run of it (IST with one
+    subnetwork per rank), else a copy."""
+    if len(position) and position[-1] - position[0] + 1 == len(position):
+        return pulled[position[0]: position[-1] + 1]
+    return pulled[position]

@@ -1,0 +1,106 @@
+"""Settling a run's config, once: the config as given, the number of ranks K and the data's shape
+go in; the frozen config the run stores and why its plan is what it is come out (`settle`).
+
+Auto values are filled here (masks.subnets = 0, masks.keep = 0, output.eval_every = 0,
+train.plan = "auto") and the keys are checked against each other and against the data.
+"""
+import copy
+import math
+
+from . import resources
+from .config import Config
+from .errors import UserError
+from .losses import LOSSES
+from .masks import KINDS
+
+DATA_SUFFIXES = (".h5", ".hdf5", ".npz", ".csv")
+# the share of the training time that evaluating the full network may take by default, and how
+# much more an evaluation costs than its products' flops say (it also redraws W_init's rows for
+# the diagnostics, reduces over the ranks and runs Python; measured on the benchmark's small cases)
+EVAL_SHARE = 0.05
+EVAL_OVERHEAD = 3.0
+
+
+def settle(given: Config, ranks: int, shape: tuple | None = None, resuming: bool = False) -> tuple[Config, str]:
+    """(the run's config, why its plan) for `ranks` ranks and data of `shape` = (n, d, c) (None: the
+    data section's own, e.g. before a file is read). Raises a UserError naming the keys that do
+    not fit together."""
+    cfg = copy.deepcopy(given)
+    _check_data_keys(cfg)
+    _fill_masks(cfg, ranks, resuming)
+    if shape is not None:
+        _fit_data(cfg, *shape)
+    cfg.train.plan, why = resources.choose_plan(cfg, ranks)
+    return cfg.freeze(), why
+
+
+def _check_data_keys(cfg: Config) -> None:
+    d = cfg.data
+    if d.source != "synthetic" and not d.source.lower().endswith(DATA_SUFFIXES):
+        raise UserError(f"data.source = {d.source!r} is neither 'synthetic' nor a data file; give a path "
+                        f"ending in {', '.join(DATA_SUFFIXES)}")
+    if d.source == "synthetic" and (d.holdout or d.test_source):
+        raise UserError("data.holdout and data.test_source are for a data file; the synthetic source draws its "
+                        "test points from the same teacher: set data.test_n")
+    if d.source != "synthetic" and d.test_n:
+        raise UserError("data.test_n is for the synthetic source; for a data file set data.holdout (a fraction) "
+                        "or data.test_source (a second file)")
+    if d.holdout and d.test_source:
+        raise UserError("data.holdout and data.test_source both give a test set; set one of them")
+    if d.test_source and not d.test_source.lower().endswith(DATA_SUFFIXES):
+        raise UserError(f"data.test_source = {d.test_source!r} is not a data file; give a path ending in "
+                        f"{', '.join(DATA_SUFFIXES)}")
+    if LOSSES[cfg.train.loss].classification and d.task != "classification":
+        raise UserError(f"train.loss = {cfg.train.loss!r} needs class targets: set data.task = 'classification' "
+                        f"(or use train.loss = 'squared')")
+
+
+def _fill_masks(cfg: Config, ranks: int, resuming: bool) -> None:
+    m, kind = cfg.masks, KINDS[cfg.masks.kind]
+    if m.subnets == 0:
+        m.subnets = kind.auto_subnets(ranks)
+    p = m.subnets
+    if kind.problem(p):
+        raise UserError(kind.problem(p))
+    if p % ranks and cfg.train.plan == "rows":
+        fits = max(k for k in range(1, min(p, ranks) + 1) if p % k == 0)
+        if resuming:
+            raise UserError(f"--resume: the run has masks.subnets = {p} and train.plan = 'rows', where every rank "
+                            f"holds whole subnetworks: resume it with a number of ranks that divides {p} "
+                            f"(e.g. mpirun -n {fits})")
+        raise UserError(f"masks.subnets = {p} is not a multiple of the {ranks} MPI ranks, which train.plan = 'rows' "
+                        f"needs (every rank holds whole subnetworks); set train.plan = 'outputs' (or 'auto'), "
+                        f"set masks.subnets to a multiple of {ranks}, or change mpirun -n")
+    if cfg.model.width < p:
+        raise UserError(f"model.width = {cfg.model.width} is smaller than masks.subnets = {p}; "
+                        f"every subnetwork needs neurons: raise model.width")
+    own = kind.keep(p)
+    if m.keep == 0.0:
+        m.keep = own
+    elif not kind.keep_settable and not math.isclose(m.keep, own):
+        raise UserError(f"masks.keep = {m.keep} does not apply to masks.kind = {m.kind!r} (its keep is "
+                        f"{own:g}); remove masks.keep or use masks.kind = 'bernoulli'")
+
+
+def _fit_data(cfg: Config, n: int, d: int, outputs: int) -> None:
+    """The data's shape in the config (a data file decides n, d and outputs, and the stored config
+    then says what was trained), checked against the keys that depend on it; the evaluation
+    cadence, which depends on n, resolved."""
+    cfg.data.n, cfg.data.d, cfg.data.outputs = n, d, outputs
+    if cfg.train.batch_size > n:
+        raise UserError(f"train.batch_size = {cfg.train.batch_size} exceeds the {n} samples of the data; "
+                        f"use at most {n}, or 0 for full batch")
+    if cfg.output.eval_every == 0:
+        cfg.output.eval_every = auto_eval_every(cfg)
+
+
+def auto_eval_every(cfg: Config) -> int:
+    """Rounds between evaluations so that they cost about EVAL_SHARE of the training
+    (docs/design.md, "Evaluation cadence"). An evaluation is two products of the whole network over
+    the n samples (its outputs, and the activation patterns for the lazy-regime diagnostics),
+    4 n d m flops; a round is p subnetworks x tau steps x two products of b x d x (keep m),
+    4 p keep tau b d m flops (b = n at full batch). So evaluating every
+    ceil(EVAL_OVERHEAD n / (EVAL_SHARE p keep tau b)) rounds costs at most EVAL_SHARE."""
+    b = cfg.train.batch_size or cfg.data.n
+    per_round = cfg.masks.subnets * cfg.masks.keep * cfg.train.local_steps * b
+    return max(1, math.ceil(EVAL_OVERHEAD * cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
