@@ -11,14 +11,10 @@ import os
 import numpy as np
 
 from mpisub.plot import plot_runs
-from mpisub.sweep import example_args, launch
+from mpisub.sweep import example_args, launch, sklearn_data
 
 args = example_args(__doc__.split("\n")[0])
-try:
-    from sklearn.datasets import load_diabetes
-except ImportError:
-    raise SystemExit("this example needs scikit-learn: pip install scikit-learn") from None
-d = load_diabetes()
+d = sklearn_data("diabetes")
 os.makedirs(args.out, exist_ok=True)
 csv = os.path.join(args.out, "diabetes.csv")
 y = (d.target - d.target.mean()) / d.target.std()   # the target in units of its spread

@@ -14,14 +14,10 @@ import numpy as np
 
 from mpisub.analysis import seed_groups
 from mpisub.plot import pyplot
-from mpisub.sweep import example_args, launch
+from mpisub.sweep import example_args, launch, sklearn_data
 
 args = example_args(__doc__.split("\n")[0])
-try:
-    from sklearn.datasets import load_digits
-except ImportError:
-    raise SystemExit("this example needs scikit-learn: pip install scikit-learn") from None
-digits = load_digits()
+digits = sklearn_data("digits")
 os.makedirs(args.out, exist_ok=True)
 path = os.path.join(args.out, "digits.npz")
 np.savez(path, X=digits.data, Y=digits.target[:, None].astype(float))   # labels 0-9: one-hot in mpisub

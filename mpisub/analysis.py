@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from . import theory
+from .config import flatten
 from .errors import UserError, exit_with
 from .folders import FILENAME
 from .readback import read_run
@@ -87,7 +88,7 @@ def open_runs(pattern: str) -> list[Run]:
 
 
 def flat_config(run: Run) -> dict:
-    return {f"{s}.{k}": v for s, values in run.config.items() for k, v in values.items()}
+    return flatten(run.config)
 
 
 def differing_keys(runs: list[Run]) -> list[str]:

@@ -11,6 +11,7 @@ import numpy as np
 from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
+from .counting import Counted
 from .errors import UserError
 
 # the most elements one collective call carries (counts are C ints); MPISUB_MAX_COUNT lowers it so
@@ -22,7 +23,7 @@ def _offsets(counts: list[int]) -> list[int]:
     return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64).tolist()
 
 
-class Comm:
+class Comm(Counted):
     def __init__(self, mpi_comm=None, node=None):
         self.mpi = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         self.node = self.mpi.Split_type(MPI.COMM_TYPE_SHARED) if node is None else node  # this rank's node
@@ -31,27 +32,11 @@ class Comm:
         self.ranks_per_node = self.node.Get_size()
         self.nodes = self.mpi.allreduce(int(self.node.Get_rank() == 0))
         self._windows = []  # shared-memory windows, alive as long as the arrays that map them
-        self.seconds = 0.0
-        self.bytes = 0          # sent to other ranks
-        self.bytes_recv = 0     # received from other ranks
         self._row_types = {}
 
     def library(self) -> str:
         # Open MPI's string ends in a NUL, which HDF5 strings cannot hold
         return " ".join(MPI.Get_library_version().replace("\0", "").split("\n")[0].split())
-
-    def take_counters(self) -> tuple[float, int, int]:
-        """(seconds, bytes sent, bytes received) since the last call."""
-        out = (self.seconds, self.bytes, self.bytes_recv)
-        self.seconds, self.bytes, self.bytes_recv = 0.0, 0, 0
-        return out
-
-    def _count(self, t0: float, sent: int, received: int | None = None) -> None:
-        """`received` defaults to `sent` (a reduction's buffer goes both ways)."""
-        self.seconds += time.perf_counter() - t0
-        if self.size > 1:
-            self.bytes += int(sent)
-            self.bytes_recv += int(sent if received is None else received)
 
     def _rows(self, A: np.ndarray):
         """An MPI datatype of one row of A: counts and offsets are in rows, so no count nears a C

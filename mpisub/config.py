@@ -112,7 +112,7 @@ class Config:
 
     def flat(self) -> dict[str, object]:
         """{"section.key": value} for every key."""
-        return {f"{s}.{k}": v for s, values in self.to_dict().items() for k, v in values.items()}
+        return flatten(self.to_dict())
 
     def freeze(self) -> Config:
         """This config, settled: setting a value raises from here on."""
@@ -142,6 +142,11 @@ class Config:
                 other = theirs.get(section, {}).get(key, v)
                 lines.append(line if other == v else f"{line}   # {where or 'resolved'}: {_toml_value(other)}")
         return "\n".join(lines)
+
+
+def flatten(sections: dict) -> dict[str, object]:
+    """{"section": {"key": value}} (a config's dict, or its JSON in a run file) as {"section.key": value}."""
+    return {f"{s}.{k}": v for s, values in sections.items() for k, v in values.items()}
 
 
 PRESETS = {

@@ -231,7 +231,7 @@ def load(cfg) -> tuple[np.ndarray, np.ndarray, str]:
 def load_sets(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """X, Y, X_test, Y_test (0 rows without a test set) in the model's dtype, C-contiguous, and the
     data files' sha256 ("" for built-in data; the test file's after a comma). Classification turns
-    integer labels into one-hot rows (docs/design.md, held-out data and classification)."""
+    integer labels into one-hot rows (docs/design.md, the keys `data.task` and `data.test_source`)."""
     c = cfg.data
     Xt = Yt = None
     if c.source == "synthetic":

@@ -8,7 +8,7 @@ import sys
 
 from .errors import UserError
 
-# read by OpenMP, OpenBLAS, MKL and numba when they load (docs/design.md, threads per rank)
+# read by OpenMP, OpenBLAS, MKL and numba when they load (docs/design.md, section 3, "Threads")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 

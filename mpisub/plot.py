@@ -8,6 +8,7 @@ import numpy as np
 from . import theory
 from .analysis import Run, differing_keys, flat_config, open_all, seed_groups
 from .errors import UserError, exit_with
+from .losses import LOSSES
 
 
 def pyplot():
@@ -72,7 +73,8 @@ def plot_runs(runs: list[Run], out: str, x: str = "rounds", reference: bool = Fa
             ax.plot(xs, ref, ":", color=color, linewidth=1)
     ax.set_yscale("log")
     ax.set_xlabel("round" if x == "rounds" else "seconds (wall, rank 0)")
-    ax.set_ylabel("loss  L(W) = ||f - y||^2 / 2n")
+    losses = {run.config["train"].get("loss", "squared") for run in runs}   # runs before mpisub 0.2: squared
+    ax.set_ylabel(f"loss  {LOSSES[losses.pop()].formula}" if len(losses) == 1 else "loss (each run's train.loss)")
     style = "solid: full network; dashed: mean subnetwork loss" + (
         "; dotted: full GD's NTK rate from lambda_0 (a reference, not a bound for masked training)"
         if reference else "")

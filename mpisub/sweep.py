@@ -2,7 +2,7 @@
 Python scripts. Each run is its own `mpirun -n K mpisub-train`, prints one line when it ends, is
 reused when the sweep runs again and resumed when it was interrupted.
 
-SWEEP.toml (docs/design.md, "Sweeps"):
+SWEEP.toml (docs/design.md, section 4, "Sweeps"):
 
     out = "runs/keep-sweep"     # the sweep's folder: one run folder per point and seed in it
     ranks = 2                   # mpirun -n for every run
@@ -32,7 +32,8 @@ class RunFailed(RuntimeError):
 
 
 def _same_settings(run: Run, settings: dict) -> bool:
-    return all(run.config[k.split(".")[0]][k.split(".")[1]] == v for k, v in settings.items())
+    flat = config.flatten(run.config)
+    return all(flat.get(k) == v for k, v in settings.items())
 
 
 def launch(folder: str, settings: dict, ranks: int = 2, tag: str = "", base_file: str | None = None) -> Run:
@@ -77,6 +78,16 @@ def example_args(description: str) -> argparse.Namespace:
     p.add_argument("--ranks", type=int, default=2, help="MPI ranks per run (default 2)")
     p.add_argument("--quick", action="store_true", help="a tiny version (seconds), to check that it works")
     return p.parse_args()
+
+
+def sklearn_data(name: str):
+    """scikit-learn's bundled data set `name` (diabetes, digits: no download), for the examples;
+    without scikit-learn, the example ends saying how to install it."""
+    try:
+        import sklearn.datasets
+    except ImportError:
+        raise SystemExit("this example needs scikit-learn: pip install scikit-learn") from None
+    return getattr(sklearn.datasets, f"load_{name}")()
 
 
 def read_sweep(path: str) -> dict:

@@ -1,4 +1,4 @@
-"""A rank's cores (docs/design.md, section 3, Threads): its CPU affinity shared with the node's
+"""A rank's cores (docs/design.md, section 3, "Threads"): its CPU affinity shared with the node's
 ranks that may run on them, capped at SLURM_CPUS_PER_TASK, split between subnetwork workers and
 their BLAS threads. Runs before numpy loads: its BLAS reads the thread variables once, when it
 loads. No numpy here."""

@@ -1,4 +1,7 @@
-"""Helpers shared by the tests: launching mpisub-train under mpirun with a hard timeout."""
+"""Helpers shared by the tests: launching mpisub-train under mpirun with a hard timeout, and the
+two tiers: `pytest -m "not slow"` runs the in-process tests (config, masks, layout and exchange
+plan, kernels, the round loop on simulated ranks, store, theory) in seconds; plain `pytest`, what
+CI runs, runs every test."""
 import os
 import shutil
 import signal
@@ -12,6 +15,19 @@ import pytest
 
 from mpisub.errors import UserError
 from mpisub.launch import executables, set_args
+
+# the modules whose every test launches jobs or other processes (mpirun, job scripts, Slurm); tests
+# of other modules that do are marked @pytest.mark.slow one by one
+SLOW_MODULES = {"test_analysis", "test_bad_input", "test_cli", "test_examples", "test_failures", "test_fuzz_files",
+                "test_jobs", "test_no_lost_work", "test_openmpi", "test_reliability", "test_replay", "test_scale",
+                "test_slurm", "test_sweep"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 BIN = os.path.dirname(sys.executable)
 try:
@@ -76,6 +92,24 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 def sets(**values) -> list[str]:
     """sets(train__lr=0.5) -> ['--set', 'train.lr=0.5']"""
     return set_args({key.replace("__", "."): value for key, value in values.items()})
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Jobs trained once per session and shared by the tests that only read them:
+    trained(ranks, **settings) -> the run folder (settings as sets() takes them; one BLAS thread
+    per rank). A test must not change the folder."""
+    done = {}
+
+    def get(ranks: int, **settings):
+        key = (ranks, tuple(sorted(settings.items())))
+        if key not in done:
+            folder = tmp_path_factory.mktemp("job")
+            r = mpirun(ranks, *sets(output__dir="run", **settings), cwd=folder, env=ONE_THREAD)
+            assert r.returncode == 0, r.stdout + r.stderr
+            done[key] = folder / "run"
+        return done[key]
+    return get
 
 
 @pytest.fixture(scope="session", autouse=True)

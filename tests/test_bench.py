@@ -50,6 +50,7 @@ def test_torch_round_matches_the_reference_replay(kind, p, keep):
     np.testing.assert_allclose(W_t.numpy(), W_ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_quick_peer_benchmark_prints_the_table_with_consistent_ratios(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "peers.py"), "--quick", "--rounds", "2",
@@ -93,6 +94,7 @@ def test_quick_peer_benchmark_prints_the_table_with_consistent_ratios(tmp_path):
     assert 0 < res["second_launch_seconds"] < 60
 
 
+@pytest.mark.slow
 def test_mpisub_bench_reports_every_case_at_the_ranks_asked_for(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "mpisub-bench")
     out = tmp_path / "bench.json"
@@ -108,6 +110,7 @@ def test_mpisub_bench_reports_every_case_at_the_ranks_asked_for(tmp_path):
     assert res["wide-ist K=2"]["bytes_per_round"] > 0   # two ranks exchange something every round
 
 
+@pytest.mark.slow
 def test_kernels_cache_in_the_user_dir_when_the_package_is_read_only(tmp_path):
     """numba caches next to the package; read-only, it must fall back to ~/.cache/numba and reuse
     that cache on the next launch (no new files the second time: nothing was compiled again)."""

@@ -12,7 +12,7 @@ from conftest import MPIRUN, ONE_THREAD, mpirun, sets
 from reference import rows_sent_by_rank0
 
 import mpisub
-from mpisub import folders, masks, store, threads
+from mpisub import masks, store
 from mpisub.launch import THREAD_VARS
 
 
@@ -108,13 +108,6 @@ def test_print_config_shows_the_resolved_values(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_split_cores_between_subnetwork_workers_and_blas():
-    assert threads.split_cores(2, 4) == (2, 1)      # 4 subnetworks on 2 cores: 2 side by side, 1 BLAS thread each
-    assert threads.split_cores(16, 4) == (4, 4)
-    assert threads.split_cores(8, 1) == (1, 8)      # one subnetwork (gd, dropout): all cores to BLAS
-    assert threads.split_cores(1, 10) == (1, 1)
-
-
 def test_subnetwork_workers_give_the_bits_of_one_rank_per_subnetwork(tmp_path, monkeypatch):
     """K = 1 with the machine's cores split into subnetwork threads (when it has 2 or more) trains
     the same weights, bit for bit, as K = 4 ranks of one thread each."""
@@ -129,16 +122,6 @@ def test_subnetwork_workers_give_the_bits_of_one_rank_per_subnetwork(tmp_path, m
         assert "BLAS threads per rank: 1 x 2 subnetwork workers" in r1.stdout
     with h5py.File(tmp_path / "k1" / "run.h5") as f, h5py.File(tmp_path / "k4" / "run.h5") as g:
         np.testing.assert_array_equal(f["model/W"][()], g["model/W"][()])
-
-
-def test_threads_per_rank():
-    node = set(range(16))
-    assert threads.threads_per_rank(node, [node] * 4) == 4                 # 4 unbound ranks share 16 cores
-    assert threads.threads_per_rank(node, [node] * 32) == 1                # oversubscribed: one each
-    cgroup = {4, 5, 6, 7}
-    assert threads.threads_per_rank(cgroup, [cgroup] * 4) == 1             # 4 ranks in a 4-core allocation
-    bound = [{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9, 10, 11}]
-    assert threads.threads_per_rank(bound[1], bound) == 4                  # each bound to its own 4 cores
 
 
 def test_inspect_reports_the_run(default_job):
@@ -224,28 +207,6 @@ def test_resume_with_other_code_needs_allow_version_change(tmp_path):
     run = store.read_run(str(tmp_path / "out"), arrays=False)
     np.testing.assert_array_equal(run["metrics"]["round"], np.arange(1, 7))
     assert run["attrs"]["code_hash"] == store.code_hash()
-
-
-def test_progress_says_elapsed_rate_and_time_left():
-    import time
-
-    from mpisub import cadence, config
-    due = cadence.Cadence(config.build(overrides=["train.rounds=100"]))
-    due.begin(10)
-    due.t0 = time.perf_counter() - 9.0          # nine seconds for the launch's first nine rounds
-    got = re.fullmatch(r"elapsed (\S+)s  (\S+) rounds/s  ETA (\d+)m(\d+)s", due.progress(19))
-    assert got, due.progress(19)
-    assert abs(float(got[1]) - 9.0) < 0.5 and abs(float(got[2]) - 1.0) < 0.05
-    assert abs(int(got[3]) * 60 + int(got[4]) - 81) <= 3    # 81 rounds left at one a second
-
-
-def test_default_run_folders_never_collide_and_name_the_array_task(tmp_path, monkeypatch):
-    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
-    made = [folders.new_run_dir(str(tmp_path)) for _ in range(3)]     # within one second, most likely
-    assert len(set(made)) == 3 and all(os.path.isdir(p) for p in made)
-    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4242")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
-    assert re.fullmatch(r"\d{8}-\d{6}-array4242_7(-\d+)?", os.path.basename(folders.new_run_dir(str(tmp_path))))
 
 
 def test_a_printed_config_reproduces_the_run_at_another_k(tmp_path):

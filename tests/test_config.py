@@ -179,3 +179,17 @@ def test_auto_eval_every_keeps_evaluation_near_5_percent(preset, ranks, every):
     assert cfg.output.eval_every == every
     set_by_hand = settle(config.build(preset, overrides=["output.eval_every=7"]), ranks, (512, 16, 1))[0]
     assert set_by_hand.output.eval_every == 7
+
+
+def test_every_key_has_a_rule_and_every_rule_a_key():
+    assert set(config.RULES) == set(config.Config().flat())
+
+
+def test_a_settled_config_cannot_change_and_replace_makes_a_new_one():
+    cfg = settle(config.build(), 2)[0]
+    with pytest.raises(AttributeError, match="settled"):
+        cfg.train.lr = 1.0
+    other = cfg.replace({"output.dir": "elsewhere"})
+    assert other.output.dir == "elsewhere" and cfg.output.dir == ""
+    with pytest.raises(AttributeError):
+        other.output.dir = "again"

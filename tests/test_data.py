@@ -51,6 +51,7 @@ def test_normalize():
         data.normalize(np.zeros((2, 3)), "unit")
 
 
+@pytest.mark.slow
 def test_a_run_on_a_csv_file_records_its_source_and_hash(tmp_path):
     Xs = RNG.standard_normal((64, 3))
     ys = np.maximum(Xs @ np.array([1.0, -2.0, 0.5]), 0)
@@ -72,6 +73,7 @@ def test_a_run_on_a_csv_file_records_its_source_and_hash(tmp_path):
     assert r.returncode == 2 and "data.source 'train.csv' changed since the run started" in r.stderr
 
 
+@pytest.mark.slow
 def test_classification_with_a_held_out_split_matches_numpy(tmp_path):
     """Integer labels become one-hot targets; data.holdout = 0.25 holds out the last quarter of a
     permutation from SeedSequence(data.seed, spawn_key=(0, 1)) (docs/design.md). The run's

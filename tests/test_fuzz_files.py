@@ -1,5 +1,5 @@
 """User files are untrusted input: whatever is wrong inside a data or config file, reading it ends
-in a UserError (one line naming the file, exit 2), never a traceback (docs/design.md, "Errors").
+in a UserError (one line naming the file, exit 2), never a traceback (docs/design.md, "Errors a user can cause").
 
 Valid .h5, .npz, .csv and .toml files are mutated with a fixed seed (truncations, byte flips,
 inserted and deleted bytes) and every mutant goes through the reader the run uses: data.load with

@@ -62,7 +62,7 @@ def test_minibatch_gradient_matches_finite_differences_on_the_batch():
 
 
 def test_local_steps_return_the_loss_their_last_step_descended_from():
-    """The sub_loss metric (docs/design.md, run file): the loss in the last step's forward pass,
+    """The sub_loss metric (docs/design.md, "The run file"): the loss in the last step's forward pass,
     at the weights after tau - 1 steps, over the last step's samples."""
     X, Y, W, a, mask, keep = problem(4)
     rows, scale = np.flatnonzero(mask), 1 / (keep * np.sqrt(20))

@@ -45,25 +45,6 @@ def test_a_run_killed_before_its_second_checkpoint_resumes_bit_for_bit(tmp_path,
     assert cut["attrs"]["status"] == "completed"
 
 
-def test_a_run_file_is_replaced_only_once_its_successor_holds_everything(tmp_path):
-    """RunFile builds run.h5.tmp; a run (or resume) that ends before publish() leaves the old run.h5."""
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "run.h5").write_bytes(b"the previous run file")
-    new = store.RunFile(str(folder), store.Header("{}"), overwrite=True)
-    assert (folder / "run.h5.tmp").exists()
-    new.finalize("failed")                                                  # e.g. the resume failed
-    assert (folder / "run.h5").read_bytes() == b"the previous run file"
-    assert _files(folder) == ["run.h5"]
-
-    new = store.RunFile(str(folder), store.Header("{}"), overwrite=True)
-    new.publish()
-    new.finalize("completed")
-    with h5py.File(folder / "run.h5", "r") as f:
-        assert f.attrs["status"] == "completed"
-    assert _files(folder) == ["run.h5"]
-
-
 def test_one_writer_per_folder_and_a_requeued_job_waits_for_the_last_one(tmp_path):
     first = start_job(2, tmp_path, *sets(output__dir="out", train__rounds=5000, output__log_every=100))
     wait_for_rows(first, tmp_path / "out" / "run.h5", 5)
