@@ -95,44 +95,63 @@ def second_launch(folder: str) -> float:
     return time.perf_counter() - t0
 
 
+# the options: (flags, keywords of add_argument)
+OPTIONS = (
+    (("--ranks",), dict(type=int, nargs="+", metavar="K", help="ranks to run each case on (default: 1 2; with "
+                        "--scaling: 1 2 4 8 for its traffic and memory table)")),
+    (("--rounds",), dict(type=int, default=0, help="measured rounds per case after one warm-up (default: 20 "
+                         "theory-small, 3 paper, 5 wide IST)")),
+    (("--quick",), dict(action="store_true", help="tiny shapes (a smoke test, not a measurement)")),
+    (("--json",), dict(metavar="FILE", help="also write every number as JSON")),
+    (("--scaling",), dict(action="store_true", help="instead: memory and bytes per rank at K = 1, 2, 4, 8 "
+                          "measured and projected to K = 1024 (mpisub.scaling); the same job in 2, 64, 512 "
+                          "subnetworks; strong scaling of IST to K = 1024 (mpisub.strong)")),
+    (("--width",), dict(type=int, default=262144, help="--scaling: model.width of the traffic table "
+                        "(default 262144)")),
+    (("--strong-width",), dict(type=int, default=2**20, help="--scaling: model.width of the subnetwork and "
+                               "strong-scaling tables (default 1048576)")),
+)
+
+
 def bench_main(argv=None) -> None:
     summary = " ".join(__doc__.split("\n\n")[0].split()).replace("`", "")   # the docstring's first paragraph
-    p = argparse.ArgumentParser(prog="mpisub-bench", description=summary)
-    p.add_argument("--ranks", type=int, nargs="+", metavar="K", help="ranks to run each case on (default: 1 2; "
-                   "with --scaling: 1 2 4 8)")
-    p.add_argument("--rounds", type=int, default=0, help="measured rounds per case after one warm-up "
-                   "(default: 20 theory-small, 3 paper, 5 wide IST)")
-    p.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test, not a measurement)")
-    p.add_argument("--json", metavar="FILE", help="also write every number as JSON")
-    p.add_argument("--scaling", action="store_true", help="instead: memory and bytes per rank at K = 1, 2, 4, "
-                   "8 measured here and projected to K = 1024 with the cost model (mpisub.scaling)")
-    p.add_argument("--width", type=int, default=262144, help="--scaling: model.width (default 262144)")
-    args = p.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="mpisub-bench", description=summary)
+    for flags, keywords in OPTIONS:
+        parser.add_argument(*flags, **keywords)
+    args = parser.parse_args(argv)
     try:
-        if args.scaling:
-            from .scaling import CASE, MEASURED, scaling_main
-            p = CASE["masks.subnets"]
-            odd = [K for K in args.ranks or [] if K < 1 or p % K]
-            if odd:
-                raise UserError(f"--ranks {odd[0]}: the scaling case trains masks.subnets = {p} under plan rows "
-                                f"at every K; give ranks that divide {p} (e.g. --ranks 1 2 4 8)")
-            return scaling_main(args.width, args.json, tuple(args.ranks or MEASURED))
-        cases = QUICK if args.quick else CASES
-        print(f"# mpisub-bench on {cores()} core(s): seconds per round (rank 0), split by where they go; "
-              f"bytes sent per round against the model's size; peak memory per rank", flush=True)
-        results = {}
-        with tempfile.TemporaryDirectory(prefix="mpisub-bench-") as tmp:
-            for name, case in cases.items():
-                for K in args.ranks or [1, 2]:
-                    run = run_mpisub(case, K, "float64", 1 + (args.rounds or ROUNDS[name]),
-                                     os.path.join(tmp, f"{name}-{K}"))
-                    results[f"{name} K={K}"] = numbers = mpisub_numbers(run)
-                    print(f"{name} K={K}: {numbers['seconds']:.4f} s/round; " + split_line("split", numbers),
-                          flush=True)
-            launch = second_launch(tmp)
-        print(f"second launch of a 1-round job (mpirun -n 2, kernels cached): {launch:.2f} s")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"results": results, "second_launch_seconds": launch}, f, indent=1)
+        numbers = _scaling(args) if args.scaling else _cases(args)
     except UserError as e:
         exit_with("mpisub-bench", str(e))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(numbers, f, indent=1)
+
+
+def _scaling(args) -> dict:
+    from .scaling import CASE, MEASURED, scaling_main
+    from .strong import strong_main
+
+    p = CASE["masks.subnets"]
+    odd = [K for K in args.ranks or [] if K < 1 or p % K]
+    if odd:
+        raise UserError(f"--ranks {odd[0]}: the scaling case trains masks.subnets = {p} under plan rows "
+                        f"at every K; give ranks that divide {p} (e.g. --ranks 1 2 4 8)")
+    return {"traffic": scaling_main(args.width, tuple(args.ranks or MEASURED)), **strong_main(args.strong_width)}
+
+
+def _cases(args) -> dict:
+    cases = QUICK if args.quick else CASES
+    print(f"# mpisub-bench on {cores()} core(s): seconds per round (rank 0), split by where they go; "
+          f"bytes sent per round against the model's size; peak memory per rank", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="mpisub-bench-") as tmp:
+        for name, case in cases.items():
+            for K in args.ranks or [1, 2]:
+                rounds = 1 + (args.rounds or ROUNDS[name])
+                run = run_mpisub(case, K, "float64", rounds, os.path.join(tmp, f"{name}-{K}"))
+                results[f"{name} K={K}"] = numbers = mpisub_numbers(run)
+                print(f"{name} K={K}: {numbers['seconds']:.4f} s/round; " + split_line("split", numbers), flush=True)
+        launch = second_launch(tmp)
+    print(f"second launch of a 1-round job (mpirun -n 2, kernels cached): {launch:.2f} s")
+    return {"results": results, "second_launch_seconds": launch}

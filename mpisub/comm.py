@@ -50,6 +50,7 @@ class Comm(Counted):
         """Rank k sends rows send[offset_j : offset_j + send_counts[j]] to each rank j and receives
         recv_counts[j] rows from rank j into `out`, in rank order (one Alltoallv)."""
         t0 = time.perf_counter()
+        send_counts, recv_counts = np.asarray(send_counts).tolist(), np.asarray(recv_counts).tolist()
         if self.size == 1:
             out[...] = send
         elif out.shape[1]:

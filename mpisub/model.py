@@ -37,11 +37,12 @@ def init_rows(cfg, lo: int, hi: int) -> np.ndarray:
 
 
 def output_weights(cfg) -> np.ndarray:
-    """a (m x c): entries uniform in {+1, -1}, fixed."""
+    """a (m x c): entries uniform in {+1, -1}, fixed; as int8 (m c bytes: every rank keeps all of
+    its signs, drawn once, and takes the rows it uses in the model's dtype)."""
     m, c = cfg.model.width, cfg.data.outputs
-    chunks = [2.0 * _chunk(cfg, k, 1).integers(0, 2, size=(min(INIT_CHUNK, m - k * INIT_CHUNK), c)) - 1.0
+    chunks = [(2 * _chunk(cfg, k, 1).integers(0, 2, size=(min(INIT_CHUNK, m - k * INIT_CHUNK), c)) - 1).astype(np.int8)
               for k in range(-(-m // INIT_CHUNK))]
-    return np.concatenate(chunks).astype(cfg.model.dtype)
+    return np.concatenate(chunks)
 
 
 def scale(m: int, keep: float = 1.0) -> float:

@@ -34,6 +34,7 @@ class _Plan:
         self.scale = real(model.scale(cfg.model.width, cfg.masks.keep))   # the surrogate f_l's 1/xi times 1/sqrt(m)
         self.lr = real(config.step_size(cfg))
         self.code = LOSSES[cfg.train.loss].code
+        self.steps = kernels.local_steps        # a subnetwork's tau steps (the scaling report times the rest)
 
 
 class RowsPlan(_Plan):
@@ -41,42 +42,39 @@ class RowsPlan(_Plan):
         """One round in place on this rank's rows W: pull, tau local steps per subnetwork (side by
         side on `each`'s threads), push and average. `masks`: the round's (masks.Round);
         `batches(l)`: subnetwork l's minibatches."""
-        plan = shard.Exchange(masks.rows, self.layout)
-        pulled = self.pull(W, plan)
-        trained = {l: _rows_of(pulled, plan.position[l]) for l in plan.subnets}
+        x = shard.Exchange(masks, self.layout)
+        pulled = self.pull(W, x)
+        trained = {l: x.rows_of(pulled, l) for l in x.subnets}
         del pulled
+        a_l = [shard.gather(self.a, masks.rows(l)).astype(W.dtype) for l in x.subnets]
         t = time.perf_counter()
-        sub_losses = list(self.each(kernels.local_steps, trained.values(),
-                                    [self.a[masks.rows(l)] for l in plan.subnets], repeat(self.X), repeat(self.Y),
-                                    repeat(self.scale), repeat(self.lr), [batches(l) for l in plan.subnets],
+        sub_losses = list(self.each(self.steps, trained.values(), a_l, repeat(self.X), repeat(self.Y),
+                                    repeat(self.scale), repeat(self.lr), [batches(l) for l in x.subnets],
                                     repeat(self.code)))
         seconds_local = time.perf_counter() - t
-        self.push(W, trained, plan, masks)
+        self.push(W, trained, x, masks)
         return RoundStats(sum(sub_losses), seconds_local)  # in subnet order, however they ran
 
-    def pull(self, W_own, plan) -> np.ndarray:
-        """The rows this rank's subnetworks hold, each once, from their owners (plan.need order)."""
+    def pull(self, W_own, x) -> np.ndarray:
+        """The rows this rank's subnetworks hold, each once, from their owners (x.need order)."""
         if self.comm.size == 1:  # it owns them all: one copy, no exchange
-            return W_own[plan.pull_index]
-        pulled = np.empty((len(plan.need), W_own.shape[1]), dtype=W_own.dtype)
-        self.comm.alltoall_rows(W_own[plan.pull_index], plan.pull_send, pulled, plan.pull_recv)
+            return shard.gather(W_own, x.pull_index)
+        pulled = np.empty((len(x.need), W_own.shape[1]), dtype=W_own.dtype)
+        self.comm.alltoall_rows(shard.gather(W_own, x.pull_index), x.pull_send, pulled, x.pull_recv)
         return pulled
 
-    def push(self, W_own, trained: dict, plan, masks) -> None:
+    def push(self, W_own, trained: dict, x, masks) -> None:
         """In place on W_own: the trained rows go to their owners, which average them (shard.combine)."""
         if self.comm.size == 1:  # its own rows: average them where they are
-            shard.combine(W_own, ((idx, trained[l]) for l, idx in plan.segments), masks.disjoint, masks.counts)
+            pieces = ((masks.rows(l) - self.layout.lo, trained[l]) for l in x.subnets)
+            shard.combine(W_own, pieces, masks.disjoint, masks.counts)
             return
-        send = np.empty((sum(plan.push_send), W_own.shape[1]), dtype=W_own.dtype)
-        at = 0
-        for l, first, last in plan.push_slices:
-            send[at: at + last - first] = trained[l][first:last]
-            at += last - first
+        send = x.send_buffer(trained, W_own)
         trained.clear()  # their rows are in `send` now: free them before the receive buffer exists
-        received = np.empty((sum(plan.push_recv), W_own.shape[1]), dtype=W_own.dtype)
-        self.comm.alltoall_rows(send, plan.push_send, received, plan.push_recv)
+        received = np.empty((int(x.push_recv.sum()), W_own.shape[1]), dtype=W_own.dtype)
+        self.comm.alltoall_rows(send, x.push_send, received, x.push_recv)
         del send
-        shard.combine(W_own, shard.received_pieces(received, plan.segments), masks.disjoint, masks.counts)
+        shard.combine(W_own, [(x.received, received)], masks.disjoint, masks.counts)
 
 
 class OutputsPlan(_Plan):
@@ -87,9 +85,9 @@ class OutputsPlan(_Plan):
         step of its rows from the whole residual."""
         lo, hi = self.layout.lo, self.layout.hi
         p, (n, c), d = self.layout.subnets, self.Y.shape, self.X.shape[1]
-        mine = [r[np.searchsorted(r, lo): np.searchsorted(r, hi)] - lo for r in map(masks.rows, range(p))]
-        W_l = [W[i] for i in mine]                            # working copies of this rank's rows
-        aT_l = [np.ascontiguousarray(self.a[lo:hi][i].T) for i in mine]
+        mine = masks.owned_rows()                             # each subnetwork's owned rows
+        W_l = [shard.gather(W, i) for i in mine]              # working copies of this rank's rows
+        aT_l = [np.ascontiguousarray(self.a[lo:hi][i].T, dtype=W.dtype) for i in mine]
         every = [batches(l) for l in range(p)]
         tau, nb = every[0].shape[0], every[0].shape[1] or n
         out = np.empty((p, nb, c), dtype=W.dtype)
@@ -115,11 +113,3 @@ class OutputsPlan(_Plan):
 
 
 PLANS = {"rows": RowsPlan, "outputs": OutputsPlan}
-
-
-def _rows_of(pulled: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """A subnetwork's rows of the pulled buffer: a view when they are one run of it (IST with one
-    subnetwork per rank), else a copy."""
-    if len(position) and position[-1] - position[0] + 1 == len(position):
-        return pulled[position[0]: position[-1] + 1]
-    return pulled[position]

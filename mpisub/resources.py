@@ -19,44 +19,73 @@ SLACK = 2**20        # HDF5's own structures
 
 def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -> dict:
     """Peak bytes one rank needs, by part (rank 0, which also holds the NTK Gram matrix when it is
-    computed). Follows the round loop of docs/design.md, section 3: a rank holds its owned rows,
-    the rows its subnetworks pull, their trained copies and the push buffers, never all of W."""
+    computed). Follows the round of docs/design.md, section 3: a rank holds its owned rows, the
+    rows its subnetworks pull, their trained copies and the push buffers, never all of W; and its
+    part of the round's masks and exchange plan, O(m p / K + m), never p x m."""
     s, m, d, n, c = np.dtype(cfg.model.dtype).itemsize, cfg.model.width, cfg.data.d, cfg.data.n, cfg.data.outputs
-    p, xi = cfg.masks.subnets, cfg.masks.keep
-    here = p // ranks                                   # subnetworks per rank
-    row = d * s
-    own = -(-m // ranks)
-    kind = KINDS[cfg.masks.kind]
-    bernoulli = not kind.disjoint                       # a neuron may be in several subnetworks
-    held = kind.held(here, xi)
-    pulled = held * m                                   # rows this rank's subnetworks hold, once each
-    trained = here * xi * m                             # their rows: a view of `pulled` for one disjoint subnet
-    copies = 0 if here == 1 and not bernoulli else trained
-    pull_send = own * (ranks * held if bernoulli else 1)
-    received = own * (p * xi if bernoulli else 1)
-    k = xi * m
-    nb = cfg.train.batch_size or n
-    from .kernels import GRAD_BYTES
-    block = max(1, GRAD_BYTES // row)                    # the gradient's rows per block
-    workspace = workers * (nb * k + min(k, block) * d + n * 512) * s
-    phases = (own + pull_send + pulled,                               # pull
-              own + pulled + copies,                                  # each subnetwork's rows copied out
-              own + trained + workspace / row,                        # local steps
-              own + 2 * trained,                                      # packing the push
-              own + trained + received + (own if bernoulli else 0))   # receiving the push, combining
-    peak_rows = max(phases)
-    if cfg.train.plan == "outputs":   # neurons never move: one working copy per holding subnetwork
-        copies = p * xi * own
-        samples = nb + (n if nb != n else 0)          # the last, full-batch forward has its own with minibatches
-        activations = (p * xi * own + p * c) * samples / d  # A per subnetwork, the outputs
-        peak_rows = own + copies + max(activations + workspace / row, own if bernoulli else 0)
-    parts = {"weights": int(peak_rows * row + (own * row if resuming else 0)),
-             "masks": int(m * c * s + p * m + 2 * here * k * 8 + ranks * pulled * 8),
-             "data": n * (d + c) * (8 + s)}
+    own, row = -(-m // ranks), d * s
+    weights = _round_rows(cfg, ranks, workers) if cfg.train.plan != "outputs" else _outputs_rows(cfg, ranks, workers)
+    train = {"weights": int(weights * row + (own * row if resuming else 0)),
+             "masks": _bookkeeping(cfg, ranks),
+             "data": n * (d + c) * s}                      # the node's shared window, as this rank maps it
     if n <= cfg.theory.max_n:
-        parts["ntk"] = n * n * 8 + 4 * (n // ranks + 1) * n * 8
-    parts["base"] = BASE
-    return parts
+        train["ntk"] = n * n * 8 + 4 * (n // ranks + 1) * n * 8
+    loading = n * (d + c) * (8 + s)                       # a file read in float64 and copied into the window
+    if loading > sum(train.values()):                     # before any weights exist
+        train["data loading"] = loading - sum(train.values())
+    return {**train, "base": BASE}
+
+
+def _workspace(cfg, k: float, workers: int) -> float:
+    """Bytes of the local steps' workspaces for subnetworks of k rows: the activations (a batch
+    by k), the gradient's block and the evaluation's (n by 512)."""
+    from .kernels import GRAD_BYTES
+
+    s, d, n = np.dtype(cfg.model.dtype).itemsize, cfg.data.d, cfg.data.n
+    block = max(1, GRAD_BYTES // (d * s))                  # the gradient's rows per block
+    return workers * ((cfg.train.batch_size or n) * k + min(k, block) * d + n * 512) * s
+
+
+def _round_rows(cfg, ranks: int, workers: int) -> float:
+    """Plan rows: the most rows of W a rank holds at once in a round, phase by phase."""
+    m, p, xi = cfg.model.width, cfg.masks.subnets, cfg.masks.keep
+    kind, here, own = KINDS[cfg.masks.kind], p // ranks, -(-m // ranks)
+    shared = not kind.disjoint                             # a neuron may be in several subnetworks
+    pulled = kind.held_fraction(here, xi) * m              # rows this rank's subnetworks hold, once each
+    trained = here * xi * m                                # their rows: a view of `pulled` for one disjoint subnet
+    copies = 0 if here == 1 and not shared else trained
+    pull_send = own * (ranks * kind.held_fraction(here, xi) if shared else 1)
+    received = own * (p * xi if shared else 1)
+    packed = trained if here > 1 else 0                    # one subnetwork's rows are sent as they are
+    return max(own + pull_send + pulled,                   # pull
+               own + pulled + copies,                      # each subnetwork's rows copied out
+               own + trained + _workspace(cfg, xi * m, workers) / (cfg.data.d * np.dtype(cfg.model.dtype).itemsize),
+               own + trained + packed,                     # packing the push
+               own + max(trained, packed) + received + (own if shared else 0))   # receiving it, combining
+
+
+def _outputs_rows(cfg, ranks: int, workers: int) -> float:
+    """Plan outputs: neurons never move; one working copy per holding subnetwork, and the
+    activations of every subnetwork's part."""
+    m, p, xi, n, c, d = cfg.model.width, cfg.masks.subnets, cfg.masks.keep, cfg.data.n, cfg.data.outputs, cfg.data.d
+    own, nb = -(-m // ranks), cfg.train.batch_size or n
+    copies = p * xi * own
+    samples = nb + (n if nb != n else 0)                   # the last, full-batch forward has its own with minibatches
+    activations = (copies + p * c) * samples / d           # A per subnetwork, the outputs
+    workspace = _workspace(cfg, xi * m, workers) / (d * np.dtype(cfg.model.dtype).itemsize)
+    return own + copies + max(activations + workspace, own if not KINDS[cfg.masks.kind].disjoint else 0)
+
+
+def _bookkeeping(cfg, ranks: int) -> int:
+    """A round's masks and exchange plan as one rank holds them (masks.Round, shard.Exchange):
+    a's signs (int8), the draw of the round's streams, its subnetworks' neurons (thrice: the
+    rows, their places in the pulled buffer and in the send buffer), the union of them (twice),
+    the (subnet, neuron) pairs of its owned neurons (five arrays of them), the K-long counts."""
+    m, p, xi, c = cfg.model.width, cfg.masks.subnets, cfg.masks.keep, cfg.data.outputs
+    kind, here, own = KINDS[cfg.masks.kind], max(1, p // ranks), -(-m // ranks)
+    pairs = own * (p * xi if not kind.disjoint else 1)
+    indices = 3 * here * xi * m + 2 * kind.held_fraction(here, xi) * m + 5 * pairs
+    return int(m * c + kind.draw_bytes(m, own, p) + 8 * indices + 8 * 8 * ranks)
 
 
 def plan_costs(cfg, ranks: int) -> dict:
@@ -70,7 +99,7 @@ def plan_costs(cfg, ranks: int) -> dict:
     if K == 1:
         return {"rows": (0.0, 0.0), "outputs": (0.0, 0.0)}
     here = p / K
-    held = KINDS[cfg.masks.kind].held(here, xi)
+    held = KINDS[cfg.masks.kind].held_fraction(here, xi)
     one_way = (K - 1) / K * m * (held + here * xi) / 2 * cfg.data.d * s   # each Alltoallv, each way
     n, c, tau = cfg.data.n, cfg.data.outputs, cfg.train.local_steps
     buffer = p * (cfg.train.batch_size or n) * c * s

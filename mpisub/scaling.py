@@ -16,7 +16,6 @@ with the alpha-beta costs of Thakur, Rabenseifner & Gropp (MPICH's collectives) 
 link: beta = 1/25 GB/s, alpha = 1.5 us. Both add an evaluation: an Allreduce of n c + 6 float64
 and one of 1 (Rabenseifner: 2 log K alpha + 2 (K-1)/K bytes beta).
 """
-import json
 import os
 import subprocess
 import tempfile
@@ -90,7 +89,7 @@ def _case(width: int, K: int):
     return settle(config.build(overrides=set_args(values)[1::2]), K)[0]
 
 
-def scaling_main(width: int, as_json: str | None, measured=MEASURED) -> None:
+def scaling_main(width: int, measured=MEASURED) -> list[dict]:
     from .evaluate import message_floats
 
     cfg = _case(width, 1)
@@ -141,6 +140,4 @@ def scaling_main(width: int, as_json: str | None, measured=MEASURED) -> None:
     print("\nsent+recv: rank 0's bytes per round (measured: run file metrics bytes_comm + bytes_recv); model: "
           "owner storage; replicated: every rank holding all of W (before owner storage). peak: the largest "
           "rank's peak RSS (measured), the resources estimate, and the replicated design's estimate.")
-    if as_json:
-        with open(as_json, "w") as f:
-            json.dump(rows, f, indent=1)
+    return rows

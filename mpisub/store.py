@@ -89,7 +89,9 @@ class RunFile(Logger):
             g.attrs["source"], g.attrs["sha256"] = start["source"], self.header.data_sha256
         else:
             self.f["data/X"], self.f["data/Y"] = start["X"], start["Y"]
-        self.f["model/a"] = start["a"]
+        a = self.f.create_dataset("model/a", shape=start["a"].shape, dtype=start["dtype"])
+        for lo in range(0, len(a), 2**16):   # a's signs (int8) in the model's dtype, a block at a time
+            a[lo:lo + 2**16] = start["a"][lo:lo + 2**16]
         for name in ("model/W_init", "model/W"):
             self.f.create_dataset(name, shape=start["shape"], dtype=start["dtype"])
         self.f["model/W"].attrs["round"] = 0

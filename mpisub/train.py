@@ -55,7 +55,7 @@ def run(cfg, comm, sets, log, start: Start | None = None, stop_requested=lambda:
     W = model.init_rows(cfg, layout.lo, layout.hi)       # this rank's rows of W_init: all it ever holds
     _log_start(cfg, comm, sets, log, a, W, say)
     with side_by_side(workers) as each:
-        evaluate = Evaluator(cfg, layout, comm, sets, a[layout.lo:layout.hi], each, workers)
+        evaluate = Evaluator(cfg, layout, comm, sets, a[layout.lo:layout.hi].astype(W.dtype), each, workers)
         plan = PLANS[cfg.train.plan](cfg, layout, comm, sets, a, each)
         rounds = Rounds(cfg, comm, log, stop_requested, say)
         if start is not None:
@@ -63,7 +63,7 @@ def run(cfg, comm, sets, log, start: Start | None = None, stop_requested=lambda:
         first = rounds.begin(W, evaluate, start)
         for k in range(first, cfg.train.rounds):
             t_start = time.perf_counter()
-            M = masks.Round(cfg, layout, k)          # M_k: each subnetwork's active neurons, N_r of the owned ones
+            M = masks.Round.of(cfg, layout, k)          # M_k: each subnetwork's active neurons, N_r of the owned ones
             # 1. tau local steps of every subnetwork from W_k, on its active rows only, and
             # 2. the mean per neuron over the subnetworks that hold it, on its owner
             stats = plan.round(W, M, lambda l, k=k: masks.minibatches(
@@ -103,7 +103,7 @@ class Rounds:
         self.loss_init = start.loss_init
         if self.comm.rank == 0:
             for i in range(start.round):
-                M = masks.Round(self.cfg, layout, i).matrix() if self.cfg.output.record_masks else None
+                M = masks.Round.of(self.cfg, layout, i).matrix() if self.cfg.output.record_masks else None
                 self.log.log_round({name: values[i] for name, values in self.metrics.items()}, M)
             for i in range(len(self.evals.get("round", []))):
                 self.log.log_eval({name: values[i] for name, values in self.evals.items()})

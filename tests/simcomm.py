@@ -34,6 +34,7 @@ class SimComm(Counted):
 
     def alltoall_rows(self, send, send_counts, out, recv_counts) -> None:
         t0 = time.perf_counter()
+        send_counts, recv_counts = np.asarray(send_counts).tolist(), np.asarray(recv_counts).tolist()
         cuts = np.concatenate([[0], np.cumsum(send_counts)]).astype(int)
         every = self.world.allgather(self.rank, [send[cuts[j]:cuts[j + 1]].copy() for j in range(self.size)])
         got = [every[j][self.rank] for j in range(self.size)]

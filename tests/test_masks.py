@@ -41,3 +41,22 @@ def test_minibatches_are_distinct_indices_per_step():
     assert b.shape == (3, 10)
     assert all(len(set(row)) == 10 and row.max() < 50 for row in b)
     assert masks.minibatches(50, 0, 3, seed=0, k=1, subnet=2).shape == (3, 0)
+
+
+def test_each_kind_draws_from_the_streams_design_md_names():
+    """An independent statement of the streams (docs/design.md, section 3): partition and
+    categorical from one stream per round (seed, MASK, round), as in mpisub 0.2; bernoulli from a
+    Philox stream per subnetwork keyed by that round's SeedSequence words 2l, 2l + 1."""
+    seed, k, m, p = 5, 9, 257, 4
+    rng = lambda: np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(masks.MASK, k)))  # noqa: E731
+    expected = np.zeros((p, m), np.uint8)
+    for l, part in enumerate(np.array_split(rng().permutation(m), p)):
+        expected[l, part] = 1
+    np.testing.assert_array_equal(masks.sample("partition", p, 1 / p, m, seed, k), expected)
+    expected = np.zeros((p, m), np.uint8)
+    expected[rng().integers(p, size=m), np.arange(m)] = 1
+    np.testing.assert_array_equal(masks.sample("categorical", p, 1 / p, m, seed, k), expected)
+    words = np.random.SeedSequence(seed, spawn_key=(masks.MASK, k)).generate_state(2 * p, np.uint64)
+    expected = np.array([np.random.Generator(np.random.Philox(key=words[2 * l: 2 * l + 2])).random(m) < 0.3
+                         for l in range(p)], dtype=np.uint8)
+    np.testing.assert_array_equal(masks.sample("bernoulli", p, 0.3, m, seed, k), expected)

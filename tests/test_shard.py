@@ -2,46 +2,61 @@
 import numpy as np
 import pytest
 
-from mpisub import shard
+from mpisub import masks, shard
 from mpisub.layout import Layout
 
 
+def _alltoall(sends: list, counts: list) -> list:
+    """What each rank receives when rank j sends sends[j] cut by counts[j] (an Alltoallv, in rank order)."""
+    cuts = [np.concatenate([[0], np.cumsum(c)]) for c in counts]
+    return [np.concatenate([sends[j][cuts[j][k]:cuts[j][k + 1]] for j in range(len(sends))])
+            for k in range(len(sends))]
+
+
 @pytest.mark.parametrize("kind,p,K", [("bernoulli", 4, 2), ("bernoulli", 6, 3), ("partition", 8, 4),
-                                      ("categorical", 4, 4)])
+                                      ("categorical", 4, 4), ("partition", 16, 16), ("bernoulli", 8, 8)])
 def test_the_exchange_plan_moves_every_row_where_the_algorithm_needs_it(kind, p, K):
-    """Simulate the two Alltoallv with the plans of all K ranks: every rank receives exactly its
-    subnetworks' rows, and every owner receives each copy of its rows, in subnet order."""
-    from mpisub import masks
-    m = 50
-    M = masks.sample(kind, p, 0.5 if kind == "bernoulli" else 1 / p, m, 7, 3)
+    """Each rank plans from its own view of the round (masks.Round of its owned neurons); the two
+    Alltoallv simulated with every rank's plan move each subnetwork's rows, as the whole mask
+    matrix says, to the rank that trains it, and every trained copy to its owner in subnet order."""
+    m, keep = 50, 0.5 if kind == "bernoulli" else 1 / p
+    M = masks.sample(kind, p, keep, m, 7, 3)                            # the whole matrix, drawn apart
     rows = [np.flatnonzero(M[l]) for l in range(p)]
-    plans = [shard.Exchange(rows.__getitem__, Layout(m, K, k, p)) for k in range(K)]
-    bounds = [Layout(m, K, k, p).owned_by(k) for k in range(K)]
+    layouts = [Layout(m, K, k, p) for k in range(K)]
+    plans = [shard.Exchange(masks.Round(kind, p, keep, m, 7, 3, lay.lo, lay.hi), lay) for lay in layouts]
     W = np.arange(m, dtype=float)[:, None] * np.ones((1, 2))           # row r holds the value r
-    # pull: what rank j sends to rank k is the slice k of j's send buffer
-    for k, plan in enumerate(plans):
-        got = []
-        for j, sender in enumerate(plans):
-            lo = bounds[j][0]
-            send = W[lo:bounds[j][1]][sender.pull_index]
-            start = sum(sender.pull_send[:k])
-            got.append(send[start:start + sender.pull_send[k]])
-        pulled = np.concatenate(got)
-        for l in Layout(m, K, k, p).subnets_of(k):
-            np.testing.assert_array_equal(pulled[plan.position[l], 0], rows[l])
-    # push: every owner's received copies, in order, are the segments' neurons
-    for j, owner in enumerate(plans):
-        lo = bounds[j][0]
-        received = []
-        for sender in plans:
-            trained = {l: W[rows[l]] for l in sender.subnets}
-            send = np.concatenate([trained[l][a:b] for l, a, b in sender.push_slices] or [np.zeros((0, 2))])
-            start = sum(sender.push_send[:j])
-            received.append(send[start:start + sender.push_send[j]])
-        received = np.concatenate(received)
-        expected = np.concatenate([idx + lo for _, idx in owner.segments])
-        np.testing.assert_array_equal(received[:, 0], expected)
-        assert [l for l, _ in owner.segments] == list(range(p))        # subnet order
+    pulled = _alltoall([W[lay.lo:lay.hi][x.pull_index] for lay, x in zip(layouts, plans)],
+                       [x.pull_send for x in plans])
+    for lay, x, got in zip(layouts, plans, pulled):
+        assert len(got) == x.pull_recv.sum()
+        for l in lay.my_subnets:
+            np.testing.assert_array_equal(x.rows_of(got, l)[:, 0], rows[l])
+    # push: a trained row carries (its neuron, its subnetwork)
+    sends = [x.send_buffer({l: np.stack([rows[l], np.full(len(rows[l]), l)], axis=1).astype(float)
+                            for l in lay.my_subnets}, W) for lay, x in zip(layouts, plans)]
+    received = _alltoall(sends, [x.push_send for x in plans])
+    for lay, x, got in zip(layouts, plans, received):
+        expected = [(r, l) for l in range(p) for r in rows[l] if lay.lo <= r < lay.hi]   # subnet order
+        np.testing.assert_array_equal(got, np.array(expected, dtype=float).reshape(-1, 2))
+        np.testing.assert_array_equal(x.received + lay.lo, got[:, 0])
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "categorical", "partition", "full"])
+def test_a_ranks_view_of_a_round_is_the_whole_matrix_restricted(kind):
+    """What a rank derives alone (its subnetworks' rows, its neurons' holders and counts) is the
+    whole matrix's, for any block of owned neurons."""
+    p, m = (1, 300) if kind == "full" else (6, 300)
+    keep = {"bernoulli": 0.3, "full": 1.0}.get(kind, 1 / p)
+    M = masks.sample(kind, p, keep, m, 11, 5)
+    for lo, hi in ((0, 300), (37, 101), (299, 300), (5, 5)):
+        r = masks.Round(kind, p, keep, m, 11, 5, lo, hi)
+        for l in range(p):
+            np.testing.assert_array_equal(r.rows(l), np.flatnonzero(M[l]))
+        subnets, neurons = np.nonzero(M[:, lo:hi])
+        np.testing.assert_array_equal(r.held_subnets, subnets)
+        np.testing.assert_array_equal(r.held_neurons, neurons + lo)
+        np.testing.assert_array_equal(r.counts, M[:, lo:hi].sum(axis=0))
+        assert [list(o) for o in r.owned_rows()] == [list(np.flatnonzero(M[l, lo:hi])) for l in range(p)]
 
 
 def test_the_layout_owns_every_neuron_once_and_trains_every_subnetwork_once():
