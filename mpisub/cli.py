@@ -91,7 +91,7 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
     # so a file one node cannot read stops every rank the same way instead of hanging the others
     job = comm.agree_on(start.Job, args, comm, cores)
     sets = start.shared_data(job.cfg, comm)
-    comm.agree_on(job.fit, sets, comm.ranks_per_node)
+    comm.agree_on(job.fit, sets)
     if args.print_config:  # the config as given: it reproduces the run at any K
         if comm.rank == 0:
             print(f"# mpisub {__version__}: the config of this run as given; after '#', what it resolved to "

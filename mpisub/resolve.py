@@ -21,16 +21,17 @@ EVAL_SHARE = 0.05
 EVAL_OVERHEAD = 3.0
 
 
-def settle(given: Config, ranks: int, shape: tuple | None = None, resuming: bool = False) -> tuple[Config, str]:
+def settle(given: Config, ranks: int, shape: tuple | None = None, resuming: bool = False,
+           node: "resources.Node | None" = None) -> tuple[Config, str]:
     """(the run's config, why its plan) for `ranks` ranks and data of `shape` = (n, d, c) (None: the
-    data section's own, e.g. before a file is read). Raises a UserError naming the keys that do
-    not fit together."""
+    data section's own, e.g. before a file is read); `node`: a rank's memory and cores, which
+    train.plan = "auto" weighs. Raises a UserError naming the keys that do not fit together."""
     cfg = copy.deepcopy(given)
     _check_data_keys(cfg)
     _fill_masks(cfg, ranks, resuming)
     if shape is not None:
         _fit_data(cfg, *shape)
-    cfg.train.plan, why = resources.choose_plan(cfg, ranks)
+    cfg.train.plan, why = resources.choose_plan(cfg, ranks, node, resuming)
     return cfg.freeze(), why
 
 

@@ -6,25 +6,28 @@ MemoryError, an OOM kill or a half-written run file (docs/design.md, "Sizes befo
 """
 import os
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import costs, schema
 from .errors import UserError
 from .masks import KINDS
+from .threads import split_cores
 
 BASE = 224 * 2**20   # interpreter, numpy, scipy, numba, h5py, MPI (190 MiB measured) and OpenBLAS's buffers
 SLACK = 2**20        # HDF5's own structures
 
 
-def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False) -> dict:
+def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False, plan: str | None = None) -> dict:
     """Peak bytes one rank needs, by part (rank 0, which also holds the NTK Gram matrix when it is
     computed). Follows the round of docs/design.md, section 3: a rank holds its owned rows, the
     rows its subnetworks pull, their trained copies and the push buffers, never all of W; and its
     part of the round's masks and exchange plan, O(m p / K + m), never p x m."""
     s, m, d, n, c = np.dtype(cfg.model.dtype).itemsize, cfg.model.width, cfg.data.d, cfg.data.n, cfg.data.outputs
     own, row = -(-m // ranks), d * s
-    weights = _round_rows(cfg, ranks, workers) if cfg.train.plan != "outputs" else _outputs_rows(cfg, ranks, workers)
+    plan = plan or cfg.train.plan
+    weights = _round_rows(cfg, ranks, workers) if plan != "outputs" else _outputs_rows(cfg, ranks, workers)
     train = {"weights": int(weights * row + (own * row if resuming else 0)),
              "masks": _bookkeeping(cfg, ranks),
              "data": n * (d + c) * s}                      # the node's shared window, as this rank maps it
@@ -108,10 +111,29 @@ def plan_costs(cfg, ranks: int) -> dict:
             "outputs": (tau * 2 * buffer, tau * costs.allreduce(K, buffer))}
 
 
-def choose_plan(cfg, ranks: int) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Node:
+    """What a rank has: the ranks that share its node's memory, and its cores (0: the thread
+    variables were set by the user)."""
+    ranks: int = 1
+    cores: int = 0
+
+    def workers(self, cfg, ranks: int) -> int:
+        """Subnetwork workers (threads) of a rank (threads.split_cores)."""
+        return split_cores(self.cores, cfg.masks.subnets // ranks)[0] if self.cores else 1
+
+    def available(self, cfg) -> int | None:
+        """Bytes one rank may use: its share of the node's available memory, at most
+        train.memory_limit_mb; None where it cannot be told."""
+        avail, limit = memory_available(self.ranks), cfg.train.memory_limit_mb * 2**20
+        return limit if limit and (avail is None or limit < avail) else avail
+
+
+def choose_plan(cfg, ranks: int, node: Node | None = None, resuming: bool = False) -> tuple[str, str]:
     """The plan to run and why: the one asked for, or (auto) the one whose collectives the cost
     model says take less time (latency included: tau small Allreduces can cost more than two
-    larger Alltoallv); rows when they tie (K = 1); outputs when p is not a multiple of K."""
+    larger Alltoallv), unless only the other fits the rank's memory (`node`); rows when they tie
+    (K = 1); outputs when p is not a multiple of K."""
     cost = plan_costs(cfg, ranks)
     costs = ", ".join(f"{plan} {b / 1e6:.3g} MB and {t * 1e6:.3g} us" for plan, (b, t) in cost.items())
     costs += " per rank per round (sent + received; alpha-beta model)"
@@ -120,6 +142,14 @@ def choose_plan(cfg, ranks: int) -> tuple[str, str]:
     if cfg.masks.subnets % ranks:
         return "outputs", f"auto: {cfg.masks.subnets} subnetwork(s) over {ranks} ranks need plan outputs ({costs})"
     plan = "outputs" if cost["outputs"][1] < cost["rows"][1] else "rows"
+    other = "rows" if plan == "outputs" else "outputs"
+    avail = node.available(cfg) if node is not None else None
+    if avail is not None:
+        need = {p: sum(memory_per_rank(cfg, ranks, node.workers(cfg, ranks), resuming, p).values()) for p in cost}
+        if need[plan] > avail >= need[other]:
+            return other, (f"auto: {plan} would be faster by the model but needs {need[plan] / 2**30:.2f} GiB per "
+                           f"rank where {avail / 2**30:.2f} GiB is available; {other} needs "
+                           f"{need[other] / 2**30:.2f} GiB ({costs})")
     return plan, f"auto: the faster by the model ({costs})"
 
 
@@ -147,11 +177,9 @@ def memory_available(ranks_on_node: int) -> int | None:
     return None if avail is None else avail // max(1, ranks_on_node)
 
 
-def check_memory(cfg, ranks: int, ranks_on_node: int, workers: int = 1, resuming: bool = False) -> None:
-    limit_mb = cfg.train.memory_limit_mb
-    avail = memory_available(ranks_on_node)
-    if limit_mb:
-        avail = limit_mb * 2**20 if avail is None else min(avail, limit_mb * 2**20)
+def check_memory(cfg, ranks: int, node: Node, resuming: bool = False) -> None:
+    limit_mb, ranks_on_node, workers = cfg.train.memory_limit_mb, node.ranks, node.workers(cfg, ranks)
+    avail = node.available(cfg)
     if avail is None:
         return
     need = memory_per_rank(cfg, ranks, workers, resuming)

@@ -47,44 +47,54 @@ def _per_rank(sorted_values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 
 class Exchange:
-    """One round's row traffic for the rank of `layout`, from `masks` (a masks.Round)."""
+    """One round's row traffic for the rank of `layout`, from `masks` (a masks.Round).
+
+    The pulled buffer holds this rank's subnetworks' rows by owner, then subnet, then neuron: the
+    layout the push sends in, so the trained rows go back into it and it is sent as it is. When
+    the rank's subnetworks share neurons (bernoulli, several subnetworks per rank), a row shared by
+    several of them is pulled once instead: the buffer is the union of their rows, by neuron."""
 
     def __init__(self, masks, layout):
         lo, owned, ranks = layout.lo, max(1, layout.owned), layout.ranks
         self.subnets = layout.my_subnets
         rows = [masks.rows(l) for l in self.subnets]
-        one = len(rows) == 1
-
-        # pull: the union of this rank's subnetworks' rows, sorted, hence grouped by owner
-        self.need = rows[0] if one else _sorted_unique(np.concatenate(rows))
-        self.pull_recv = _per_rank(self.need, layout.bounds)
-        # what it sends: each owned neuron once to every rank one of whose subnetworks holds it; the
-        # pairs come by subnet, then neuron: with one subnetwork per rank, by rank, then neuron
-        trainers = layout.trainer_of(masks.held_subnets)
-        sends = trainers * owned + (masks.held_neurons - lo)
-        if not one:
-            sends = _sorted_unique(sends)
-        self.pull_index = sends % owned                          # rows of the owned block, by destination
-        self.pull_send = _per_rank(sends, np.arange(ranks + 1) * owned)
-        # where each of this rank's subnetworks finds its rows in the pulled buffer (None: all of it),
-        # through a map of the neurons to their place in it (int32; m of them)
-        self.position = {self.subnets[0]: None} if one else self._places(rows, layout.width)
+        self.shared = not masks.disjoint and len(rows) > 1
 
         # push: the trained rows in send order, by destination (owner), then subnet, then neuron
         cut = np.array([np.searchsorted(r, layout.bounds) for r in rows])   # subnet x (K + 1): where owners change
         per = np.diff(cut, axis=1)                                          # subnet x K: rows for each owner
         self.push_send = per.sum(axis=0)
         start = (np.cumsum(per.T.ravel()) - per.T.ravel()).reshape(ranks, len(rows)).T   # each block's place
-        self.push_at = None if one else [np.repeat(start[i] - cut[i, :-1], per[i]) + np.arange(len(r))
-                                         for i, r in enumerate(rows)]
+        self.push_at = [np.repeat(start[i] - cut[i, :-1], per[i]) + np.arange(len(r)) for i, r in enumerate(rows)]
         # what it receives: the copies of its rows that each rank's subnetworks trained, in pair order
+        trainers = layout.trainer_of(masks.held_subnets)
         self.push_recv = _per_rank(trainers, np.arange(ranks + 1))
         self.received = masks.held_neurons - lo                  # the owned neuron of each received row
 
+        # pull: what it sends is its neurons' (subnet, neuron) pairs, by destination rank: in pair
+        # order (the push's layout) or, when the receiver pulls shared rows once, once each by neuron
+        sends = trainers * owned + (masks.held_neurons - lo)
+        if self.shared:
+            sends = _sorted_unique(sends)
+        self.pull_index = sends % owned                          # rows of the owned block, by destination
+        self.pull_send = _per_rank(sends, np.arange(ranks + 1) * owned)
+        if self.shared:
+            self.need = _sorted_unique(np.concatenate(rows))
+            self.pull_recv = _per_rank(self.need, layout.bounds)
+            self.position = self._places(rows, layout.width)
+        else:
+            self.pull_recv = self.push_send
+            self.position = dict(zip(self.subnets, [None] if len(rows) == 1 else self.push_at))
+
     def _places(self, rows: list, m: int) -> dict:
+        """Each subnetwork's rows' places in the union, through a map of the neurons (m of them)."""
         place = np.empty(m, dtype=np.int32 if len(self.need) < 2**31 else np.int64)
         place[self.need] = np.arange(len(self.need))
         return {l: place[r] for l, r in zip(self.subnets, rows)}
+
+    @property
+    def pulled_rows(self) -> int:
+        return int(self.pull_recv.sum())
 
     def rows_of(self, pulled: np.ndarray, l: int) -> np.ndarray:
         """Subnetwork l's rows of the pulled buffer: a view when they are all of it (one
@@ -96,12 +106,13 @@ class Exchange:
             return pulled[at[0]: at[-1] + 1]
         return gather(pulled, at)
 
-    def send_buffer(self, trained: dict, like: np.ndarray) -> np.ndarray:
-        """The push's send buffer from each subnetwork's trained rows (`like`: their dtype and
-        width). One subnetwork: its rows are already in send order, and sent as they are."""
-        if self.push_at is None:
+    def send_buffer(self, trained: dict, pulled: np.ndarray) -> np.ndarray:
+        """The push's send buffer from each subnetwork's trained rows: the pulled buffer, which is
+        in send order and free once the rows were copied out (one subnetwork: its rows are it);
+        a new one where shared rows were pulled once."""
+        if len(self.subnets) == 1:
             return trained[self.subnets[0]]
-        send = np.empty((int(self.push_send.sum()), like.shape[1]), dtype=like.dtype)
+        send = np.empty((int(self.push_send.sum()), pulled.shape[1]), dtype=pulled.dtype) if self.shared else pulled
         for at, l in zip(self.push_at, self.subnets):
             scatter(send, at, trained[l])
         return send

@@ -12,7 +12,6 @@ from .errors import UserError
 from .folders import FILENAME, FolderLock, check_output_dir, new_run_dir
 from .loggers import Loggers
 from .resolve import settle
-from .threads import split_cores
 
 
 def say(comm):
@@ -51,7 +50,8 @@ class Job:
             raise UserError(f"srun started {step_tasks} tasks but MPI sees 1 rank in each: every task would "
                             f"train alone. Give srun the MPI plugin of your MPI library (srun --mpi=pmi2 for "
                             f"MPICH, --mpi=pmix for Open MPI; srun --mpi=list shows them) or use mpirun")
-        self.args, self.ranks, self.cores, self.checkpoint = args, comm.size, cores, None
+        self.args, self.ranks, self.checkpoint = args, comm.size, None
+        self.node = resources.Node(comm.ranks_per_node, cores)
         if args.resume:
             if args.config or args.preset:
                 raise UserError("--resume continues a run with its stored config; leave out --config and --preset")
@@ -62,27 +62,23 @@ class Job:
             self.given = config.from_dict(stored) if stored else self.base
         else:
             self.base = self.given = config.build(args.preset, args.config, args.overrides)
-        self.cfg, self.why = settle(self.base, comm.size, resuming=self.resuming)
+        self.cfg, self.why = settle(self.base, comm.size, resuming=self.resuming, node=self.node)
         if self.cfg.output.tensorboard:
             from . import tboard
             tboard.check_available()
         if self.cfg.data.source == "synthetic":  # before drawing it: n and d are the config's
-            self.check_memory(comm.ranks_per_node)
+            resources.check_memory(self.cfg, self.ranks, self.node, self.resuming)
 
     @property
     def resuming(self) -> bool:
         return self.checkpoint is not None
 
-    def check_memory(self, ranks_per_node: int) -> None:
-        workers = split_cores(self.cores, self.cfg.masks.subnets // self.ranks)[0] if self.cores else 1
-        resources.check_memory(self.cfg, self.ranks, ranks_per_node, workers, self.resuming)
-
-    def fit(self, sets, ranks_per_node: int) -> None:
+    def fit(self, sets) -> None:
         """The checks that need the data (local, like __init__): the config settled with the data's
         shape (a data file decides n, d and c), the plan, the memory, the resumed data's hash."""
         shape = (sets.X.shape[0], sets.X.shape[1], sets.Y.shape[1])
-        self.cfg, self.why = settle(self.base, self.ranks, shape, resuming=self.resuming)
-        self.check_memory(ranks_per_node)
+        self.cfg, self.why = settle(self.base, self.ranks, shape, resuming=self.resuming, node=self.node)
+        resources.check_memory(self.cfg, self.ranks, self.node, self.resuming)
         ck = self.checkpoint
         if ck is not None:
             if sets.sha256 != ck["data_sha256"]:

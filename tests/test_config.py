@@ -193,3 +193,19 @@ def test_a_settled_config_cannot_change_and_replace_makes_a_new_one():
     assert other.output.dir == "elsewhere" and cfg.output.dir == ""
     with pytest.raises(AttributeError):
         other.output.dir = "again"
+
+
+def test_auto_takes_the_slower_plan_when_only_it_fits_a_ranks_memory():
+    """bernoulli p = 2 at K = 2, n >> d: plan outputs is faster by the cost model but holds every
+    subnetwork's activations; with memory for rows alone, auto takes rows and says why."""
+    from mpisub.resources import Node, memory_per_rank
+    job = ["masks.kind='bernoulli'", "masks.subnets=2", "masks.keep=0.5", "model.width=16384", "train.local_steps=1",
+           "theory.max_n=0"]
+    roomy = settle(config.build(overrides=job), 2, (4096, 128, 1), node=Node(1, 0))[0]
+    assert roomy.train.plan == "outputs"
+    need = {plan: sum(memory_per_rank(roomy, 2, 1, False, plan).values()) for plan in ("rows", "outputs")}
+    assert need["rows"] < need["outputs"]
+    limit = int((need["rows"] + need["outputs"]) / 2 / 2**20)
+    cfg, why = settle(config.build(overrides=job + [f"train.memory_limit_mb={limit}"]), 2, (4096, 128, 1),
+                      node=Node(1, 0))
+    assert cfg.train.plan == "rows" and why.startswith("auto: outputs would be faster by the model but needs")

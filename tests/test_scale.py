@@ -38,10 +38,11 @@ def test_a_bad_fake_node_size_is_one_line(tmp_path):
 
 def test_the_scaling_report_measures_what_its_model_says(tmp_path):
     out = tmp_path / "scaling.json"
-    r = subprocess.run([f"{BIN}/mpisub-bench", "--scaling", "--width", "4096", "--ranks", "2", "4", "--json", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([f"{BIN}/mpisub-bench", "--scaling", "--width", "4096", "--strong-width", "16384",
+                        "--ranks", "2", "4", "--json", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
-    rows = {row["K"]: row for row in json.loads(out.read_text())}
+    report = json.loads(out.read_text())
+    rows = {row["K"]: row for row in report["traffic"]}
     assert sorted(rows) == [2, 4, 16, 64, 256, 1024] and "sent" not in rows[16]
     for K in (2, 4):
         for measured, model in ((rows[K]["sent"] + rows[K]["recv"], rows[K]["rows_sent"] + rows[K]["rows_recv"]),
@@ -51,6 +52,20 @@ def test_the_scaling_report_measures_what_its_model_says(tmp_path):
     assert rows[1024]["rows_sent"] < rows[16]["rows_sent"] < rows[2]["rows_sent"]
     assert rows[1024]["replicated_recv"] > rows[2]["replicated_recv"]
     assert f"{'K':>5} |" in r.stdout
+    # the same job in 2, 64, 512 subnetworks, run as a user runs it
+    assert [row["p"] for row in report["subnets"]] == [2, 64, 512]
+    assert all(row["compute"] > row["local"] > 0 and row["peak_rss_mb"] > 0 for row in report["subnets"])
+    # strong scaling: every block fits here, so every bookkeeping is measured; a round is its parts,
+    # the efficiency T(1) / (K T(K)), the memory estimate falls with K
+    for case in ("ist", "moonshot"):
+        strong = [row for row in report["strong"] if row["case"] == case]
+        assert [row["K"] for row in strong] == [1, 4, 16, 64, 256, 1024] and all(row["book_measured"] for row in strong)
+        for row in strong:
+            assert row["seconds"] == row["local"] + row["bookkeeping"] + row["comm"]
+            assert abs(row["efficiency"] - strong[0]["seconds"] / (row["K"] * row["seconds"])) < 1e-12
+            assert row["local"] > 0 and row["bookkeeping"] > 0 and row["plan_seconds"] > 0 and row["plan_mib"] > 0
+        assert strong[0]["comm"] == 0 < strong[1]["comm"]
+        assert [row["memory_mib"] for row in strong] == sorted((row["memory_mib"] for row in strong), reverse=True)
 
 
 PLAN_JOB = dict(data__n=40, data__d=5, data__outputs=2, model__width=24, train__rounds=4, train__local_steps=3,
@@ -132,3 +147,19 @@ def test_a_collective_past_the_count_limit_goes_in_pieces_with_the_same_bits(tmp
     assert a["model/W"].tobytes() == b["model/W"].tobytes()
     np.testing.assert_array_equal(a["eval"]["loss"], b["eval"]["loss"])
     assert a["lambda0"] == b["lambda0"]
+
+
+def test_sixteen_ranks_oversubscribed_give_the_bits_of_one(tmp_path):
+    """More ranks than cores (16 on this machine's 2): plan rows ends on the bits of one rank,
+    plan outputs equal to rounding; bernoulli masks, whose neurons several subnetworks share."""
+    job = dict(masks__kind="bernoulli", masks__subnets=16, masks__keep=0.4, model__width=640, data__n=64,
+               train__rounds=4, output__eval_every=2, theory__max_n=0, train__lr=0.5)
+    W = {}
+    for K, plan in ((1, "rows"), (16, "rows"), (16, "outputs")):
+        r = mpirun(K, *sets(output__dir=f"{plan}{K}", train__plan=plan, **job), cwd=tmp_path, env=ONE_THREAD,
+                   timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        W[plan, K] = read_run(str(tmp_path / f"{plan}{K}"))["model/W"]
+    assert W["rows", 1].tobytes() == W["rows", 16].tobytes()
+    np.testing.assert_allclose(W["outputs", 16], W["rows", 1], rtol=0, atol=1e-12 * np.abs(W["rows", 1]).max())
+    assert np.abs(W["rows", 1] - read_run(str(tmp_path / "rows1"))["model/W_init"]).max() > 1e-3
