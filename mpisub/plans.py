@@ -45,13 +45,14 @@ class RowsPlan(_Plan):
         x = shard.Exchange(masks, self.layout)
         pulled = self.pull(W, x)
         trained = {l: x.rows_of(pulled, l) for l in x.subnets}
+        del pulled                          # copied out, or alive as the one subnetwork's rows
         a_l = [shard.gather(self.a, masks.rows(l)).astype(W.dtype) for l in x.subnets]
         t = time.perf_counter()
         sub_losses = list(self.each(self.steps, trained.values(), a_l, repeat(self.X), repeat(self.Y),
                                     repeat(self.scale), repeat(self.lr), [batches(l) for l in x.subnets],
                                     repeat(self.code)))
         seconds_local = time.perf_counter() - t
-        self.push(W, trained, x, masks, pulled)
+        self.push(W, trained, x, masks)
         return RoundStats(sum(sub_losses), seconds_local)  # in subnet order, however they ran
 
     def pull(self, W_own, x) -> np.ndarray:
@@ -62,14 +63,13 @@ class RowsPlan(_Plan):
         self.comm.alltoall_rows(shard.gather(W_own, x.pull_index), x.pull_send, pulled, x.pull_recv)
         return pulled
 
-    def push(self, W_own, trained: dict, x, masks, pulled) -> None:
+    def push(self, W_own, trained: dict, x, masks) -> None:
         """In place on W_own: the trained rows go to their owners, which average them (shard.combine)."""
         if self.comm.size == 1:  # its own rows: average them where they are
             pieces = ((masks.rows(l) - self.layout.lo, trained[l]) for l in x.subnets)
             shard.combine(W_own, pieces, masks.disjoint, masks.counts)
             return
-        send = x.send_buffer(trained, pulled)
-        del pulled
+        send = x.send_buffer(trained)
         trained.clear()  # their rows are in `send` now: free them before the receive buffer exists
         received = np.empty((int(x.push_recv.sum()), W_own.shape[1]), dtype=W_own.dtype)
         self.comm.alltoall_rows(send, x.push_send, received, x.push_recv)

@@ -55,16 +55,21 @@ def _round_rows(cfg, ranks: int, workers: int) -> float:
     kind, here, own = KINDS[cfg.masks.kind], p // ranks, -(-m // ranks)
     shared = not kind.disjoint                             # a neuron may be in several subnetworks
     pulled = kind.held_fraction(here, xi) * m              # rows this rank's subnetworks hold, once each
-    trained = here * xi * m                                # their rows: a view of `pulled` for one disjoint subnet
-    copies = 0 if here == 1 and not shared else trained
+    trained = here * xi * m                                # their rows
+    views = not (shared and here > 1) and (here == 1 or ranks == 1)   # their rows are runs of the pulled buffer
+    held = pulled if views else trained                    # what the local steps hold
+    work = _workspace(cfg, xi * m, workers) / (cfg.data.d * np.dtype(cfg.model.dtype).itemsize)
+    sums = own if shared else 0                            # the combine's sums of shared rows
+    if ranks == 1:                                         # no exchange: the rows are averaged where they are
+        return max(own + pulled + (0 if views else trained), own + held + work, own + held + sums)
     pull_send = own * (ranks * kind.held_fraction(here, xi) if shared else 1)
     received = own * (p * xi if shared else 1)
     packed = trained if here > 1 else 0                    # one subnetwork's rows are sent as they are
     return max(own + pull_send + pulled,                   # pull
-               own + pulled + copies,                      # each subnetwork's rows copied out
-               own + trained + _workspace(cfg, xi * m, workers) / (cfg.data.d * np.dtype(cfg.model.dtype).itemsize),
-               own + trained + packed,                     # packing the push
-               own + max(trained, packed) + received + (own if shared else 0))   # receiving it, combining
+               own + pulled + (0 if views else trained),   # each subnetwork's rows copied out
+               own + held + work,                          # local steps
+               own + held + packed,                        # packing the push
+               own + max(held - packed, 0) + packed + received + sums)   # receiving it, combining
 
 
 def _outputs_rows(cfg, ranks: int, workers: int) -> float:

@@ -50,9 +50,10 @@ class Exchange:
     """One round's row traffic for the rank of `layout`, from `masks` (a masks.Round).
 
     The pulled buffer holds this rank's subnetworks' rows by owner, then subnet, then neuron: the
-    layout the push sends in, so the trained rows go back into it and it is sent as it is. When
-    the rank's subnetworks share neurons (bernoulli, several subnetworks per rank), a row shared by
-    several of them is pulled once instead: the buffer is the union of their rows, by neuron."""
+    layout the push sends in, so each subnetwork's rows move out of it and back into the send
+    buffer by runs (one subnetwork: its rows are the buffer, sent as it is). When the rank's
+    subnetworks share neurons (bernoulli, several subnetworks per rank), a row shared by several
+    of them is pulled once instead: the buffer is the union of their rows, by neuron."""
 
     def __init__(self, masks, layout):
         lo, owned, ranks = layout.lo, max(1, layout.owned), layout.ranks
@@ -106,13 +107,13 @@ class Exchange:
             return pulled[at[0]: at[-1] + 1]
         return gather(pulled, at)
 
-    def send_buffer(self, trained: dict, pulled: np.ndarray) -> np.ndarray:
-        """The push's send buffer from each subnetwork's trained rows: the pulled buffer, which is
-        in send order and free once the rows were copied out (one subnetwork: its rows are it);
-        a new one where shared rows were pulled once."""
+    def send_buffer(self, trained: dict) -> np.ndarray:
+        """The push's send buffer from each subnetwork's trained rows (one subnetwork: its rows,
+        already in send order)."""
+        first = trained[self.subnets[0]]
         if len(self.subnets) == 1:
-            return trained[self.subnets[0]]
-        send = np.empty((int(self.push_send.sum()), pulled.shape[1]), dtype=pulled.dtype) if self.shared else pulled
+            return first
+        send = np.empty((int(self.push_send.sum()), first.shape[1]), dtype=first.dtype)
         for at, l in zip(self.push_at, self.subnets):
             scatter(send, at, trained[l])
         return send
