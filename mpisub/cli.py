@@ -98,6 +98,7 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
                   f"at {comm.size} rank(s)\n" + job.given.to_toml(resolved=job.cfg, where=f"at {comm.size} rank(s)"))
         return
     workers, blas = threads.subnet_workers(job.cfg, comm.size, cores)
+    resumed = comm.agree_on(job.start, comm)   # each rank's rows of the checkpoint, checked, before any write
     log = start.open_outputs(job, comm, sets, held)
     if comm.rank == 0:
         start.banner(job, comm, blas)
@@ -108,7 +109,7 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
         if comm.rank == 0:
             kernels.compile_for(job.cfg.model.dtype)
         comm.barrier()
-        result = train.run(job.cfg, comm, sets, log, job.start(comm), lambda: bool(stop), workers, start.say(comm))
+        result = train.run(job.cfg, comm, sets, log, resumed, lambda: bool(stop), workers, start.say(comm))
         status = "completed"
         start.record_peak_memory(comm, log)
     except train.Interrupted as e:

@@ -320,27 +320,42 @@ RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "t
                "output.tensorboard", "output.eval_every")
 
 
-def for_resume(stored: dict, overrides: list[str] = ()) -> Config:
-    """The stored (settled) config of a run being resumed. `--set` may change RESUME_KEYS; any
-    other key it may only repeat (so a job script can pass the same options on every attempt)."""
+def for_resume(stored: dict, overrides: list[str] = (), given: dict | None = None, preset: str | None = None,
+               file: str | None = None) -> Config:
+    """The stored (settled) config of a run being resumed, with the resume keys the command line
+    changes. The command line may be the run's own (a requeued job passes its options again): its
+    preset, config file and `--set` build a config as given, which is compared with the run's as
+    given (`given`; auto values stay auto); only RESUME_KEYS may differ. Without a preset or a
+    config file, `--set` applies to the run's config as given."""
+    first = from_dict(given or stored)
+    if preset is not None or file is not None:
+        now = build(preset, file, overrides)
+    else:
+        now = copy.deepcopy(first)
+        apply_overrides(now, overrides)
+        check_ranges(now)
+    was, wants = first.flat(), now.flat()
+    for key, value in wants.items():
+        if key not in RESUME_KEYS + ("output.dir", "output.overwrite") and value != was[key]:
+            raise UserError(f"{key} = {value!r} here, but the run being resumed has {key} = {was[key]!r}, and its "
+                            f"results depend on it: give the options it was started with (only "
+                            f"{', '.join(RESUME_KEYS)} may change with --resume)")
     cfg = from_dict(stored)
-    apply_overrides(cfg, overrides, allowed=RESUME_KEYS)
+    for key in RESUME_KEYS:
+        if wants[key] != was[key]:
+            set_value(cfg, key, wants[key])
     check_ranges(cfg)
     return cfg
 
 
-def apply_overrides(cfg: Config, overrides: list[str], allowed: tuple[str, ...] | None = None) -> list[str]:
+def apply_overrides(cfg: Config, overrides: list[str]) -> list[str]:
     """Applies `--set` texts in order; returns the keys they set."""
     keys = []
     for text in overrides:
         key, value = parse_assignment(text)
         if isinstance(value, (int, float)) and isinstance(cfg.flat().get(key), str):
             value = text.split("=", 1)[1].strip()  # --set output.dir=2024 means the folder "2024"
-        before = cfg.flat().get(key)
         set_value(cfg, key, value)
-        if allowed is not None and key not in allowed and cfg.flat()[key] != before:
-            raise UserError(f"--set {key}={value!r}: the run being resumed has {key} = {before!r}, and its "
-                            f"results depend on it; only {', '.join(allowed)} may change with --resume")
         keys.append(key)
     return keys
 

@@ -4,6 +4,7 @@ import datetime
 import fcntl
 import os
 import socket
+import stat
 import time
 
 from .errors import UserError, cause
@@ -11,6 +12,25 @@ from .errors import UserError, cause
 FILENAME = "run.h5"
 CHECKPOINT = "checkpoint.h5"
 LOCKFILE = "mpisub.lock"
+LOCK_BYTES = 4096   # a lock file mpisub made names its holder in one short line
+
+
+def fresh(path: str) -> str:
+    """`path`, free for a new file that mpisub makes in this run: a stale one (a killed job's
+    temporary file, or a link someone left) is unlinked, never followed; the caller then creates
+    the file exclusively (O_EXCL, or h5py's "w-"), so it writes nothing it did not make."""
+    if os.path.lexists(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise UserError(f"{path!r} is a folder where mpisub keeps a file; remove it")
+        os.unlink(path)
+    return path
+
+
+def refuse_link(path: str, what: str) -> None:
+    """A UserError when `path` is a symbolic link: mpisub follows no link it did not make."""
+    if os.path.islink(path):
+        raise UserError(f"{path!r} is a symbolic link (to {os.readlink(path)!r}); mpisub follows no link it did "
+                        f"not make into a run folder: remove the link or choose another {what}")
 
 
 def new_run_dir(root: str = "runs") -> str:
@@ -77,11 +97,22 @@ class FolderLock:
         self._name_holder()
 
     def _open(self, folder: str) -> int:
+        """The lock file, never through a link, and only a file mpisub made (a regular file of one
+        short line with one name): it is truncated when taken."""
+        refuse_link(self.path, "output.dir")
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             raise UserError(f"output.dir {folder!r}: cannot create {LOCKFILE} there ({e.strerror}); "
                             f"choose a writable output.dir") from None
+        st = os.fstat(fd)
+        what = "a special file" if not stat.S_ISREG(st.st_mode) else "a hard link" if st.st_nlink != 1 else \
+            "too large" if st.st_size > LOCK_BYTES else None
+        if what:
+            os.close(fd)
+            raise UserError(f"output.dir {folder!r}: {LOCKFILE} there is not a lock file mpisub made ({what}); "
+                            f"mpisub truncates only its own lock files: move it away")
+        return fd
 
     def _try_lock(self, fd: int, folder: str) -> str | None:
         """None when locked, else who holds the lock."""

@@ -39,9 +39,10 @@ COLUMNS = (
     Column("lambda_min", "eval", "float64", "lambda_min of H(W_k) (n <= theory.gram_max_n; else NaN)"),
 )
 TABLES = ("metrics", "eval")
-# bump when the checkpoint's layout changes (2: metrics bytes_recv; 3: eval rows); a new column
-# needs no bump (readback fills an older checkpoint's rows of it with NaN)
-CHECKPOINT_FORMAT = 3
+# bump when the checkpoint's layout changes (2: metrics bytes_recv; 3: eval rows; 4: checksums and
+# config_given); a new column needs no bump (readback fills an older checkpoint's rows of it with NaN)
+CHECKPOINT_FORMAT = 4
+CHECKPOINT_FORMATS = (3, 4)   # the formats a resume reads
 
 
 def columns(table: str) -> dict[str, str]:

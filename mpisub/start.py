@@ -53,13 +53,10 @@ class Job:
         self.args, self.ranks, self.checkpoint = args, comm.size, None
         self.node = resources.Node(comm.ranks_per_node, cores)
         if args.resume:
-            if args.config or args.preset:
-                raise UserError("--resume continues a run with its stored config; leave out --config and --preset")
-            self.checkpoint = readback.read_checkpoint(args.resume, args.allow_version_change)
-            self.base = config.for_resume(self.checkpoint["config"], args.overrides)
+            ck = self.checkpoint = readback.read_checkpoint(args.resume, args.allow_version_change)
+            self.base = config.for_resume(ck["config"], args.overrides, ck["config_given"], args.preset, args.config)
             self.base.output.dir = args.resume
-            stored = self.checkpoint["config_given"]
-            self.given = config.from_dict(stored) if stored else self.base
+            self.given = config.from_dict(ck["config_given"]) if ck["config_given"] else self.base
         else:
             self.base = self.given = config.build(args.preset, args.config, args.overrides)
         self.cfg, self.why = settle(self.base, comm.size, resuming=self.resuming, node=self.node)
@@ -146,7 +143,7 @@ def _open_on_root(job: Job, comm, sets, held: list, loggers: list) -> str:
     attrs = {"config_given": job.given.to_json(), "mpisub_version": __version__, "code_hash": code_hash(),
              "ranks": comm.size, "mpi_library": comm.library(), "plan_reason": job.why}
     segments = (ck["segments"] if ck else []) + [dict(job.segment(comm), last_round=ck["round"] if ck else 0)]
-    header = Header(cfg.to_json(), attrs, sets.sha256, ck["created"] if ck else "", segments,
+    header = Header(cfg.to_json(), attrs, job.given.to_json(), sets.sha256, ck["created"] if ck else "", segments,
                     (cfg.masks.subnets, cfg.model.width) if cfg.output.record_masks else None)
     loggers.append(RunFile(folder, header, overwrite=cfg.output.overwrite or ck is not None))
     if cfg.output.tensorboard:

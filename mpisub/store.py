@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from . import schema
+from . import integrity, schema
 from .errors import UserError, cause
-from .folders import CHECKPOINT, FILENAME, check_output_dir
+from .folders import CHECKPOINT, FILENAME, check_output_dir, fresh
 from .loggers import Logger
 from .provenance import code_hash
 from .readback import read_checkpoint, read_checkpoint_W, read_run  # noqa: F401 (the store's readers)
@@ -38,6 +38,7 @@ class Header:
     """What a run file and its checkpoints say about the run besides its numbers."""
     config_json: str
     attrs: dict = field(default_factory=dict)   # provenance: version, code hash, ranks, MPI, plan reason
+    given_json: str = ""                        # the config as given (auto values auto); "" = config_json
     data_sha256: str = ""                       # "" for built-in data (then /data holds it)
     created: str = ""                           # "" = now
     segments: list = field(default_factory=list)  # one row per launch, this one last
@@ -58,7 +59,7 @@ class RunFile(Logger):
         check_output_dir(folder, overwrite)
         try:
             # no file lock: readers may open the file while training runs
-            self.f = h5py.File(self.tmp, "w", locking=False)
+            self.f = h5py.File(fresh(self.tmp), "w-", locking=False)   # exclusive: never through a link
             self._start()
         except OSError as e:
             self.finalize("failed")
@@ -155,7 +156,7 @@ class RunFile(Logger):
                 if weights:
                     W[lo:hi] = rows
                 if ck:
-                    ck.f["W"][lo:hi] = rows
+                    ck.add_rows(lo, rows)
             if weights:
                 W.attrs["round"] = rounds_done
             self.f.flush()
@@ -213,22 +214,36 @@ class _Checkpoint:
         self.path = os.path.join(folder, CHECKPOINT)
         self.tmp = self.path + ".tmp"
         try:
-            self.f = h5py.File(self.tmp, "w", locking=False)
+            self.f = h5py.File(fresh(self.tmp), "w-", locking=False)   # exclusive: never through a link
             self.f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__,
                                  "code_hash": code_hash(), "config": header.config_json,
-                                 "round": state["round"], "loss_init": state["loss_init"],
+                                 "config_given": header.given_json or header.config_json,
+                                 "round": int(state["round"]), "loss_init": float(state["loss_init"]),
                                  "data_sha256": header.data_sha256, "created": header.created,
                                  "segments": json.dumps(header.segments)})
             self.f.create_dataset("W", shape=like.shape, dtype=like.dtype)
+            self.hasher = integrity.RowHasher(integrity.chunk_rows(like.shape[1], np.dtype(like.dtype).itemsize))
             for table, key in (("metrics", "metrics"), ("eval", "evals")):
-                for name, dtype in schema.columns(table).items():
-                    self.f[f"{table}/{name}"] = np.asarray((state.get(key) or {}).get(name, []), dtype=dtype)
+                given = state.get(key) or {}
+                rows = len(given.get("round", []))
+                for name, dtype in schema.columns(table).items():   # a column not given: NaN (0) in every row
+                    empty = np.zeros(rows) if np.dtype(dtype).kind in "iu" else np.full(rows, np.nan)
+                    self.f[f"{table}/{name}"] = np.asarray(given.get(name, empty), dtype=dtype)
         except BaseException:
             self.abort()
             raise
 
+    def add_rows(self, lo: int, rows: np.ndarray) -> None:
+        """W's rows lo:lo + len(rows), given in row order."""
+        self.f["W"][lo:lo + len(rows)] = rows
+        self.hasher.update(rows)
+
     def commit(self) -> None:
         try:
+            chunks = self.hasher.finish()
+            self.f["W_sha256"] = chunks
+            self.f["W_sha256"].attrs["chunk_rows"] = self.hasher.rows
+            self.f.attrs["checksum"] = integrity.content_digest(self.f)
             self.f.close()
             _fsync(self.tmp)
         except BaseException:
@@ -251,7 +266,7 @@ def write_checkpoint(folder: str, *, W, rounds_done: int, loss_init: float, conf
     header = Header(config_json, data_sha256=data_sha256, created=created)
     ck = _Checkpoint(folder, header, W, dict(histories, round=rounds_done, loss_init=loss_init))
     try:
-        ck.f["W"][...] = W
+        ck.add_rows(0, W)
     except BaseException:
         ck.abort()
         raise

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import mpirun
 
-from mpisub import store
+from mpisub import integrity, store
 
 
 def _npz(path, **arrays):
@@ -35,12 +35,14 @@ def _text(path, text):
 
 
 def _checkpoint(folder, version=None, config_json="{}"):
+    """A whole checkpoint (of 1 round); `version`: as if another mpisub version had written it."""
     os.makedirs(folder, exist_ok=True)
-    store.write_checkpoint(folder, W=np.zeros((4, 2)), rounds_done=1, metrics={}, loss_init=1.0,
+    store.write_checkpoint(folder, W=np.zeros((4, 2)), rounds_done=1, metrics={"round": [1]}, loss_init=1.0,
                            config_json=config_json, data_sha256="", created="now")
     if version:
         with h5py.File(os.path.join(folder, store.CHECKPOINT), "r+") as f:
             f.attrs["mpisub_version"] = version
+            f.attrs["checksum"] = integrity.content_digest(f)
 
 
 def _finished_run(folder):
@@ -180,17 +182,20 @@ CASES = [
     ("output.dir holds a run", [S, "output.dir=old"], lambda d: _finished_run(d / "old"),
      ["output.dir 'old' already holds a run (run.h5)", "--resume old", "output.overwrite = true"]),
     ("resume from a missing folder", ["--resume", "nowhere"], None, ["--resume 'nowhere': no such folder"]),
-    ("resume without a checkpoint", ["--resume", "old"], lambda d: _finished_run(d / "old"),
-     ["--resume 'old' holds no checkpoint (checkpoint.h5)"]),
+    ("resume without a checkpoint", ["--resume", "old"], lambda d: os.makedirs(d / "old"),
+     ["--resume 'old' holds no checkpoint (checkpoint.h5)", "start it again"]),
+    ("resume a run whose checkpoint is gone", ["--resume", "old"], lambda d: _finished_run(d / "old"),
+     ["--resume 'old' holds a run file (run.h5) but no checkpoint", "start a new run in another output.dir"]),
     ("resume a corrupt checkpoint", ["--resume", "c"],
      lambda d: (os.mkdir(d / "c"), _text(d / "c" / "checkpoint.h5", "torn")),
      ["checkpoint.h5 is not a readable mpisub checkpoint"]),
     ("resume from another version", ["--resume", "v"], lambda d: _checkpoint(str(d / "v"), version="0.0.1"),
      ["written by mpisub 0.0.1", "resume with that version"]),
     ("resume with a changed key", ["--resume", "r", S, "train.lr=1"], lambda d: _checkpoint(str(d / "r")),
-     ["--set train.lr=1: the run being resumed has train.lr = 4.0", "only train.rounds"]),
-    ("resume with --config", ["--resume", "r", "--config", "x.toml"], lambda d: _checkpoint(str(d / "r")),
-     ["--resume continues a run with its stored config; leave out --config"]),
+     ["train.lr = 1.0 here, but the run being resumed has train.lr = 4.0", "only train.rounds"]),
+    ("resume with another config file", ["--resume", "r", "--config", "x.toml"],
+     lambda d: (_checkpoint(str(d / "r")), _text(d / "x.toml", "[masks]\nkind = 'bernoulli'\n")),
+     ["masks.kind = 'bernoulli' here, but the run being resumed has masks.kind = 'partition'"]),
 ]
 
 

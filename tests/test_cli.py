@@ -12,7 +12,7 @@ from conftest import MPIRUN, ONE_THREAD, mpirun, sets
 from reference import rows_sent_by_rank0
 
 import mpisub
-from mpisub import masks, store
+from mpisub import integrity, masks, store
 from mpisub.launch import THREAD_VARS
 
 
@@ -197,6 +197,7 @@ def test_resume_with_other_code_needs_allow_version_change(tmp_path):
     with h5py.File(tmp_path / "out" / "checkpoint.h5", "r+") as f:
         assert f.attrs["code_hash"] == store.code_hash()
         f.attrs["code_hash"] = "0123456789abcdef"        # as if written by other code
+        f.attrs["checksum"] = integrity.content_digest(f)
     args = ["--resume", "out", "--set", "train.rounds=6"]
     r = mpirun(2, *args, cwd=tmp_path)
     assert r.returncode == 2 and "(code 0123456789abcdef)" in r.stderr and "--allow-version-change" in r.stderr

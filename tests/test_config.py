@@ -125,7 +125,7 @@ def test_resume_allows_only_keys_that_do_not_change_results():
     stored = settle(config.build(), 2)[0].to_dict()
     cfg = config.for_resume(stored, ["train.rounds=500", "output.log_every=7"])
     assert (cfg.train.rounds, cfg.output.log_every, cfg.masks.subnets) == (500, 7, 2)
-    with pytest.raises(UserError, match="--set train.lr=1: the run being resumed has train.lr = 4.0"):
+    with pytest.raises(UserError, match="train.lr = 1.0 here, but the run being resumed has train.lr = 4.0"):
         config.for_resume(stored, ["train.lr=1"])
     # repeating a stored value is not a change: a job script may pass the same options every time
     assert config.for_resume(stored, ["train.lr=4", "masks.subnets=2"]).masks.subnets == 2
@@ -209,3 +209,18 @@ def test_auto_takes_the_slower_plan_when_only_it_fits_a_ranks_memory():
     cfg, why = settle(config.build(overrides=job + [f"train.memory_limit_mb={limit}"]), 2, (4096, 128, 1),
                       node=Node(1, 0))
     assert cfg.train.plan == "rows" and why.startswith("auto: outputs would be faster by the model but needs")
+
+
+def test_a_resume_takes_the_options_the_run_was_started_with(tmp_path):
+    """A requeued job passes its submission's options again (config file, --set, auto values as
+    given): accepted, compared with the run's config as given; a result key that differs is not."""
+    job = tmp_path / "job.toml"
+    job.write_text("[train]\nlr = 2.0\n")
+    given = config.build(None, str(job), ["train.rounds=7"])
+    stored = settle(given, 2)[0].to_dict()
+    cfg = config.for_resume(stored, ["train.rounds=9"], given.to_dict(), None, str(job))
+    assert (cfg.train.rounds, cfg.train.lr, cfg.masks.subnets) == (9, 2.0, 2)
+    assert config.for_resume(stored, ["masks.subnets=0"], given.to_dict()).masks.subnets == 2   # auto as given
+    job.write_text("[train]\nlr = 3.0\n")
+    with pytest.raises(UserError, match="train.lr = 3.0 here, but the run being resumed has train.lr = 2.0"):
+        config.for_resume(stored, ["train.rounds=7"], given.to_dict(), None, str(job))

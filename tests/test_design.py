@@ -65,8 +65,8 @@ def test_the_checkpoint_section_names_what_a_checkpoint_holds(trained):
         assert set(f.attrs) == set(re.findall(r"`([a-z_0-9]+)`", section.split(";")[0]))
         names = []
         f.visit(lambda name: names.append(name) if isinstance(f[name], h5py.Dataset) else None)
-    cited = {"W"} | {f"{table}/{name}" for table in schema.TABLES for name in schema.columns(table)}
-    assert set(names) == cited
+    cited = {"W", "W_sha256"} | {f"{table}/{name}" for table in schema.TABLES for name in schema.columns(table)}
+    assert set(names) == cited and "`W_sha256`" in section
     assert all(f"`{table}/<name>`" in section for table in schema.TABLES)
 
 

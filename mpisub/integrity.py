@@ -1,0 +1,72 @@
+"""A checkpoint's checksums (docs/design.md, "The checkpoint"): sha256 of W by chunks of rows (each
+rank verifies the chunks of its own rows when it resumes, no rank reads all of W), and one sha256
+of everything else, the chunks' digests included, so a checkpoint that was damaged or edited after
+it was written is refused before anything in its folder is touched. h5py and hashlib only."""
+import hashlib
+import json
+
+import numpy as np
+
+CHUNK_BYTES = 2**20     # W's rows are hashed in chunks of about this many bytes
+
+
+def chunk_rows(d: int, itemsize: int) -> int:
+    return max(1, CHUNK_BYTES // max(1, d * itemsize))
+
+
+class RowHasher:
+    """The digests of W's chunks of `rows` rows, from its rows given in order, block by block."""
+
+    def __init__(self, rows: int):
+        self.rows, self.filled, self.h, self.digests = rows, 0, hashlib.sha256(), []
+
+    def update(self, block: np.ndarray) -> None:
+        at = 0
+        while at < len(block):
+            take = min(self.rows - self.filled, len(block) - at)
+            self.h.update(np.ascontiguousarray(block[at: at + take]).tobytes())
+            self.filled, at = self.filled + take, at + take
+            if self.filled == self.rows:
+                self._close_chunk()
+
+    def _close_chunk(self) -> None:
+        self.digests.append(np.frombuffer(self.h.digest(), dtype=np.uint8))
+        self.h, self.filled = hashlib.sha256(), 0
+
+    def finish(self) -> np.ndarray:
+        """(chunks x 32) uint8: the digests, the last (shorter) chunk's included."""
+        if self.filled:
+            self._close_chunk()
+        return np.array(self.digests, dtype=np.uint8).reshape(-1, 32)
+
+
+def chunk_digest(rows: np.ndarray) -> np.ndarray:
+    return np.frombuffer(hashlib.sha256(np.ascontiguousarray(rows).tobytes()).digest(), dtype=np.uint8)
+
+
+def _plain(value):
+    """An HDF5 attribute's value as JSON can write it."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def content_digest(f) -> str:
+    """sha256 of an open checkpoint's attributes (but `checksum`) and datasets (but W, which
+    W_sha256 stands for): names, types, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(f.attrs):
+        if name != "checksum":
+            value = f.attrs[name]
+            h.update(json.dumps([name, type(value).__name__, _plain(value)]).encode())
+    names = []
+    f.visit(lambda name: names.append(name) if hasattr(f[name], "dtype") and name != "W" else None)
+    for name in sorted(names):
+        data = f[name]
+        h.update(json.dumps([name, str(data.dtype), list(data.shape)]).encode())
+        h.update(np.ascontiguousarray(data[()]).tobytes())
+    return h.hexdigest()
