@@ -38,6 +38,8 @@ read -ra EXTRA <<< "${MPISUB_ARGS:-}"
 
 set -u
 say() { echo "mpisub job $JOB: $*"; }
+# a TOML string of any folder name (quotes, backslashes, spaces): JSON's escapes are TOML's
+toml_string() { python -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1" 2>/dev/null || printf '"%s"' "$1"; }
 [ -f "$VENV/bin/activate" ] && source "$VENV/bin/activate"
 export MPISUB_LOCK_WAIT=${MPISUB_LOCK_WAIT:-120}   # a new attempt may start while the last one still checkpoints
 RANKS=$(wc -l < "${PBS_NODEFILE:-/dev/null}" 2>/dev/null || echo 0)
@@ -47,7 +49,7 @@ if [ -f "$RUN_DIR/checkpoint.h5" ]; then
     ARGS=(--resume "$RUN_DIR" "${EXTRA[@]}")
     say "resuming $RUN_DIR (attempt $ATTEMPT)"
 else
-    ARGS=(--set "output.dir=\"$RUN_DIR\"" "${EXTRA[@]}")
+    ARGS=(--set "output.dir=$(toml_string "$RUN_DIR")" "${EXTRA[@]}")
     say "starting $RUN_DIR"
 fi
 
@@ -77,7 +79,8 @@ if [ $rc -eq 3 ]; then
     elif [ "$round" = "$(cat "$RUN_DIR/requeued-at-round" 2>/dev/null)" ]; then
         say "checkpointed at round $round again, as before the last resubmission: no progress; not resubmitting"
     else
-        echo "$round" > "$RUN_DIR/requeued-at-round"
+        rm -f "$RUN_DIR/requeued-at-round"                     # a link is removed, never written through
+        (set -C; echo "$round" > "$RUN_DIR/requeued-at-round")
         say "checkpointed at round $round; resubmitting to resume"
         qsub -v "RUN_DIR=$RUN_DIR,VENV=$VENV,MPISUB_ATTEMPT=$(( ATTEMPT + 1 )),MPISUB_MAX_REQUEUES=$MAX_REQUEUES,MPISUB_STOP_BEFORE=$STOP_BEFORE,MPISUB_JOB_SCRIPT=$SCRIPT,MPISUB_ARGS=${MPISUB_ARGS:-}" "$SCRIPT"
     fi

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import theory
 from .config import flatten
-from .errors import UserError, exit_with
+from .errors import Parser, UserError, command
 from .folders import FILENAME
 from .readback import read_run
 
@@ -144,10 +144,10 @@ def summary(run: Run) -> dict:
         "path": run.folder,
         "status": run.status,
         "stale_seconds": stale_seconds(run),
-        "ranks": int(run.attrs["ranks"]),
-        "mpi_library": run.attrs["mpi_library"],
-        "mpisub_version": run.attrs["mpisub_version"],
-        "created": run.attrs["created"],
+        "ranks": int(run.attrs.get("ranks", 0)),
+        "mpi_library": run.attrs.get("mpi_library", "unknown"),
+        "mpisub_version": run.attrs.get("mpisub_version", "unknown"),
+        "created": run.attrs.get("created", "unknown"),
         "masks": cfg["masks"],
         "model": cfg["model"],
         "data": {k: cfg["data"][k] for k in ("source", "n", "d", "outputs", "noise")},
@@ -182,7 +182,8 @@ def regime(run: Run) -> dict:
     e = run.eval
     if "flips" not in e or not len(e["flips"]):
         return {}
-    last = {name: float(e[name][-1]) for name in ("flips", "dw_rel", "dw_max", "lambda_min")}
+    last = {name: float(e[name][-1]) if name in e else float("nan") for name in ("flips", "dw_rel", "dw_max",
+                                                                                   "lambda_min")}
     why = []
     if last["flips"] > FLIPS_LIMIT:
         why.append(f"{100 * last['flips']:.1f}% of activation patterns flipped (over {100 * FLIPS_LIMIT:g}%)")
@@ -315,33 +316,44 @@ def export(runs: list[Run], fmt: str, out) -> None:
 
 
 def watch(paths: list[str], every: float) -> None:
-    """The summaries, redrawn every `every` seconds while any run is running; the last view stays."""
+    """The summaries, redrawn every `every` seconds while any run is running; the last view stays.
+    Ctrl-C leaves (the command's one line and exit 130)."""
     clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
-    try:
-        while True:
-            try:
-                runs = open_all(paths)
-            except UserError as e:       # e.g. a run file not yet published: look again
-                print(f"mpisub-inspect --watch: {e}; looking again in {every:g} s", flush=True)
-                time.sleep(every)
-                continue
-            stamp = time.strftime("%H:%M:%S")
-            print(f"{clear}mpisub-inspect --watch ({stamp}, every {every:g} s; Ctrl-C leaves)", flush=True)
-            print("\n".join(format_summary(summary(r)) for r in runs), flush=True)
-            if all(r.status != "running" or stale_seconds(r) for r in runs):
-                return
+    while True:
+        try:
+            runs = open_all(paths)
+        except UserError as e:       # e.g. a run file not yet published: look again
+            print(f"mpisub-inspect --watch: {e}; looking again in {every:g} s", flush=True)
             time.sleep(every)
-    except KeyboardInterrupt:
-        return
+            continue
+        stamp = time.strftime("%H:%M:%S")
+        print(f"{clear}mpisub-inspect --watch ({stamp}, every {every:g} s; Ctrl-C leaves)", flush=True)
+        print("\n".join(format_summary(summary(r)) for r in runs), flush=True)
+        if all(r.status != "running" or stale_seconds(r) for r in runs):
+            return
+        time.sleep(every)
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    import argparse
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 (e.g. 5)")
+    return value
+
+
+@command("mpisub-inspect")
 def inspect_main(argv=None) -> None:
     import signal
     # a pipe closed by the reader (mpisub-inspect ... | head) ends the output quietly, as cat does
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    import argparse
 
-    p = argparse.ArgumentParser(prog="mpisub-inspect", description=(
+    p = Parser(prog="mpisub-inspect", description=(
         "Summarise mpisub runs (run folders or run.h5 files); with several, also a table of the "
         "config keys in which they differ."))
     p.add_argument("runs", nargs="+", metavar="RUN")
@@ -352,12 +364,9 @@ def inspect_main(argv=None) -> None:
     out.add_argument("--jsonl", action="store_true", help="print the per-round metrics as JSON lines")
     out.add_argument("--watch", action="store_true", help="show the summary again every --every seconds "
                      "until the run stops running (Ctrl-C leaves)")
-    p.add_argument("--every", type=float, default=5.0, help="--watch: seconds between refreshes (default 5)")
+    p.add_argument("--every", type=seconds, default=5.0, help="--watch: seconds between refreshes (default 5)")
     args = p.parse_args(argv)
-    try:
-        runs = open_all(args.runs)
-    except UserError as e:
-        exit_with("mpisub-inspect", str(e))
+    runs = open_all(args.runs)
     if args.csv or args.jsonl:
         return export(runs, "csv" if args.csv else "jsonl", sys.stdout)
     if args.watch:

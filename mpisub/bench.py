@@ -5,7 +5,6 @@ Each case runs `mpirun -n K mpisub-train` exactly as a user runs it (HDF5 writes
 included) and reads its numbers from the run file it writes. Comparisons with plain numpy and
 PyTorch, and the project's speed targets, are in benchmarks/peers.py (docs/design.md, section 9).
 """
-import argparse
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import UserError, exit_with
+from .errors import Parser, UserError, command
 from .launch import executables, set_args, thread_env
 from .readback import read_run
 
@@ -113,16 +112,14 @@ OPTIONS = (
 )
 
 
+@command("mpisub-bench")
 def bench_main(argv=None) -> None:
     summary = " ".join(__doc__.split("\n\n")[0].split()).replace("`", "")   # the docstring's first paragraph
-    parser = argparse.ArgumentParser(prog="mpisub-bench", description=summary)
+    parser = Parser(prog="mpisub-bench", description=summary)
     for flags, keywords in OPTIONS:
         parser.add_argument(*flags, **keywords)
     args = parser.parse_args(argv)
-    try:
-        numbers = _scaling(args) if args.scaling else _cases(args)
-    except UserError as e:
-        exit_with("mpisub-bench", str(e))
+    numbers = _scaling(args) if args.scaling else _cases(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(numbers, f, indent=1)

@@ -8,19 +8,23 @@ Nothing at import time loads numpy: its BLAS reads the thread variables (threads
 when it loads.
 """
 import argparse
-import os
 import signal
 import sys
 import time
 import traceback
 
 from . import __version__
-from .errors import UserError
+from .errors import (  # noqa: F401
+    EXIT_ABORTED,
+    EXIT_CTRL_C,
+    EXIT_HUNG,
+    EXIT_INTERRUPTED,
+    EXIT_USER,
+    UserError,
+    env_number,
+    env_problem,
+)
 
-# exit codes (docs/design.md, section 4): 2 = a user error, divergence or a failed write (disk
-# full), 3 = stopped by SIGTERM/SIGUSR1 (with a checkpoint written: continue with --resume; before
-# training: start again), 1 = aborted after an exception, 130 = Ctrl-C (128 + SIGINT, as shells say)
-EXIT_ABORTED, EXIT_USER, EXIT_INTERRUPTED, EXIT_CTRL_C = 1, 2, 3, 130
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -64,7 +68,7 @@ class _Exit(SystemExit):
     SystemExit, e.g. a stray sys.exit on one rank, aborts the job: the others would wait forever."""
 
 
-def _train(argv, comm, cores: int, stop: list) -> None:
+def _train(argv, comm, cores: int, stop: list, dog) -> None:
     from . import start
 
     parser = train_parser()
@@ -77,19 +81,21 @@ def _train(argv, comm, cores: int, stop: list) -> None:
     try:
         if args.resume and not args.print_config:
             start.lock_for_resume(comm, args.resume, held)
-        _train_locked(args, comm, cores, stop, held)
+        _train_locked(args, comm, cores, (stop, dog), held)
     finally:
         for lock in held:
             lock.release()
 
 
-def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
-    """`held`: rank 0's lock on the run folder (taken here for a new run), for the caller to release."""
+def _train_locked(args, comm, cores: int, watch: tuple, held: list) -> None:
+    """`held`: rank 0's lock on the run folder (taken here for a new run), for the caller to release;
+    `watch`: the stop signals noted so far and the watchdog."""
     from . import kernels, start, threads, train
 
     # every rank checks its inputs before the first collective; then all agree on the first error,
     # so a file one node cannot read stops every rank the same way instead of hanging the others
-    job = comm.agree_on(start.Job, args, comm, cores)
+    (stop, dog), job = watch, comm.agree_on(start.Job, args, comm, cores)
+    dog.floor = job.cfg.train.watchdog_seconds
     sets = start.shared_data(job.cfg, comm)
     comm.agree_on(job.fit, sets)
     if args.print_config:  # the config as given: it reproduces the run at any K
@@ -100,6 +106,7 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
     workers, blas = threads.subnet_workers(job.cfg, comm.size, cores)
     resumed = comm.agree_on(job.start, comm)   # each rank's rows of the checkpoint, checked, before any write
     log = start.open_outputs(job, comm, sets, held)
+    dog.folder = job.cfg.output.dir
     if comm.rank == 0:
         start.banner(job, comm, blas)
     t0, status = time.perf_counter(), "failed"
@@ -127,6 +134,15 @@ def _train_locked(args, comm, cores: int, stop: list, held: list) -> None:
         start.report_done(job, result, time.perf_counter() - t0)
 
 
+def _the_end(comm) -> None:
+    """A watched barrier before the job ends, on the ways all ranks take together (done, a user
+    error, a stop): MPI_Finalize waits for every rank and is watched by nobody, so a rank stopped
+    now would hang the others there. An exception on one rank is not waited for (it aborts)."""
+    error = sys.exc_info()[1]
+    if error is None or isinstance(error, (UserError, _Exit)):
+        comm.barrier()
+
+
 def catch_stop_signals() -> list:
     """From here on SIGTERM/SIGUSR1 (the scheduler's warning before a time limit) only note the
     request: the ranks act on it together at the next loss Allreduce, after the round (or before
@@ -141,13 +157,13 @@ def _node_comm(world, MPI):
     """The ranks sharing this rank's node (memory), or, with MPISUB_FAKE_NODE_SIZE = s (a test hook),
     fake nodes of s consecutive ranks, so that several nodes' paths run on one machine.
     Returns (node communicator, an error message for a bad hook value or None)."""
-    text = os.environ.get("MPISUB_FAKE_NODE_SIZE", "")
-    if text:
-        if text.isdigit() and int(text) > 0:
-            return world.Split(world.Get_rank() // int(text), world.Get_rank()), None
-        error = f"MPISUB_FAKE_NODE_SIZE = {text!r} is not a positive number of ranks per node; unset it or give e.g. 2"
-        return world.Split_type(MPI.COMM_TYPE_SHARED), error
-    return world.Split_type(MPI.COMM_TYPE_SHARED), None
+    try:
+        size = env_number("MPISUB_FAKE_NODE_SIZE")
+    except UserError as e:
+        return world.Split_type(MPI.COMM_TYPE_SHARED), str(e)
+    if size:
+        return world.Split(world.Get_rank() // size, world.Get_rank()), None
+    return world.Split_type(MPI.COMM_TYPE_SHARED), env_problem()
 
 
 def train_main(argv=None) -> None:
@@ -162,12 +178,18 @@ def train_main(argv=None) -> None:
     cores = set_threads(node)
 
     from .comm import Comm
+    from .watchdog import Watchdog, watch_the_end
 
     comm = Comm(world, node)
     try:
         if fake_error:
             raise UserError(fake_error)
-        _train(argv, comm, cores, stop)
+        with Watchdog(comm) as dog:
+            try:
+                _train(argv, comm, cores, stop, dog)
+            finally:   # every rank gets here together, or the watchdog names the one that does not
+                _the_end(comm)
+                watch_the_end(dog.floor)
     except UserError as e:
         if "--debug" in argv and comm.rank == 0:
             traceback.print_exc()
@@ -189,3 +211,14 @@ def train_main(argv=None) -> None:
         sys.stderr.flush()
         time.sleep(0.5)  # let the launcher forward this output before the abort tears it down
         comm.abort(EXIT_ABORTED)
+    finally:
+        ignore_stop_signals()
+
+
+def ignore_stop_signals() -> None:
+    """Once the job has its outcome, a later SIGTERM/SIGUSR1 (a scheduler's repeated one) or
+    Ctrl-C changes nothing: ignored, also while Python finalizes (it resets only the handlers it
+    runs itself), so the exit code stays the outcome's (3 after a stop's checkpoint) rather than
+    the launcher's report of a signal (its number: 2, 10, 15)."""
+    for sig in STOP_SIGNALS + (signal.SIGINT,):
+        signal.signal(sig, signal.SIG_IGN)

@@ -75,6 +75,7 @@ class TrainConfig(_Section):
     plan: str = "auto"          # rows | outputs | auto (the one whose collectives the cost model says are faster)
     lr_scaling: str = "none"    # none | keep: the step is lr x masks.keep (the paper's lr = c keep)
     loss: str = "squared"       # losses.LOSSES: squared (the paper's) | cross_entropy (softmax; classification)
+    watchdog_seconds: float = 60.0  # a collective waits this long (or 10 x the slowest wait) before the watchdog looks
 
 
 @dataclass
@@ -234,6 +235,7 @@ RULES = {
     "train.plan": Options(("auto", "rows", "outputs")),
     "train.lr_scaling": Options(("none", "keep")),
     "train.loss": Options(tuple(LOSSES)),
+    "train.watchdog_seconds": Interval(1.0),
     "output.dir": ANY,
     "output.log_every": COUNT,               # 0: about 20 lines a run
     "output.checkpoint_every": POSITIVE,
@@ -317,7 +319,7 @@ def build(preset: str | None = None, file: str | None = None, overrides: list[st
 
 # a resumed run continues the stored config; these may change without changing its results
 RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "train.memory_limit_mb",
-               "output.tensorboard", "output.eval_every")
+               "output.tensorboard", "output.eval_every", "train.watchdog_seconds")
 
 
 def for_resume(stored: dict, overrides: list[str] = (), given: dict | None = None, preset: str | None = None,

@@ -261,7 +261,8 @@ def load_sets(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]
                 raise UserError(f"data.holdout = {c.holdout:g} leaves no training sample of the {len(X)}; lower it")
             X, Y, Xt, Yt = X[order[:cut]], Y[order[:cut]], X[order[cut:]], Y[order[cut:]]
     if c.task == "classification":
-        Y, Yt = one_hot(Y, Yt, what)
+        test = f"data.test_source {c.test_source!r}" if c.test_source else what
+        Y, Yt = one_hot(Y, Yt, what, test)
     if Xt is None:
         Xt, Yt = np.zeros((0, X.shape[1])), np.zeros((0, Y.shape[1]))
     dtype = np.dtype(cfg.model.dtype)
@@ -280,12 +281,27 @@ def load_sets(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]
     return X, Y, Xt, Yt, digest
 
 
-def one_hot(Y: np.ndarray, Yt: np.ndarray | None, what: str):
-    """Integer class labels (one column, 0 ... classes-1) as one-hot rows; classes from both sets."""
-    labels = [A for A in (Y, Yt) if A is not None]
-    for A in labels:
+# the most classes a classification run takes: labels are 0 ... C-1, and the targets n x C numbers
+MAX_CLASSES = 2**16
+
+
+def one_hot(Y: np.ndarray, Yt: np.ndarray | None, what: str, test: str = ""):
+    """Integer class labels (one column, 0 ... classes-1) as one-hot rows; classes from both sets.
+    `what`, `test`: the files the labels came from, for the message."""
+    labels = [(A, name) for A, name in ((Y, what), (Yt, test or what)) if A is not None]
+    for A, name in labels:
         if A.shape[1] != 1 or not np.all(np.isfinite(A)) or np.any(A != np.round(A)) or np.any(A < 0):
-            raise UserError(f"{what}: data.task = 'classification' needs one column of integer class labels "
+            raise UserError(f"{name}: data.task = 'classification' needs one column of integer class labels "
                             f"0, 1, 2, ... as targets (found {A.shape[1]} column(s) or non-integer values)")
-    classes = int(max(A.max(initial=0) for A in labels)) + 1
-    return tuple(None if A is None else np.eye(classes)[A[:, 0].astype(np.int64)] for A in (Y, Yt))
+        if A.max(initial=0) >= MAX_CLASSES:
+            raise UserError(f"{name}: class label {A.max():.0f} is over the {MAX_CLASSES - 1} mpisub takes (labels "
+                            f"0 ... C-1 become targets of C columns); number the classes 0, 1, 2, ...")
+    classes = int(max(A.max(initial=0) for A, _ in labels)) + 1
+    return tuple(None if A is None else _rows_of_eye(A[:, 0].astype(np.int64), classes) for A in (Y, Yt))
+
+
+def _rows_of_eye(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Rows of the C x C identity for the labels, without building it."""
+    out = np.zeros((len(labels), classes))
+    out[np.arange(len(labels)), labels] = 1.0
+    return out

@@ -1,13 +1,12 @@
 """`mpisub-plot`: loss curves of runs on a log scale, labelled by the config keys in which they
 differ. matplotlib is an extra: pip install 'mpisub[plot]'."""
-import argparse
 import os
 
 import numpy as np
 
 from . import theory
 from .analysis import Run, differing_keys, flat_config, open_all, seed_groups
-from .errors import UserError, exit_with
+from .errors import Parser, UserError, command
 from .losses import LOSSES
 
 
@@ -87,8 +86,25 @@ def plot_runs(runs: list[Run], out: str, x: str = "rounds", reference: bool = Fa
     return out
 
 
+def output_path(path: str) -> str:
+    """The image file -o names: with no extension, a PNG (the name says so); an extension
+    matplotlib cannot write is a UserError naming the ones it can."""
+    base, ext = os.path.splitext(path)
+    if not ext:
+        return path + ".png"
+    plt = pyplot()
+    fig = plt.figure()
+    known = sorted(fig.canvas.get_supported_filetypes())
+    plt.close(fig)
+    if ext[1:].lower() not in known:
+        raise UserError(f"-o {path!r}: matplotlib writes no {ext} files; give one of "
+                        f"{', '.join('.' + k for k in known)}")
+    return path
+
+
+@command("mpisub-plot")
 def plot_main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="mpisub-plot", description="Plot the loss curves of mpisub runs (log scale).")
+    p = Parser(prog="mpisub-plot", description="Plot the loss curves of mpisub runs (log scale).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or run.h5 files")
     p.add_argument("-o", "--output", default="loss.png", help="image file to write (default: loss.png)")
     p.add_argument("--x", choices=("rounds", "seconds"), default="rounds", help="x axis")
@@ -96,12 +112,10 @@ def plot_main(argv=None) -> None:
                    help="add the NTK gradient-descent rate (1 - lr lambda_0 / n)^(2 tau k) from each run's lambda_0")
     p.add_argument("--title", default="")
     args = p.parse_args(argv)
-    folder = os.path.dirname(os.path.abspath(args.output))
-    try:
-        runs = open_all(args.runs)
-        if not os.path.isdir(folder):
-            raise UserError(f"-o {args.output!r}: folder {folder!r} does not exist")
-        plot_runs(runs, args.output, x=args.x, reference=args.theory, title=args.title)
-    except UserError as e:
-        exit_with("mpisub-plot", str(e))
-    print(f"wrote {args.output} ({len(runs)} run(s))")
+    out = output_path(args.output)
+    folder = os.path.dirname(os.path.abspath(out))
+    runs = open_all(args.runs)
+    if not os.path.isdir(folder):
+        raise UserError(f"-o {args.output!r}: folder {folder!r} does not exist")
+    plot_runs(runs, out, x=args.x, reference=args.theory, title=args.title)
+    print(f"wrote {out} ({len(runs)} run(s))")

@@ -76,13 +76,11 @@ def _table(group) -> dict:
 
 
 def _run_layout(f, what: str) -> dict:
-    """The run file's attrs, checked (older layouts too: 0.1 kept /metrics/loss, no /eval)."""
+    """The run file's attrs, checked (older layouts too: 0.1 kept /metrics/loss, no /eval); its
+    config as this mpisub reads it (a key it does not have is its default) under "config"."""
     L = Layout(f, what)
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    config = L.attr("config", "json dict")
-    for key in ("data", "model", "masks", "train"):
-        if not isinstance(config.get(key), dict):
-            raise L.bad(f"attr 'config' has no [{key}] section")
+    attrs["config"] = json.dumps(_check_config(L, "config").to_dict())
     if L.attr("status", str) not in ("running", "completed", "failed", "interrupted"):
         raise L.bad(f"attr 'status' is {attrs['status']!r}, not running, completed, failed or interrupted")
     for name, kind in (("ranks", int), ("mpisub_version", str), ("created", str), ("mpi_library", str),

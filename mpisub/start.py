@@ -8,7 +8,7 @@ import socket
 import sys
 
 from . import __version__, config, data, readback, resources
-from .errors import UserError
+from .errors import UserError, env_number
 from .folders import FILENAME, FolderLock, check_output_dir, new_run_dir
 from .loggers import Loggers
 from .resolve import settle
@@ -22,11 +22,7 @@ def say(comm):
 def lock_wait() -> float:
     """Seconds to wait for another job's lock on the run folder (MPISUB_LOCK_WAIT, default 10): a
     requeued job's previous attempt may still be writing its last checkpoint."""
-    text = os.environ.get("MPISUB_LOCK_WAIT", "10")
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        raise UserError(f"MPISUB_LOCK_WAIT = {text!r} is not a number of seconds; unset it or give e.g. 30") from None
+    return env_number("MPISUB_LOCK_WAIT", 10.0)
 
 
 def lock_for_resume(comm, folder: str, held: list) -> None:
@@ -45,7 +41,7 @@ class Job:
     def __init__(self, args, comm, cores: int):
         """The checks of the config and the checkpoint to resume from, local to this rank (no
         collective: run it through comm.agree_on)."""
-        step_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+        step_tasks = env_number("SLURM_STEP_NUM_TASKS", 1)
         if comm.size == 1 and step_tasks > 1:
             raise UserError(f"srun started {step_tasks} tasks but MPI sees 1 rank in each: every task would "
                             f"train alone. Give srun the MPI plugin of your MPI library (srun --mpi=pmi2 for "

@@ -149,14 +149,14 @@ class RunFile(Logger):
         W = self.f["model/W"]
         ck = _Checkpoint(self.folder, self.header, W, dict(checkpoint, round=rounds_done)) if checkpoint else None
         try:
-            for lo, rows in blocks:
-                hi = lo + len(rows)
-                if init:
-                    self.f["model/W_init"][lo:hi] = rows
-                if weights:
-                    W[lo:hi] = rows
-                if ck:
-                    ck.add_rows(lo, rows)
+            for lo, block in blocks:
+                for at, rows in _slices(lo, block):   # h5py holds the GIL while it writes: a slice at a time
+                    if init:
+                        self.f["model/W_init"][at:at + len(rows)] = rows
+                    if weights:
+                        W[at:at + len(rows)] = rows
+                    if ck:
+                        ck.add_rows(at, rows)
             if weights:
                 W.attrs["round"] = rounds_done
             self.f.flush()
@@ -191,6 +191,16 @@ class RunFile(Logger):
         if not self.published:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp)
+
+
+SLICE_BYTES = 2**26   # W's rows go to HDF5 this many bytes at a time, so the watchdog's thread runs between
+
+
+def _slices(lo: int, block: np.ndarray):
+    """(first row, rows) of a block in slices of about SLICE_BYTES."""
+    step = max(1, SLICE_BYTES // max(1, block[:1].nbytes))
+    for a in range(0, len(block), step):
+        yield lo + a, block[a:a + step]
 
 
 def _fsync(path: str) -> None:
@@ -266,7 +276,8 @@ def write_checkpoint(folder: str, *, W, rounds_done: int, loss_init: float, conf
     header = Header(config_json, data_sha256=data_sha256, created=created)
     ck = _Checkpoint(folder, header, W, dict(histories, round=rounds_done, loss_init=loss_init))
     try:
-        ck.add_rows(0, W)
+        for at, rows in _slices(0, W):
+            ck.add_rows(at, rows)
     except BaseException:
         ck.abort()
         raise

@@ -17,12 +17,13 @@ import argparse
 import itertools
 import os
 import shlex
+import signal
 import subprocess
 import time
 
 from . import config, sources
 from .analysis import Run, open_run
-from .errors import UserError, exit_with
+from .errors import Parser, UserError, command
 from .folders import CHECKPOINT, FILENAME
 from .launch import executables, set_args
 
@@ -57,13 +58,30 @@ def launch(folder: str, settings: dict, ranks: int = 2, tag: str = "", base_file
             pass  # unreadable: train again
     if args[0] != "--resume":
         args += (["--config", base_file] if base_file else []) + set_args({**settings, "output.dir": folder})
-    mpirun, train = executables()
-    r = subprocess.run([mpirun, "-n", str(ranks), train, *args], capture_output=True, text=True)
-    if r.returncode:
-        raise RunFailed(f"{tag}{folder}: mpisub-train failed (exit {r.returncode}):\n{r.stderr.strip()}")
+    code, err = _train(args, ranks)
+    if code:
+        raise RunFailed(f"{tag}{folder}: mpisub-train failed (exit {code}):\n{err.strip()}")
     run = open_run(folder)
     print(f"{tag}{folder}: {action} in {time.perf_counter() - t0:.1f} s ({_outcome(run)})", flush=True)
     return run
+
+
+def _train(args: list[str], ranks: int) -> tuple[int, str]:
+    """mpirun -n ranks mpisub-train args: its exit code and stderr. On Ctrl-C it is passed on to
+    mpirun (which passes it to the ranks: they end) and waited for, then raised."""
+    mpirun, train = executables()
+    proc = subprocess.Popen([mpirun, "-n", str(ranks), train, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    return proc.returncode, err
 
 
 def _outcome(run: Run) -> str:
@@ -90,28 +108,46 @@ def sklearn_data(name: str):
     return getattr(sklearn.datasets, f"load_{name}")()
 
 
-def read_sweep(path: str) -> dict:
-    """The sweep file, checked: every key it sets is a config key with a value of the right type."""
-    spec = sources.read_toml(path, what="sweep file")
-    unknown = set(spec) - {"out", "ranks", "seeds", "config", "set", "grid"}
+# the sweep file's entries: (type, what it must be)
+ENTRIES = {"out": (str, "a folder name"), "ranks": (int, "a whole number of at least 1"),
+           "seeds": (int, "a whole number of at least 1"), "config": (str, "a config file's path"),
+           "set": (dict, "a table of config keys and values"), "grid": (dict, "a table of config keys and lists")}
+
+
+def _entries(path: str, spec: dict) -> None:
+    """Every entry of the sweep file is one it takes, of its type."""
+    unknown = set(spec) - set(ENTRIES)
     if unknown:
         raise UserError(f"sweep file {path!r}: unknown entr{'ies' if len(unknown) > 1 else 'y'} "
                         f"{', '.join(sorted(unknown))}; it takes out, ranks, seeds, config, [set] and [grid]")
-    grid = spec.get("grid", {})
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+    for name, value in spec.items():
+        kind, what = ENTRIES[name]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1) or \
+                (kind is str and not value.strip()):
+            raise UserError(f"sweep file {path!r}: {name} = {value!r} must be {what}")
+    if not all(isinstance(v, list) and v for v in spec.get("grid", {}).values()):
         raise UserError(f"sweep file {path!r}: [grid] must map config keys to non-empty lists of values")
+
+
+def read_sweep(path: str) -> dict:
+    """The sweep file, checked: its entries' types, and every key it sets a config key with a
+    value of the right type. A train.seed in [set] or [grid] gives the seeds itself: then `seeds`
+    must not be more than 1."""
+    spec = sources.read_toml(path, what="sweep file")
+    _entries(path, spec)
+    grid, values = spec.get("grid", {}), dict(spec.get("set", {}))
     base_file = spec.get("config")
     if base_file:
         base_file = os.path.join(os.path.dirname(os.path.abspath(path)), base_file)
-    values = dict(spec.get("set", {}))
     cfg = config.build(None, base_file, set_args(values)[1::2])   # the base, checked
     for key, options in grid.items():
         for value in options:
             config.set_value(cfg, key, value)                        # every grid value, checked
-    seeds, ranks = spec.get("seeds", 1), spec.get("ranks", 2)
-    if not (isinstance(seeds, int) and seeds >= 1 and isinstance(ranks, int) and ranks >= 1):
-        raise UserError(f"sweep file {path!r}: seeds and ranks must be positive integers")
-    return {"out": spec.get("out", os.path.splitext(path)[0]), "ranks": ranks, "seeds": seeds,
+    seeds = spec.get("seeds", 1)
+    if seeds > 1 and ("train.seed" in grid or "train.seed" in values):
+        raise UserError(f"sweep file {path!r}: seeds = {seeds} and train.seed in [set] or [grid] both give the "
+                        f"seeds; set one of them")
+    return {"out": spec.get("out", os.path.splitext(path)[0]), "ranks": spec.get("ranks", 2), "seeds": seeds,
             "base_file": base_file, "set": values, "grid": grid}
 
 
@@ -121,9 +157,11 @@ def points(spec: dict) -> list[tuple[str, dict]]:
     out = []
     for combo in itertools.product(*(spec["grid"][k] for k in keys)):
         name = "-".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo)) or "base"
-        for seed in range(spec["seeds"]):
-            settings = {**spec["set"], **dict(zip(keys, combo)), "train.seed": seed}
-            out.append((os.path.join(spec["out"], f"{name}-seed{seed}"), settings))
+        chosen = {**spec["set"], **dict(zip(keys, combo))}
+        for seed in ([chosen["train.seed"]] if "train.seed" in chosen else range(spec["seeds"])):
+            settings = {**chosen, "train.seed": seed}
+            folder = name if "train.seed" in keys else f"{name}-seed{seed}"
+            out.append((os.path.join(spec["out"], folder), settings))
     return out
 
 
@@ -156,20 +194,21 @@ def slurm_points(spec: dict) -> str:
     return f"sbatch --array=0-{len(todo) - 1} jobs/slurm-array.sbatch {path}"
 
 
+@command("mpisub-sweep")
 def sweep_main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="mpisub-sweep", description="Run a grid of configs times seeds (SWEEP.toml; "
+    p = Parser(prog="mpisub-sweep", description="Run a grid of configs times seeds (SWEEP.toml; "
                                 "see the module's docstring or the README), reusing finished runs.")
     p.add_argument("sweep", metavar="SWEEP.toml")
     p.add_argument("--slurm", action="store_true", help="instead of running: write <out>/points.txt and print the "
                    "sbatch command of a job array that runs one point per task (jobs/slurm-array.sbatch)")
     args = p.parse_args(argv)
+    spec = read_sweep(args.sweep)
+    if args.slurm:
+        print(slurm_points(spec))
+        return
     try:
-        spec = read_sweep(args.sweep)
-        if args.slurm:
-            print(slurm_points(spec))
-            return
         runs = run_sweep(spec)
-    except (UserError, RunFailed) as e:
-        exit_with("mpisub-sweep", str(e))
+    except RunFailed as e:
+        raise UserError(str(e)) from None
     print(f"{len(runs)} run(s) in {spec['out']}: mpisub-inspect {spec['out']}/* ; mpisub-plot {spec['out']}/* "
           f"(runs that differ only in train.seed become one curve with a band)")

@@ -5,6 +5,7 @@ loads. No numpy here."""
 import os
 import sys
 
+from .errors import UserError, env_number
 from .launch import THREAD_VARS
 
 
@@ -27,9 +28,12 @@ def set_threads(node_comm) -> int:
     if any(v in os.environ for v in THREAD_VARS):
         return 0
     cores = threads_per_rank(mine, on_node)
-    allotted = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if allotted.isdigit() and int(allotted) > 0:  # Slurm's share per rank, also when mpirun started us
-        cores = min(cores, int(allotted))
+    try:
+        allotted = env_number("SLURM_CPUS_PER_TASK")   # Slurm's share per rank, also when mpirun started us
+    except UserError:
+        allotted = None   # reported in one line (errors.env_problem) once every rank can stop together
+    if allotted:
+        cores = min(cores, allotted)
     _set_thread_vars(cores)
     return cores
 

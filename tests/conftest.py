@@ -18,9 +18,9 @@ from mpisub.launch import executables, set_args
 
 # the modules whose every test launches jobs or other processes (mpirun, job scripts, Slurm); tests
 # of other modules that do are marked @pytest.mark.slow one by one
-SLOW_MODULES = {"test_analysis", "test_bad_input", "test_cli", "test_examples", "test_failures", "test_fuzz_files",
-                "test_jobs", "test_no_lost_work", "test_openmpi", "test_reliability", "test_replay", "test_scale",
-                "test_slurm", "test_sweep"}
+SLOW_MODULES = {"test_analysis", "test_bad_input", "test_chaos", "test_cli", "test_examples", "test_failures",
+                "test_fuzz_files", "test_fuzz_runs", "test_jobs", "test_no_lost_work", "test_openmpi",
+                "test_reliability", "test_replay", "test_scale", "test_slurm", "test_sweep"}
 
 
 def pytest_collection_modifyitems(items):
@@ -122,12 +122,12 @@ def compiled_kernels():
 
 # jobs that run in the background while a test acts on them (signals, kills, readers)
 
-def start_job(ranks: int, folder, *args: str) -> subprocess.Popen:
+def start_job(ranks: int, folder, *args: str, env: dict | None = None) -> subprocess.Popen:
     log = os.path.join(folder, f"log-{len(os.listdir(folder))}.txt")
     with open(log, "w") as out:
         proc = subprocess.Popen([MPIRUN, "-n", str(ranks), TRAIN, *args], cwd=folder, stdout=out,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env={**os.environ, **ONE_THREAD})
+                                env={**os.environ, **ONE_THREAD, **(env or {})})
     proc.log = log
     return proc
 

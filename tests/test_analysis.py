@@ -3,6 +3,7 @@ mpisub-inspect's numbers and comparison table, mpisub-plot's image and its missi
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -260,3 +261,47 @@ def test_inspect_warns_when_a_run_leaves_the_lazy_regime(tmp_path):
                            text=True, timeout=60).stdout
     assert f"WARNING: this run left the lazy regime the theory covers: {100 * flips:.1f}% of activation " \
            f"patterns flipped (over 10%)" in shown, shown
+
+
+@pytest.mark.parametrize("command,args,fragment", [
+    ("mpisub-inspect", ["--watch", "--every", "-1"], "argument --every: '-1' is not a number of seconds above 0"),
+    ("mpisub-inspect", ["--watch", "--every", "nan"], "argument --every: 'nan' is not a number of seconds above 0"),
+    ("mpisub-inspect", ["--watch", "--every", "inf"], "argument --every: 'inf' is not a number of seconds above 0"),
+    ("mpisub-inspect", ["--watch", "--every", "0"], "argument --every: '0' is not a number of seconds above 0"),
+    ("mpisub-plot", ["-o", "curves.foo"], "-o 'curves.foo': matplotlib writes no .foo files; give one of"),
+])
+def test_command_line_values_are_checked_in_one_line(two_runs, tmp_path, command, args, fragment):
+    r = subprocess.run([os.path.join(BIN, command), str(two_runs / "p2"), *args], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"{command}: error: "), r.stderr
+    assert fragment in r.stderr and not os.listdir(tmp_path)
+
+
+def test_plot_without_an_extension_writes_a_png_and_says_so(two_runs, tmp_path):
+    r = subprocess.run([os.path.join(BIN, "mpisub-plot"), str(two_runs / "p2"), "-o", "curves"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("wrote curves.png "), r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["curves.png"]
+
+
+@pytest.mark.parametrize("damage,fragment", [
+    (lambda f: f.attrs.__setitem__("status", 5), "attr 'status' is not a string"),
+    (lambda f: f.attrs.__setitem__("config", "not json"), "attr 'config' is not a json dict"),
+    (lambda f: f.__delitem__("metrics/sub_loss"), "metrics/sub_loss is missing"),
+    (lambda f: (f.__delitem__("metrics/round"), f.create_dataset("metrics/round", data=np.zeros((3, 2)))),
+     "metrics/round is float64 of shape (3, 2), not a column of numbers"),
+])
+def test_readers_refuse_a_run_file_of_another_layout_in_one_line(two_runs, tmp_path, damage, fragment):
+    """mpisub-inspect, mpisub-plot and open_run read back what mpisub wrote as untrusted input."""
+    import shutil
+    shutil.copytree(two_runs / "p2", tmp_path / "run")
+    with h5py.File(tmp_path / "run" / "run.h5", "r+") as f:
+        damage(f)
+    for command in ("mpisub-inspect", "mpisub-plot"):
+        r = subprocess.run([os.path.join(BIN, command), str(tmp_path / "run"), "-o" if command == "mpisub-plot" else
+                            "--json", *(["x.png"] if command == "mpisub-plot" else [])], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and fragment in r.stderr, r.stderr
+    with pytest.raises(mpisub.errors.UserError, match=re.escape(fragment)):
+        mpisub.open_run(str(tmp_path / "run"))

@@ -78,7 +78,7 @@ def test_the_resume_keys_are_the_code():
 
 def test_the_exit_codes_are_the_code():
     table = dict(re.findall(r"^\| (\d+) \| (.+) \|$", _section("### Exit codes"), re.M))
-    codes = {0, cli.EXIT_ABORTED, cli.EXIT_USER, cli.EXIT_INTERRUPTED, cli.EXIT_CTRL_C}
+    codes = {0, cli.EXIT_ABORTED, cli.EXIT_USER, cli.EXIT_INTERRUPTED, cli.EXIT_HUNG, cli.EXIT_CTRL_C}
     assert sorted(map(int, table)) == sorted(codes)
 
 

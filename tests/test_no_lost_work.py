@@ -58,8 +58,11 @@ def test_one_writer_per_folder_and_a_requeued_job_waits_for_the_last_one(tmp_pat
 
     # a requeued attempt starts while the last one is still writing its checkpoint: it waits, then
     # continues from the checkpoint that the last one wrote as it stopped
-    waiter = start_job(2, tmp_path, "--resume", "out")
-    time.sleep(1.0)
+    waiter = start_job(2, tmp_path, "--resume", "out", env={"MPISUB_LOCK_WAIT": "300"})
+    t0 = time.monotonic()
+    while "waiting up to 300 s for the job writing 'out'" not in job_log(waiter):   # an event, not a time
+        assert waiter.poll() is None and time.monotonic() - t0 < 300, job_log(waiter)
+        time.sleep(0.05)
     first.send_signal(signal.SIGTERM)
     assert wait_job(first, 30) == 3
     stopped = store.read_checkpoint(str(tmp_path / "out"))["round"]
@@ -67,7 +70,6 @@ def test_one_writer_per_folder_and_a_requeued_job_waits_for_the_last_one(tmp_pat
     while f"round {stopped:>4}/5000  loss" not in job_log(waiter):
         assert waiter.poll() is None and time.monotonic() - t0 < 60, job_log(waiter)
         time.sleep(0.05)
-    assert "waiting up to 10 s for the job writing 'out'" in job_log(waiter)
     wait_for_rows(waiter, tmp_path / "out" / "run.h5", stopped + 5)
     waiter.send_signal(signal.SIGTERM)
     assert wait_job(waiter, 30) == 3

@@ -29,11 +29,17 @@ def test_two_fake_nodes_of_two_ranks_give_the_bits_of_one_rank(tmp_path, kind):
     np.testing.assert_array_equal(a["data/X"], b["data/X"])
 
 
-def test_a_bad_fake_node_size_is_one_line(tmp_path):
-    r = mpirun(2, cwd=tmp_path, env={"MPISUB_FAKE_NODE_SIZE": "two"})
+@pytest.mark.parametrize("name,value", [("MPISUB_FAKE_NODE_SIZE", "two"), ("SLURM_CPUS_PER_TASK", "\u00b2"),
+                                        ("MPISUB_MAX_COUNT", "0"), ("SLURM_STEP_NUM_TASKS", "4x"),
+                                        ("MPISUB_LOCK_WAIT", "nan")])
+def test_a_bad_number_in_the_environment_is_one_line(tmp_path, name, value):
+    """One parser for them all (errors.env_number): '²'.isdigit() holds but int('²') fails."""
+    r = mpirun(2, cwd=tmp_path, env={name: value})
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "mpisub-train: error: MPISUB_FAKE_NODE_SIZE = 'two' is not a positive number of ranks per node; "
-        "unset it or give e.g. 2"]
+        f"mpisub-train: error: {name} = {value!r} is not a {'number' if name == 'MPISUB_LOCK_WAIT' else 'whole number'}"
+        f" of at least {0 if name == 'MPISUB_LOCK_WAIT' else 1}; unset it or give e.g. "
+        f"{'10.0' if name == 'MPISUB_LOCK_WAIT' else 2**31 - 1 if name == 'MPISUB_MAX_COUNT' else 1}"], r.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_scaling_report_measures_what_its_model_says(tmp_path):

@@ -146,11 +146,17 @@ def test_sbatch_runs_the_job_with_srun_and_4_ranks(slurm, tmp_path):
 
 
 def test_signal_before_the_time_limit_checkpoints_requeues_and_resumes(slurm, tmp_path):
-    """What --signal=B:USR1@120 does near the limit, sent now: the script passes it on, the run
-    checkpoints and exits 3, the job requeues itself and resumes to the weights of an unbroken run."""
+    """The script's header example, `sbatch jobs/slurm.sbatch --config job.toml --set
+    train.rounds=N`, into a run folder whose name has a quote and a space, and what
+    --signal=B:USR1@120 does near the limit, sent now: the script passes it on, the run checkpoints
+    and exits 3, the job requeues itself and the next attempt, given the same options again,
+    resumes to the weights of an unbroken run."""
     rounds = 600
-    job = _sbatch(slurm, tmp_path, "run", _small(rounds, 25), wait=False)
-    path = tmp_path / "run" / "run.h5"
+    (tmp_path / "job.toml").write_text("[masks]\nsubnets = 4\n[model]\nwidth = 1024\n[data]\nn = 256\n"
+                                       "[output]\ncheckpoint_every = 25\nlog_every = 50\n")
+    run_dir = 'run "1" here'
+    job = _sbatch(slurm, tmp_path, run_dir, ["--config", "job.toml", "--set", f"train.rounds={rounds}"], wait=False)
+    path = tmp_path / run_dir / "run.h5"
     deadline = time.monotonic() + 120
     while True:
         assert time.monotonic() < deadline, "the job did not start training"

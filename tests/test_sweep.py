@@ -103,3 +103,29 @@ def test_seeds_become_one_band_and_a_spread(tmp_path):
     def count(img):
         return int(np.sum(np.all(np.abs(img - tint) < 0.03, axis=-1)))
     assert count(band) > 1000 and count(band) > 5 * count(single), (count(band), count(single))  # edges tint too
+
+
+def test_the_sweep_files_entries_are_checked_and_train_seed_in_the_grid_is_honoured(tmp_path):
+    for text, fragment in (('out = 3\n', "out = 3 must be a folder name"),
+                           ('ranks = "two"\n', "ranks = 'two' must be a whole number of at least 1"),
+                           ('config = 5\n', "config = 5 must be a config file's path"),
+                           ('set = 1\n', "set = 1 must be a table of config keys and values"),
+                           ('seeds = 2\n[grid]\n"train.seed" = [3, 4]\n', "seeds = 2 and train.seed in [set] or "
+                                                                        "[grid] both give the seeds")):
+        (tmp_path / "sweep.toml").write_text(text)
+        r = _sweep(tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and fragment in r.stderr, r.stderr
+    (tmp_path / "sweep.toml").write_text('[grid]\n"train.seed" = [3, 4]\n"masks.keep" = [0.5]\n')
+    todo = sweep.points(sweep.read_sweep(str(tmp_path / "sweep.toml")))
+    assert [(os.path.basename(f), s["train.seed"]) for f, s in todo] == [("seed=3-keep=0.5", 3), ("seed=4-keep=0.5", 4)]
+
+
+def test_ctrl_c_in_a_sweep_is_one_line_and_leaves_no_job_behind(tmp_path):
+    (tmp_path / "sweep.toml").write_text(SWEEP.format(rounds=100000).replace('"train.lr" = 2.0', '"train.lr" = 0.1'))
+    proc = subprocess.Popen([os.path.join(BIN, "mpisub-sweep"), "sweep.toml"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_rows(proc, tmp_path / "grid" / "keep=0.25-seed0" / "run.h5", 3)
+    proc.send_signal(signal.SIGINT)                     # to the sweep alone, as a scheduler or a kill would
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines() == ["mpisub-sweep: interrupted"], err
+    assert not rank_pids("keep=0.25-seed0")
