@@ -6,6 +6,7 @@ import os
 import time
 
 from .errors import UserError
+from .folders import refuse_link
 from .loggers import Logger
 
 FOLDER = "tensorboard"
@@ -30,6 +31,7 @@ class TensorBoard(Logger):
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        refuse_link(os.path.join(folder, FOLDER), "output.dir")   # its event files go nowhere else
         self.writer = EventFileWriter(os.path.join(folder, FOLDER))
         self.flushed = time.monotonic()
 
