@@ -97,19 +97,25 @@ def _run_layout(f, what: str) -> dict:
     return attrs
 
 
+def _read_h5(path: str, read, what: str, then: str):
+    """read(f) of the HDF5 file at path: a damaged file (whatever h5py raises) is one line, `what
+    (the cause)then`."""
+    try:
+        with h5py.File(path, "r") as f:
+            return read(f)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 (a damaged file: whatever h5py raises is one line)
+        raise UserError(f"{what} ({type(e).__name__}: {cause(e)}){then}") from None
+
+
 def read_run(path: str, arrays: bool = True) -> dict:
     """A run file's attributes and metrics (and, with `arrays`, its data, weights and masks) as
     plain Python and numpy values, its layout checked: a UserError names the file and what is
     wrong with it."""
     if os.path.isdir(path):
         path = os.path.join(path, FILENAME)
-    try:
-        with h5py.File(path, "r") as f:
-            return _read_run(f, path, arrays)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 (a damaged file: whatever h5py raises is one line)
-        raise UserError(f"{path}: not a readable mpisub run file ({type(e).__name__}: {cause(e)})") from None
+    return _read_h5(path, lambda f: _read_run(f, path, arrays), f"{path}: not a readable mpisub run file", "")
 
 
 def _read_run(f, path: str, arrays: bool) -> dict:
@@ -201,14 +207,9 @@ def read_checkpoint(folder: str, allow_version_change: bool = False) -> dict:
                             f"(output.overwrite = true in this one would replace its {FILENAME})")
         raise UserError(f"--resume {folder!r} holds no checkpoint ({CHECKPOINT}): the run stopped before "
                         f"its first one; start it again (with output.overwrite = true in that folder)")
-    try:
-        with h5py.File(path, "r") as f:
-            return _read_checkpoint(f, folder, allow_version_change)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 (a damaged file: whatever h5py raises is one line)
-        raise UserError(f"--resume {folder!r}: {CHECKPOINT} is not a readable mpisub checkpoint "
-                        f"({type(e).__name__}: {cause(e)}); the run cannot continue from it") from None
+    return _read_h5(path, lambda f: _read_checkpoint(f, folder, allow_version_change),
+                    f"--resume {folder!r}: {CHECKPOINT} is not a readable mpisub checkpoint",
+                    "; the run cannot continue from it")
 
 
 def _read_checkpoint(f, folder: str, allow_version_change: bool) -> dict:
