@@ -32,6 +32,8 @@ class Run:
         loss_init = self.metrics.pop("loss_init", None)   # an attribute of /metrics, not a row
         self.loss_init = None if loss_init is None else float(loss_init)
         self.config = json.loads(self.attrs["config"])
+        self.data_source = run["data"].get("source", "")     # "" for built-in data (then /data holds it)
+        self.data_sha256 = run["data"].get("sha256", "")
         self.status = self.attrs["status"]
 
     def _array(self, name):

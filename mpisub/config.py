@@ -317,6 +317,9 @@ def build(preset: str | None = None, file: str | None = None, overrides: list[st
     return cfg
 
 
+# keys that change how a run goes, not what it computes or records (a sweep does not compare them)
+HOW_KEYS = ("output.dir", "output.overwrite", "output.checkpoint_every", "output.log_every", "output.tensorboard",
+            "train.memory_limit_mb", "train.watchdog_seconds")
 # a resumed run continues the stored config; these may change without changing its results
 RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "train.memory_limit_mb",
                "output.tensorboard", "output.eval_every", "train.watchdog_seconds")

@@ -59,6 +59,21 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def files_sha256(cfg) -> str:
+    """The data files' sha256 as a run records them: "" for built-in data, the test file's after a
+    comma. A file that is not there is a UserError naming its key."""
+    c = cfg.data
+    if c.source == "synthetic":
+        return ""
+    digests = []
+    for key, path in (("data.source", c.source), ("data.test_source", c.test_source)):
+        if path:
+            if not os.path.isfile(path):
+                raise UserError(f"{key} {path!r}: not found; give the path of a .h5, .npz or .csv file")
+            digests.append(sha256(path))
+    return ",".join(digests)
+
+
 def _read_h5(path, x_name, y_name):
     import h5py
     try:
@@ -243,13 +258,12 @@ def load_sets(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]
         digest, what = "", f"the synthetic data (data.noise = {c.noise:g})"
     else:
         X, Y = read_file(c.source, c.x_name, c.y_name, c.target)
-        digest, what = sha256(c.source), f"data.source {c.source!r}"
+        what = f"data.source {c.source!r}"
         if c.test_source:
             try:
                 Xt, Yt = read_file(c.test_source, c.x_name, c.y_name, c.target)
             except UserError as e:
                 raise UserError(str(e).replace("data.source", "data.test_source", 1)) from None
-            digest += "," + sha256(c.test_source)
             if Xt.shape[1] != X.shape[1] or Yt.shape[1] != Y.shape[1]:
                 raise UserError(f"data.test_source {c.test_source!r} has {Xt.shape[1]} inputs and {Yt.shape[1]} "
                                 f"targets per sample, data.source {X.shape[1]} and {Y.shape[1]}; give files "
@@ -260,6 +274,7 @@ def load_sets(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]
             if cut < 1:
                 raise UserError(f"data.holdout = {c.holdout:g} leaves no training sample of the {len(X)}; lower it")
             X, Y, Xt, Yt = X[order[:cut]], Y[order[:cut]], X[order[cut:]], Y[order[cut:]]
+        digest = files_sha256(cfg)
     if c.task == "classification":
         test = f"data.test_source {c.test_source!r}" if c.test_source else what
         Y, Yt = one_hot(Y, Yt, what, test)

@@ -4,6 +4,8 @@ is, and which environment variables set the threads a rank's BLAS and numba use.
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 
 from .errors import UserError
@@ -32,3 +34,21 @@ def thread_env(threads: int, base: dict | None = None) -> dict:
     then gives each rank its share of the node's cores)."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in THREAD_VARS}
     return {**env, **({k: str(threads) for k in THREAD_VARS} if threads else {})}
+
+
+def train(args: list[str], ranks: int) -> tuple[int, str]:
+    """mpirun -n ranks mpisub-train args: its exit code and stderr. On Ctrl-C it is passed on to
+    mpirun (which passes it to the ranks: they end) and waited for, then raised."""
+    mpirun, mpisub_train = executables()
+    proc = subprocess.Popen([mpirun, "-n", str(ranks), mpisub_train, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    return proc.returncode, err

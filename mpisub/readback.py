@@ -128,6 +128,8 @@ def _read_run(f, path: str, arrays: bool) -> dict:
             raise UserError(f"{path}: /eval has no round or loss column")
     else:  # before mpisub 0.2 every round was evaluated, into /metrics/loss
         run["eval"] = {"round": run["metrics"]["round"], "loss": run["metrics"]["loss"]}
+    source = f["data"].attrs if isinstance(f.get("data"), h5py.Group) else {}
+    run["data"] = {k: str(source[k]) for k in ("source", "sha256") if k in source}   # a user's file
     if "theory/lambda0" in f:
         run["lambda0"] = float(f["theory/lambda0"][()])
     for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W"):

@@ -1,91 +1,38 @@
-"""Many runs: `mpisub-sweep SWEEP.toml` (a grid of config values times seeds) and the examples'
-Python scripts. Each run is its own `mpirun -n K mpisub-train`, prints one line when it ends, is
-reused when the sweep runs again and resumed when it was interrupted.
+"""Many runs: `mpisub-sweep SWEEP.toml` (cases times a grid of config values times seeds) and the
+examples' Python scripts. Each point is its own `mpirun -n K mpisub-train` (point.Point), prints
+one line when it ends, is reused when the sweep runs again and its run is still the point's
+(identity.py), and resumed when it was interrupted.
 
 SWEEP.toml (docs/design.md, section 4, "Sweeps"):
 
     out = "runs/keep-sweep"     # the sweep's folder: one run folder per point and seed in it
-    ranks = 2                   # mpirun -n for every run
+    ranks = 2                   # mpirun -n for every run (a case may set its own)
     seeds = 3                   # train.seed = 0, 1, 2 at every point (default 1)
     config = "job.toml"         # optional: a base config file (relative to SWEEP.toml)
+    preset = "ist"              # optional: a base preset (a case or the grid may set its own)
+    minutes = 10                # optional: the most a point takes, for --slurm (default 10)
     [set]                       # optional: base values, as --set would give them
-    "train.rounds" = 200
-    [grid]                      # the points: every combination of these values
+    "train.budget" = 200
+    [grid]                      # every combination of these values (preset = [...] too)
     "masks.keep" = [0.25, 0.5, 0.75]
+    [[case]]                    # optional: cases, each its own values (name, preset, ranks, keys)
+    name = "gd"
+    preset = "gd"
+
+The points are every case times every grid combination times every seed; a value of the grid
+overrides the case's, which overrides [set].
 """
 import argparse
 import itertools
 import os
 import shlex
-import signal
-import subprocess
 import time
+from dataclasses import dataclass
 
-from . import config, sources
-from .analysis import Run, open_run
+from . import sources
+from .analysis import Run
 from .errors import Parser, UserError, command
-from .folders import CHECKPOINT, FILENAME
-from .launch import executables, set_args
-
-
-class RunFailed(RuntimeError):
-    """mpisub-train ended with an error; the message holds its stderr."""
-
-
-def _same_settings(run: Run, settings: dict) -> bool:
-    flat = config.flatten(run.config)
-    return all(flat.get(k) == v for k, v in settings.items())
-
-
-def launch(folder: str, settings: dict, ranks: int = 2, tag: str = "", base_file: str | None = None) -> Run:
-    """Train into `folder` with `settings` ({"section.key": value}, over the config file
-    `base_file`) on `ranks` ranks, unless a completed run with the same settings is already there.
-    An interrupted one is resumed."""
-    t0 = time.perf_counter()
-    path = os.path.join(folder, FILENAME)
-    args = ["--set", "output.overwrite=true"]
-    action = "trained"
-    if os.path.exists(path):
-        try:
-            run = open_run(folder)
-            if run.status == "completed" and _same_settings(run, settings):
-                print(f"{tag}{folder}: reused ({_outcome(run)})", flush=True)
-                return run
-            if run.status in ("interrupted", "running") and _same_settings(run, settings) and \
-                    os.path.exists(os.path.join(folder, CHECKPOINT)):
-                args, action = ["--resume", folder], "resumed"
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable: train again
-    if args[0] != "--resume":
-        args += (["--config", base_file] if base_file else []) + set_args({**settings, "output.dir": folder})
-    code, err = _train(args, ranks)
-    if code:
-        raise RunFailed(f"{tag}{folder}: mpisub-train failed (exit {code}):\n{err.strip()}")
-    run = open_run(folder)
-    print(f"{tag}{folder}: {action} in {time.perf_counter() - t0:.1f} s ({_outcome(run)})", flush=True)
-    return run
-
-
-def _train(args: list[str], ranks: int) -> tuple[int, str]:
-    """mpirun -n ranks mpisub-train args: its exit code and stderr. On Ctrl-C it is passed on to
-    mpirun (which passes it to the ranks: they end) and waited for, then raised."""
-    mpirun, train = executables()
-    proc = subprocess.Popen([mpirun, "-n", str(ranks), train, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        _, err = proc.communicate()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        raise
-    return proc.returncode, err
-
-
-def _outcome(run: Run) -> str:
-    return f"{len(run.metrics['round'])} rounds, final loss {run.eval['loss'][-1]:.3e}"
+from .point import Point, RunFailed, launch  # noqa: F401 (launch: the examples' way to train a point)
 
 
 def example_args(description: str) -> argparse.Namespace:
@@ -108,10 +55,21 @@ def sklearn_data(name: str):
     return getattr(sklearn.datasets, f"load_{name}")()
 
 
-# the sweep file's entries: (type, what it must be)
-ENTRIES = {"out": (str, "a folder name"), "ranks": (int, "a whole number of at least 1"),
-           "seeds": (int, "a whole number of at least 1"), "config": (str, "a config file's path"),
-           "set": (dict, "a table of config keys and values"), "grid": (dict, "a table of config keys and lists")}
+# the sweep file's entries: (types, what it must be)
+ENTRIES = {"out": ((str,), "a folder name"), "ranks": ((int,), "a whole number of at least 1"),
+           "seeds": ((int,), "a whole number of at least 1"), "config": ((str,), "a config file's path"),
+           "preset": ((str,), "a preset's name"), "minutes": ((int, float), "a number of minutes above 0"),
+           "set": ((dict,), "a table of config keys and values"), "grid": ((dict,), "a table of config keys and lists"),
+           "case": ((list,), "a list of [[case]] tables")}
+# what a [[case]] table or the grid may name besides config keys
+POINT_ENTRIES = ("name", "preset", "ranks")
+
+
+@dataclass
+class Sweep:
+    out: str
+    points: list[Point]
+    minutes: float = 10.0      # the most one point takes, for --slurm
 
 
 def _entries(path: str, spec: dict) -> None:
@@ -119,80 +77,115 @@ def _entries(path: str, spec: dict) -> None:
     unknown = set(spec) - set(ENTRIES)
     if unknown:
         raise UserError(f"sweep file {path!r}: unknown entr{'ies' if len(unknown) > 1 else 'y'} "
-                        f"{', '.join(sorted(unknown))}; it takes out, ranks, seeds, config, [set] and [grid]")
+                        f"{', '.join(sorted(unknown))}; it takes {', '.join(ENTRIES)}")
     for name, value in spec.items():
-        kind, what = ENTRIES[name]
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1) or \
-                (kind is str and not value.strip()):
+        kinds, what = ENTRIES[name]
+        if not isinstance(value, kinds) or isinstance(value, bool) or (int in kinds and value <= 0) or \
+                (str in kinds and not value.strip()):
             raise UserError(f"sweep file {path!r}: {name} = {value!r} must be {what}")
     if not all(isinstance(v, list) and v for v in spec.get("grid", {}).values()):
         raise UserError(f"sweep file {path!r}: [grid] must map config keys to non-empty lists of values")
+    if not all(isinstance(c, dict) and c for c in spec.get("case", [])):
+        raise UserError(f"sweep file {path!r}: every [[case]] must be a table of config keys and values")
 
 
-def read_sweep(path: str) -> dict:
-    """The sweep file, checked: its entries' types, and every key it sets a config key with a
-    value of the right type. A train.seed in [set] or [grid] gives the seeds itself: then `seeds`
-    must not be more than 1."""
+def _cases(path: str, spec: dict) -> list[dict]:
+    """The [[case]] tables (one empty case without them), each with a unique name."""
+    cases = spec.get("case") or [{}]
+    named = []
+    for i, case in enumerate(cases):
+        name = case.get("name") or "-".join(f"{k.split('.')[-1]}={v}" for k, v in case.items())
+        if not isinstance(name, str) or (len(cases) > 1 and not name):
+            raise UserError(f"sweep file {path!r}: [[case]] {i + 1} needs a name = \"...\" (a string)")
+        named.append({**case, "name": name})
+    names = [c["name"] for c in named]
+    if len(set(names)) < len(names):
+        raise UserError(f"sweep file {path!r}: two [[case]] tables are both named {_twice(names)!r}; name them apart")
+    return named
+
+
+def _twice(names: list[str]) -> str:
+    return next(n for n in names if names.count(n) > 1)
+
+
+def read_sweep(path: str) -> Sweep:
+    """The sweep file and its points, checked: its entries' types, and every point's config (every
+    key it sets a known key with a value of the right type, presets known). A train.seed in [set],
+    [grid] or a case gives the seeds itself: then `seeds` must not be more than 1."""
     spec = sources.read_toml(path, what="sweep file")
     _entries(path, spec)
-    grid, values = spec.get("grid", {}), dict(spec.get("set", {}))
     base_file = spec.get("config")
     if base_file:
         base_file = os.path.join(os.path.dirname(os.path.abspath(path)), base_file)
-    cfg = config.build(None, base_file, set_args(values)[1::2])   # the base, checked
-    for key, options in grid.items():
-        for value in options:
-            config.set_value(cfg, key, value)                        # every grid value, checked
     seeds = spec.get("seeds", 1)
-    if seeds > 1 and ("train.seed" in grid or "train.seed" in values):
-        raise UserError(f"sweep file {path!r}: seeds = {seeds} and train.seed in [set] or [grid] both give the "
-                        f"seeds; set one of them")
-    return {"out": spec.get("out", os.path.splitext(path)[0]), "ranks": spec.get("ranks", 2), "seeds": seeds,
-            "base_file": base_file, "set": values, "grid": grid}
+    given_seed = any("train.seed" in t for t in [spec.get("set", {}), spec.get("grid", {}), *spec.get("case", [])])
+    if seeds > 1 and given_seed:
+        raise UserError(f"sweep file {path!r}: seeds = {seeds} and train.seed in [set], [grid] or a [[case]] both "
+                        f"give the seeds; set one of them")
+    defaults = {"preset": spec.get("preset"), "ranks": spec.get("ranks", 2)}
+    out = spec.get("out", os.path.splitext(path)[0])
+    todo = points(out, _cases(path, spec), spec.get("grid", {}), {**spec.get("set", {})}, defaults, seeds, base_file)
+    for point in todo:
+        try:
+            point.given()
+        except UserError as e:
+            raise UserError(f"sweep file {path!r}, point {os.path.basename(point.folder)}: {e}") from None
+    return Sweep(out, todo, float(spec.get("minutes", 10.0)))
 
 
-def points(spec: dict) -> list[tuple[str, dict]]:
-    """(run folder, settings) for every grid point and seed, in order."""
-    keys = list(spec["grid"])
-    out = []
-    for combo in itertools.product(*(spec["grid"][k] for k in keys)):
-        name = "-".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo)) or "base"
-        chosen = {**spec["set"], **dict(zip(keys, combo))}
-        for seed in ([chosen["train.seed"]] if "train.seed" in chosen else range(spec["seeds"])):
-            settings = {**chosen, "train.seed": seed}
-            folder = name if "train.seed" in keys else f"{name}-seed{seed}"
-            out.append((os.path.join(spec["out"], folder), settings))
-    return out
+def points(out: str, cases: list[dict], grid: dict, values: dict, defaults: dict, seeds: int,
+           base_file: str | None) -> list[Point]:
+    """Every case times every grid combination times every seed, in order: [set] < case < grid."""
+    keys, todo = list(grid), []
+    for case, combo in itertools.product(cases, itertools.product(*(grid[k] for k in keys))):
+        chosen = {**values, **case, **dict(zip(keys, combo))}
+        parts = [case["name"]] if case["name"] else []
+        name = "-".join(parts + [f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo)]) or "base"
+        extra = {k: chosen.pop(k, defaults.get(k)) for k in POINT_ENTRIES}
+        for seed in ([chosen["train.seed"]] if "train.seed" in chosen else range(seeds)):
+            folder = name if "train.seed" in {**values, **case, **grid} else f"{name}-seed{seed}"
+            todo.append(Point(os.path.join(out, folder), {**chosen, "train.seed": seed}, _ranks(extra["ranks"]),
+                              extra["preset"], base_file))
+    return todo
 
 
-def run_sweep(spec: dict) -> list[Run]:
-    """Every point, one after another: a finished run is reused, an interrupted one resumed; one
-    line per run with the count and the time left at the pace of the runs trained so far."""
-    todo = points(spec)
-    runs, spent, trained = [], 0.0, 0
-    for i, (folder, settings) in enumerate(todo):
+def _ranks(value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"ranks = {value!r} in a [[case]] or [grid] must be a whole number of at least 1")
+    return value
+
+
+def run_sweep(sweep: Sweep) -> list[Run]:
+    """Every point, one after another (Point.run: reused, resumed or trained); one line per point
+    with the count and the time left at the pace of the points trained so far. A point whose
+    mpisub-train fails is reported and the others go on; the failures end the sweep in one line."""
+    todo, runs, failed = sweep.points, [], []
+    spent, trained = 0.0, 0
+    for i, point in enumerate(todo):
         t0 = time.perf_counter()
         eta = f", about {spent / trained * (len(todo) - i):.0f} s left" if trained else ""
-        run = launch(folder, settings, spec["ranks"], tag=f"[{i + 1}/{len(todo)}{eta}] ",
-                     base_file=spec["base_file"])
+        try:
+            runs.append(point.run(tag=f"[{i + 1}/{len(todo)}{eta}] "))
+        except RunFailed as e:
+            failed.append(point.folder)
+            print(str(e).splitlines()[0] + " " + str(e).strip().splitlines()[-1], flush=True)
         if time.perf_counter() - t0 > 1.0:  # trained or resumed, not reused
             spent, trained = spent + time.perf_counter() - t0, trained + 1
-        runs.append(run)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(todo)} point(s) failed ({', '.join(failed)}); the lines above say "
+                        f"why; run the sweep again to retry them (finished points are reused)")
     return runs
 
 
-def slurm_points(spec: dict) -> str:
+def slurm_points(sweep: Sweep) -> str:
     """Writes <out>/points.txt for jobs/slurm-array.sbatch (one line per run: its folder and
     options); returns the sbatch command that runs them."""
-    todo = points(spec)
-    os.makedirs(spec["out"], exist_ok=True)
-    path = os.path.join(spec["out"], "points.txt")
+    os.makedirs(sweep.out, exist_ok=True)
+    path = os.path.join(sweep.out, "points.txt")
     with open(path, "w") as f:
-        for folder, settings in todo:
-            extra = ["--config", spec["base_file"]] if spec["base_file"] else []
-            f.write(" ".join(shlex.quote(a) for a in [f"RUN_DIR={folder}", *extra, *set_args(settings)]) + "\n")
-    return f"sbatch --array=0-{len(todo) - 1} jobs/slurm-array.sbatch {path}"
-
+        for point in sweep.points:
+            f.write(" ".join(shlex.quote(a) for a in [f"RUN_DIR={point.folder}", *point.options()]) + "\n")
+    return f"sbatch --array=0-{len(sweep.points) - 1} jobs/slurm-array.sbatch {path}"
 
 @command("mpisub-sweep")
 def sweep_main(argv=None) -> None:
@@ -202,13 +195,10 @@ def sweep_main(argv=None) -> None:
     p.add_argument("--slurm", action="store_true", help="instead of running: write <out>/points.txt and print the "
                    "sbatch command of a job array that runs one point per task (jobs/slurm-array.sbatch)")
     args = p.parse_args(argv)
-    spec = read_sweep(args.sweep)
+    sweep = read_sweep(args.sweep)
     if args.slurm:
-        print(slurm_points(spec))
+        print(slurm_points(sweep))
         return
-    try:
-        runs = run_sweep(spec)
-    except RunFailed as e:
-        raise UserError(str(e)) from None
-    print(f"{len(runs)} run(s) in {spec['out']}: mpisub-inspect {spec['out']}/* ; mpisub-plot {spec['out']}/* "
+    runs = run_sweep(sweep)
+    print(f"{len(runs)} run(s) in {sweep.out}: mpisub-inspect {sweep.out}/* ; mpisub-plot {sweep.out}/* "
           f"(runs that differ only in train.seed become one curve with a band)")

@@ -39,8 +39,7 @@ def _sweep(folder, *args):
 
 def test_sweep_trains_every_point_reuses_and_resumes(tmp_path):
     (tmp_path / "sweep.toml").write_text(SWEEP.format(rounds=400))
-    spec = sweep.read_sweep(str(tmp_path / "sweep.toml"))
-    todo = sweep.points(spec)
+    todo = [(p.folder, p.settings) for p in sweep.read_sweep(str(tmp_path / "sweep.toml")).points]
     assert [os.path.basename(f) for f, _ in todo] == ["keep=0.25-seed0", "keep=0.25-seed1", "keep=0.75-seed0",
                                                       "keep=0.75-seed1"]
     # the first point, started as the sweep would start it and stopped by a signal: interrupted
@@ -54,7 +53,8 @@ def test_sweep_trains_every_point_reuses_and_resumes(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [line for line in r.stdout.splitlines() if line.startswith("[")]
     assert [line.split("] ")[0] for line in lines][:1] == ["[1/4"] and len(lines) == 4
-    assert ": resumed in " in lines[0] and all(": trained in " in line for line in lines[1:]), r.stdout
+    assert ": resumed in " in lines[0] and " from round " in lines[0], r.stdout
+    assert all(": trained in " in line for line in lines[1:]), r.stdout
     assert "s left]" in lines[2]                                       # an ETA once a run has been timed
     for folder, settings in todo:
         with h5py.File(tmp_path / folder / "run.h5") as f:
@@ -71,16 +71,22 @@ def test_slurm_points_file_runs_each_point_in_its_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "sbatch --array=0-3 jobs/slurm-array.sbatch grid/points.txt"
     lines = [shlex.split(line) for line in (tmp_path / "grid" / "points.txt").read_text().splitlines()]
-    assert [line[0] for line in lines] == [f"RUN_DIR={f}" for f, _ in
-                                           sweep.points(sweep.read_sweep(str(tmp_path / "sweep.toml")))]
+    assert [line[0] for line in lines] == [f"RUN_DIR={p.folder}" for p in
+                                           sweep.read_sweep(str(tmp_path / "sweep.toml")).points]
     assert all("train.seed=0" in line or "train.seed=1" in line for line in lines)
 
 
 def test_bad_sweep_file_is_one_line(tmp_path):
     (tmp_path / "sweep.toml").write_text('[grid]\n"masks.kepp" = [0.5]\n')
     r = _sweep(tmp_path)
-    assert r.returncode == 2 and r.stderr.strip() == ("mpisub-sweep: error: unknown config key 'masks.kepp'; "
+    assert r.returncode == 2 and r.stderr.strip() == ("mpisub-sweep: error: sweep file 'sweep.toml', point "
+                                                      "kepp=0.5-seed0: unknown config key 'masks.kepp'; "
                                                       "did you mean 'masks.keep'?")
+    (tmp_path / "sweep.toml").write_text('[grid]\npreset = ["gd", "sgd"]\n')
+    r = _sweep(tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == ("mpisub-sweep: error: sweep file 'sweep.toml', point "
+                                                      "preset=sgd-seed0: unknown preset 'sgd'; choose one of "
+                                                      "ist, gd, dropout, multisample")
 
 
 def test_seeds_become_one_band_and_a_spread(tmp_path):
@@ -110,14 +116,15 @@ def test_the_sweep_files_entries_are_checked_and_train_seed_in_the_grid_is_honou
                            ('ranks = "two"\n', "ranks = 'two' must be a whole number of at least 1"),
                            ('config = 5\n', "config = 5 must be a config file's path"),
                            ('set = 1\n', "set = 1 must be a table of config keys and values"),
-                           ('seeds = 2\n[grid]\n"train.seed" = [3, 4]\n', "seeds = 2 and train.seed in [set] or "
-                                                                        "[grid] both give the seeds")):
+                           ('seeds = 2\n[grid]\n"train.seed" = [3, 4]\n', "seeds = 2 and train.seed in [set], "
+                                                                        "[grid] or a [[case]] both give the seeds")):
         (tmp_path / "sweep.toml").write_text(text)
         r = _sweep(tmp_path)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and fragment in r.stderr, r.stderr
     (tmp_path / "sweep.toml").write_text('[grid]\n"train.seed" = [3, 4]\n"masks.keep" = [0.5]\n')
-    todo = sweep.points(sweep.read_sweep(str(tmp_path / "sweep.toml")))
-    assert [(os.path.basename(f), s["train.seed"]) for f, s in todo] == [("seed=3-keep=0.5", 3), ("seed=4-keep=0.5", 4)]
+    todo = sweep.read_sweep(str(tmp_path / "sweep.toml")).points
+    assert [(os.path.basename(p.folder), p.settings["train.seed"]) for p in todo] == [("seed=3-keep=0.5", 3),
+                                                                                      ("seed=4-keep=0.5", 4)]
 
 
 def test_ctrl_c_in_a_sweep_is_one_line_and_leaves_no_job_behind(tmp_path):
@@ -129,3 +136,54 @@ def test_ctrl_c_in_a_sweep_is_one_line_and_leaves_no_job_behind(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip().splitlines() == ["mpisub-sweep: interrupted"], err
     assert not rank_pids("keep=0.25-seed0")
+
+
+STUDY = """out = "study"
+ranks = 2
+config = "base.toml"
+[set]
+"model.width" = 64
+"data.n" = 32
+"train.rounds" = 6
+[[case]]
+name = "ist"
+preset = "ist"
+[[case]]
+name = "dropout"
+"masks.kind" = "bernoulli"
+"masks.subnets" = 2
+"""
+
+
+def _lines(r) -> list[str]:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return [line for line in r.stdout.splitlines() if line.startswith("[")]
+
+
+def test_a_changed_base_file_trains_the_points_again_and_auto_values_are_reused(tmp_path):
+    """The sweep's identity of a point is its resolved config (base file included), the data and
+    the code: after the base file's lr changes, no point is reported as reused, each is trained
+    again with the new lr, the old runs are kept in .stale/; then everything is reused, the
+    points with auto values (ist: masks.subnets and keep; dropout: keep) too."""
+    (tmp_path / "sweep.toml").write_text(STUDY)
+    (tmp_path / "base.toml").write_text("[train]\nlr = 1.0\n")
+    first = _lines(_sweep(tmp_path))
+    assert [line.split(": ")[1].split(" ")[0] for line in first] == ["trained", "trained"], first
+    (tmp_path / "base.toml").write_text("[train]\nlr = 4.0\n")
+    second = _lines(_sweep(tmp_path))
+    assert not any("reused" in line for line in second), second
+    for line, name in zip(second, ("ist-seed0", "dropout-seed0")):
+        assert f"study/{name}: trained again in " in line and ", as the run there was not this point's " \
+            "(train.lr 1.0 -> 4.0); the old run is in study/.stale/" + name in line, line
+        assert mpisub.open_run(str(tmp_path / "study" / name)).config["train"]["lr"] == 4.0
+    stale = sorted(p.name for p in (tmp_path / "study" / ".stale").iterdir())
+    assert [s.rsplit("-", 2)[0] for s in stale] == ["dropout-seed0", "ist-seed0"]
+    assert all(mpisub.open_run(str(tmp_path / "study" / ".stale" / s)).config["train"]["lr"] == 1.0 for s in stale)
+    third = _lines(_sweep(tmp_path))
+    assert all(": reused (6 rounds" in line for line in third), third
+    # more rounds continue the finished runs; a changed data seed trains them again
+    (tmp_path / "sweep.toml").write_text(STUDY.replace('"train.rounds" = 6', '"train.rounds" = 9'))
+    fourth = _lines(_sweep(tmp_path))
+    assert all(": resumed in " in line and "(9 rounds" in line and "from round 6" in line for line in fourth), fourth
+    (tmp_path / "sweep.toml").write_text(STUDY.replace('"train.rounds" = 6', '"train.rounds" = 9\n"data.seed" = 1'))
+    assert all("data.seed 0 -> 1" in line for line in _lines(_sweep(tmp_path)))
