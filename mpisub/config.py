@@ -76,6 +76,7 @@ class TrainConfig(_Section):
     lr_scaling: str = "none"    # none | keep: the step is lr x masks.keep (the paper's lr = c keep)
     loss: str = "squared"       # losses.LOSSES: squared (the paper's) | cross_entropy (softmax; classification)
     watchdog_seconds: float = 60.0  # a collective waits this long (or 10 x the slowest wait) before the watchdog looks
+    budget: float = 0.0         # > 0: train this many full-gradient equivalents (sets rounds; compute_per_round)
 
 
 @dataclass
@@ -236,6 +237,7 @@ RULES = {
     "train.lr_scaling": Options(("none", "keep")),
     "train.loss": Options(tuple(LOSSES)),
     "train.watchdog_seconds": Interval(1.0),
+    "train.budget": Interval(0.0),             # 0: train.rounds decides
     "output.dir": ANY,
     "output.log_every": COUNT,               # 0: about 20 lines a run
     "output.checkpoint_every": POSITIVE,
@@ -311,10 +313,20 @@ def build(preset: str | None = None, file: str | None = None, overrides: list[st
             except UserError as e:
                 raise UserError(f"config file {file!r}{line_of(file, key)}: {e}") from None
             where[key] = f"config file {file!r}: "
+    chosen = set(where)
     for key in apply_overrides(cfg, overrides):
         where.pop(key, None)
+        chosen.add(key)
     check_ranges(cfg, where)
+    _one_length(cfg, chosen)
     return cfg
+
+
+def _one_length(cfg: Config, chosen: set) -> None:
+    """train.budget decides train.rounds: setting both is refused."""
+    if cfg.train.budget > 0 and "train.rounds" in chosen:
+        raise UserError(f"train.rounds = {cfg.train.rounds} and train.budget = {cfg.train.budget:g} both say how long "
+                        f"to train; set one of them (train.budget: full-gradient equivalents, for any scheme)")
 
 
 # keys that change how a run goes, not what it computes or records (a sweep does not compare them)
@@ -322,7 +334,7 @@ HOW_KEYS = ("output.dir", "output.overwrite", "output.checkpoint_every", "output
             "train.memory_limit_mb", "train.watchdog_seconds")
 # a resumed run continues the stored config; these may change without changing its results
 RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "train.memory_limit_mb",
-               "output.tensorboard", "output.eval_every", "train.watchdog_seconds")
+               "output.tensorboard", "output.eval_every", "train.watchdog_seconds", "train.budget")
 
 
 def for_resume(stored: dict, overrides: list[str] = (), given: dict | None = None, preset: str | None = None,
@@ -346,10 +358,11 @@ def for_resume(stored: dict, overrides: list[str] = (), given: dict | None = Non
                             f"results depend on it: give the options it was started with (only "
                             f"{', '.join(RESUME_KEYS)} may change with --resume)")
     cfg = from_dict(stored)
-    for key in RESUME_KEYS:
-        if wants[key] != was[key]:
-            set_value(cfg, key, wants[key])
+    changed = {key for key in RESUME_KEYS if wants[key] != was[key]}
+    for key in changed:
+        set_value(cfg, key, wants[key])
     check_ranges(cfg)
+    _one_length(cfg, changed)
     return cfg
 
 
@@ -378,6 +391,14 @@ def step_size(cfg: Config) -> float:
     """The step the local steps take: train.lr, times masks.keep with train.lr_scaling = "keep"
     (Liao & Kyrillidis scale the step with keep: a keep sweep at lr = c keep is one key)."""
     return cfg.train.lr * (cfg.masks.keep if cfg.train.lr_scaling == "keep" else 1.0)
+
+
+def compute_per_round(cfg: Config) -> float:
+    """A round's work in full-gradient equivalents (one gradient of the whole network over all n
+    samples = 1): p subnetworks x tau local steps x keep of the neurons x b / n of the samples.
+    GD's round is 1, IST's (p keep = 1) tau, dropout's keep. train.budget divides by it."""
+    fraction = cfg.train.batch_size / cfg.data.n if cfg.train.batch_size else 1.0
+    return cfg.masks.subnets * cfg.train.local_steps * cfg.masks.keep * fraction
 
 
 def from_dict(d: dict) -> Config:

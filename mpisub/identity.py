@@ -6,8 +6,8 @@ ranks), the data files' sha256 and the code hash. Plain Python.
 Not compared: the keys that change how a run goes, not what it computes (config.HOW_KEYS); the
 data files' paths (their contents are); a data file's n, d and outputs (the file's own); and two
 auto values whose resolution weighs the machine or the data, train.plan and output.eval_every,
-which compare as given when the sweep leaves them auto. train.rounds is compared by the caller:
-a finished run with fewer rounds than asked can be continued.
+which compare as given when the sweep leaves them auto. How long to train (train.rounds, or
+train.budget when set) is compared by the caller: a finished run asked to train longer is continued.
 """
 import json
 from dataclasses import dataclass
@@ -16,6 +16,7 @@ from . import config, data, resolve
 from .provenance import code_hash
 
 AS_GIVEN_WHEN_AUTO = {"train.plan": "auto", "output.eval_every": 0}
+LENGTH = ("train.rounds", "train.budget")    # how long to train: compared by the caller
 FROM_THE_FILE = ("data.n", "data.d", "data.outputs", "data.source", "data.test_source")
 
 
@@ -34,13 +35,19 @@ class Identity:
             mine, theirs = self.config.get(key), run.config.get(key)
             if key in AS_GIVEN_WHEN_AUTO and self.given.get(key) == AS_GIVEN_WHEN_AUTO[key]:
                 mine, theirs = self.given.get(key), run.given.get(key, theirs)
-            if key != "train.rounds" and mine != theirs:
+            if key in LENGTH and _by_budget(self.config) == _by_budget(run.config):
+                continue        # how long: the caller's (a run asked to train longer is continued)
+            if mine != theirs:
                 out.append(f"{key} {_show(theirs)} -> {_show(mine)}")
         if self.data != run.data:
             out.append("the data files' contents (sha256) changed")
         if self.code != run.code:
             out.append(f"the code changed (code hash {run.code or 'unknown'} -> {self.code})")
         return out
+
+
+def _by_budget(flat: dict) -> bool:
+    return (flat.get("train.budget") or 0) > 0
 
 
 def _show(value) -> str:

@@ -70,13 +70,15 @@ class Point:
         if changed:
             why = f"the run there was not this point's ({'; '.join(changed)})"
             return "trained again", self.options(), self.aside(why)
-        rounds, done = self.given().train.rounds, len(run.metrics["round"])
-        if run.status == "completed" and done == rounds:
+        given = self.given()
+        key = "train.budget" if given.train.budget > 0 else "train.rounds"     # how long: identity.LENGTH
+        want, had = given.flat()[key], config.flatten(run.config)[key]
+        if run.status == "completed" and want == had:
             return "reused", [], ""
-        if run.status != "failed" and done <= rounds and os.path.exists(os.path.join(self.folder, CHECKPOINT)):
-            more = ["--set", f"train.rounds={rounds}"] if run.config["train"]["rounds"] != rounds else []
-            return "resumed", ["--resume", self.folder, *more], f" from round {done}"
-        why = "the run there had failed" if run.status == "failed" else f"the run there had {done} rounds, not {rounds}"
+        if run.status != "failed" and want >= had and os.path.exists(os.path.join(self.folder, CHECKPOINT)):
+            more = set_args({key: want}) if want != had else []
+            return "resumed", ["--resume", self.folder, *more], f" from round {len(run.metrics['round'])}"
+        why = "the run there had failed" if run.status == "failed" else f"the run there had {key} = {had}, not {want}"
         return "trained again", self.options(), self.aside(why)
 
     def aside(self, why: str) -> str:

@@ -2,13 +2,13 @@
 go in; the frozen config the run stores and why its plan is what it is come out (`settle`).
 
 Auto values are filled here (masks.subnets = 0, masks.keep = 0, output.eval_every = 0,
-train.plan = "auto") and the keys are checked against each other and against the data.
+train.plan = "auto"; train.rounds from train.budget) and the keys are checked against each other and against the data.
 """
 import copy
 import math
 
 from . import resources
-from .config import Config
+from .config import Config, compute_per_round
 from .errors import UserError
 from .losses import LOSSES
 from .masks import KINDS
@@ -31,6 +31,10 @@ def settle(given: Config, ranks: int, shape: tuple | None = None, resuming: bool
     _fill_masks(cfg, ranks, resuming)
     if shape is not None:
         _fit_data(cfg, *shape)
+    if cfg.train.budget > 0:
+        cfg.train.rounds = max(1, math.ceil(cfg.train.budget / compute_per_round(cfg) - 1e-9))
+    if shape is not None and cfg.output.eval_every == 0:
+        cfg.output.eval_every = auto_eval_every(cfg)
     cfg.train.plan, why = resources.choose_plan(cfg, ranks, node, resuming)
     return cfg.freeze(), why
 
@@ -85,23 +89,25 @@ def _fill_masks(cfg: Config, ranks: int, resuming: bool) -> None:
 
 def _fit_data(cfg: Config, n: int, d: int, outputs: int) -> None:
     """The data's shape in the config (a data file decides n, d and outputs, and the stored config
-    then says what was trained), checked against the keys that depend on it; the evaluation
-    cadence, which depends on n, resolved."""
+    then says what was trained), checked against the keys that depend on it."""
     cfg.data.n, cfg.data.d, cfg.data.outputs = n, d, outputs
     if cfg.train.batch_size > n:
         raise UserError(f"train.batch_size = {cfg.train.batch_size} exceeds the {n} samples of the data; "
                         f"use at most {n}, or 0 for full batch")
-    if cfg.output.eval_every == 0:
-        cfg.output.eval_every = auto_eval_every(cfg)
+
+
+# the fewest evaluations of the full network a run gets by default: a curve, not two points
+MIN_EVALS = 20
 
 
 def auto_eval_every(cfg: Config) -> int:
-    """Rounds between evaluations so that they cost about EVAL_SHARE of the training
-    (docs/design.md, "Evaluation cadence"). An evaluation is two products of the whole network over
-    the n samples (its outputs, and the activation patterns for the lazy-regime diagnostics),
-    4 n d m flops; a round is p subnetworks x tau steps x two products of b x d x (keep m),
-    4 p keep tau b d m flops (b = n at full batch). So evaluating every
+    """Rounds between evaluations: at least MIN_EVALS a run, and as many more as cost about
+    EVAL_SHARE of the training (docs/design.md, "Evaluation cadence"). An evaluation is two
+    products of the whole network over the n samples (its outputs, and the activation patterns for
+    the lazy-regime diagnostics), 4 n d m flops; a round is p subnetworks x tau steps x two products
+    of b x d x (keep m), 4 p keep tau b d m flops (b = n at full batch). So evaluating every
     ceil(EVAL_OVERHEAD n / (EVAL_SHARE p keep tau b)) rounds costs at most EVAL_SHARE."""
     b = cfg.train.batch_size or cfg.data.n
     per_round = cfg.masks.subnets * cfg.masks.keep * cfg.train.local_steps * b
-    return max(1, math.ceil(EVAL_OVERHEAD * cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
+    share = max(1, math.ceil(EVAL_OVERHEAD * cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
+    return min(share, max(1, cfg.train.rounds // MIN_EVALS))

@@ -28,6 +28,8 @@ COLUMNS = (
     Column("seconds_local", "metrics", "float64", "the local steps' part of seconds_compute"),
     Column("seconds_loss", "metrics", "float64", "the evaluation's part of seconds_compute (0 without one)"),
     Column("bytes_recv", "metrics", "int64", "bytes rank 0 received from other ranks this round"),
+    Column("compute", "metrics", "float64", "full-gradient equivalents trained so far: rounds x p x tau x keep x "
+                                            "b / n (config.compute_per_round)"),
     Column("round", "eval", "int64", "rounds done when evaluated (0: the initial weights)"),
     Column("loss", "eval", "float64", "the full network's training loss"),
     Column("test_loss", "eval", "float64", "the loss on the held-out data (NaN without)"),

@@ -162,7 +162,8 @@ class Rounds:
         row = {"round": k + 1, "sub_loss": sub_loss_sum / p,
                "seconds_compute": now - t_start - seconds_comm, "seconds_comm": seconds_comm,
                "seconds_wall": now - self.t_mark, "bytes_comm": bytes_comm, "seconds_local": stats.seconds_local,
-               "seconds_loss": seconds_loss, "bytes_recv": bytes_recv}
+               "seconds_loss": seconds_loss, "bytes_recv": bytes_recv,
+               "compute": (k + 1) * config.compute_per_round(self.cfg)}
         self.t_mark = now
         self._keep(self.metrics, row)
         self._due(row, scores, M, W, stops > 0)

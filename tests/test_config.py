@@ -1,5 +1,6 @@
 """Config: precedence, types, presets, rank-dependent resolution, and one-line errors."""
 import json
+import math
 import re
 
 import pytest
@@ -170,15 +171,32 @@ def test_a_bad_key_in_a_config_file_names_the_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("preset,ranks,every", [("ist", 2, 12), ("ist", 4, 12), ("gd", 1, 60), ("dropout", 1, 120),
                                                 ("multisample", 2, 30)])
-def test_auto_eval_every_keeps_evaluation_near_5_percent(preset, ranks, every):
+def test_auto_eval_every_keeps_evaluation_near_5_percent_and_gives_20_evaluations(preset, ranks, every):
     """One evaluation (two products of the whole network, 4 n d m flops, times 3 for what flops do
     not count) against a round (4 p keep tau b d m flops): every ceil(3 n / (0.05 p keep tau b))
     rounds; by hand for n = 512, full batch: IST p keep = 1, tau = 5 -> 12; gd 1 x 1 x 1 -> 60;
-    dropout 1 x 0.5 x 1 -> 120; multisample 4 x 0.5 x 1 -> 30."""
-    cfg = settle(config.build(preset), ranks, (512, 16, 1))[0]
-    assert cfg.output.eval_every == every
+    dropout 1 x 0.5 x 1 -> 120; multisample 4 x 0.5 x 1 -> 30. Runs long enough (10000 rounds)
+    get that; shorter ones at least 20 evaluations (60 rounds: every 3)."""
+    long = settle(config.build(preset, overrides=["train.rounds=10000"]), ranks, (512, 16, 1))[0]
+    assert long.output.eval_every == every
+    short = settle(config.build(preset), ranks, (512, 16, 1))[0]
+    assert short.output.eval_every == 3 and short.train.rounds // short.output.eval_every == 20
     set_by_hand = settle(config.build(preset, overrides=["output.eval_every=7"]), ranks, (512, 16, 1))[0]
     assert set_by_hand.output.eval_every == 7
+
+
+@pytest.mark.parametrize("preset,ranks,per_round", [("ist", 2, 5.0), ("ist", 4, 5.0), ("gd", 1, 1.0),
+                                                    ("dropout", 1, 0.5), ("multisample", 2, 2.0)])
+def test_a_budget_in_full_gradients_sets_the_rounds_of_any_scheme(preset, ranks, per_round):
+    """A round's work in full gradients, by hand: IST p keep = 1 times tau = 5; gd 1; dropout keep
+    0.5; multisample 4 x 0.5. A budget of 60 full gradients is 60 / that rounds (rounded up); with
+    minibatches of 128 of the 512 samples four times as many."""
+    cfg = settle(config.build(preset, overrides=["train.budget=60"]), ranks, (512, 16, 1))[0]
+    assert config.compute_per_round(cfg) == per_round and cfg.train.rounds == math.ceil(60 / per_round)
+    batch = settle(config.build(preset, overrides=["train.budget=60", "train.batch_size=128"]), ranks, (512, 16, 1))[0]
+    assert batch.train.rounds == math.ceil(60 / per_round * 4)
+    with pytest.raises(UserError, match=r"^train.rounds = 7 and train.budget = 60 both say how long to train"):
+        config.build(preset, overrides=["train.budget=60", "train.rounds=7"])
 
 
 def test_every_key_has_a_rule_and_every_rule_a_key():

@@ -187,3 +187,32 @@ def test_a_changed_base_file_trains_the_points_again_and_auto_values_are_reused(
     assert all(": resumed in " in line and "(9 rounds" in line and "from round 6" in line for line in fourth), fourth
     (tmp_path / "sweep.toml").write_text(STUDY.replace('"train.rounds" = 6', '"train.rounds" = 9\n"data.seed" = 1'))
     assert all("data.seed 0 -> 1" in line for line in _lines(_sweep(tmp_path)))
+
+
+MATCHED = """out = "matched"
+ranks = 2
+[set]
+"model.width" = 64
+"data.n" = 32
+"train.budget" = {budget}
+[grid]
+preset = ["gd", "dropout", "ist"]
+"""
+
+
+def test_presets_in_the_grid_train_at_matched_compute_and_a_larger_budget_continues_them(tmp_path):
+    """train.budget (full gradients) sets each scheme's rounds: gd 1 a round, dropout keep 0.5, ist
+    on 2 ranks p keep tau = 5; the run file's compute column counts them; a larger budget resumes
+    every run to it instead of training again."""
+    per_round = {"gd": 1.0, "dropout": 0.5, "ist": 5.0}
+    for budget in (10, 20):
+        (tmp_path / "sweep.toml").write_text(MATCHED.format(budget=budget))
+        lines = _lines(_sweep(tmp_path))
+        assert len(lines) == 3 and all((": trained in " if budget == 10 else ": resumed in ") in line
+                                       for line in lines), lines
+        for name, each in per_round.items():
+            run = mpisub.open_run(str(tmp_path / "matched" / f"preset={name}-seed0"))
+            rounds = -(-budget // each)
+            assert run.config["train"]["rounds"] == rounds and len(run.metrics["round"]) == rounds
+            np.testing.assert_allclose(run.metrics["compute"], each * np.arange(1, rounds + 1))
+    assert all(": reused (" in line for line in _lines(_sweep(tmp_path)))
