@@ -14,7 +14,7 @@ import pytest
 from conftest import mpirun, sets, start_job, wait_job
 
 import mpisub
-from mpisub import theory
+from mpisub import report, theory
 
 BIN = os.path.dirname(sys.executable)
 
@@ -88,6 +88,10 @@ def test_inspect_numbers_and_comparison_table(two_runs):
             rounds, loss = f["eval/round"][1:], f["eval/loss"][1:]     # row 0: the initial weights
             assert s["loss_final"] == loss[-1] and s["loss_best"] == loss.min()
             assert s["loss_init"] == f["metrics"].attrs["loss_init"]
+            best = int(np.argmin(loss))
+            assert s["scores"]["loss"] == {"final": loss[-1], "best": loss[best], "best_round": rounds[best]}
+            sub = f["metrics/sub_loss"][()]
+            assert s["scores"]["sub_loss"] == {"final": sub[-1], "best": sub.min(), "best_round": 1 + np.argmin(sub)}
             assert s["lambda0"] == f["theory/lambda0"][()]
             slope = np.polyfit(rounds, np.log(loss), 1)[0]
             assert math.isclose(s["rate_per_round"], math.exp(slope), rel_tol=1e-9)
@@ -98,12 +102,13 @@ def test_inspect_numbers_and_comparison_table(two_runs):
     text = subprocess.run([inspect, *paths], capture_output=True, text=True, timeout=60).stdout
     table = text[text.index("\nrun "):].strip().splitlines()
     header = table[0].split()
-    # only the keys that differ (subnets, and keep that follows from it) are columns
-    assert header[:3] == ["run", "masks.keep", "masks.subnets"]
-    assert "(config keys that differ: masks.keep, masks.subnets)" in text
+    # only the keys the user set apart are columns (subnets; not keep, which followed from it)
+    assert header[:6] == ["run", "masks.subnets", "status", "rounds", "final", "loss"]
+    assert "(config keys that differ: masks.subnets)" in text
     rows = {line.split()[0]: line.split() for line in table[2:4]}
-    assert rows[paths[0]][2] == "2" and rows[paths[1]][2] == "4"
-    assert float(rows[paths[1]][5]) == pytest.approx(js[1]["loss_final"], rel=1e-4)
+    assert rows[paths[0]][1] == "2" and rows[paths[1]][1] == "4"
+    assert float(rows[paths[1]][4]) == pytest.approx(js[1]["loss_final"], rel=1e-4)
+    assert float(rows[paths[1]][5]) == pytest.approx(js[1]["loss_best"], rel=1e-4)
 
 
 def test_plot_writes_an_image_with_the_curves(two_runs, tmp_path):
@@ -167,22 +172,25 @@ def test_a_reader_catching_columns_mid_append_sees_the_rows_all_of_them_hold(two
     np.testing.assert_array_equal(run.eval["loss"], loss)
     np.testing.assert_array_equal(run.metrics["round"], metric_rounds)
     assert {len(v) for v in run.metrics.values()} == {len(metric_rounds)}
-    s = mpisub.analysis.summary(run)
+    s = report.summary(run)
     assert s["loss_final"] == loss[-1] and s["rounds_done"] == len(metric_rounds)
 
 
 def test_exports_tensorboard_and_dataframe_hold_the_run_files_numbers(tmp_path):
-    """--csv, --jsonl, Run.to_dataframe and the TensorBoard events (read back with TensorBoard's own
-    reader) against the run file's metrics as h5py reads them."""
+    """--csv, --jsonl, Run.to_dataframe, open_runs(...).to_dataframe and the TensorBoard events
+    (read back with TensorBoard's own reader) against both of the run file's tables as h5py reads
+    them: every per-round metric and every evaluation column (held-out loss included)."""
     import csv
     import io
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    r = mpirun(2, *sets(output__dir="tb", output__tensorboard=True, train__rounds=7, model__width=128, data__n=64),
-               cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    for name, lr in (("tb", 4.0), ("tb2", 2.0)):
+        r = mpirun(2, *sets(output__dir=name, output__tensorboard=True, train__rounds=7, model__width=128,
+                            data__n=64, data__test_n=16, output__eval_every=2, train__lr=lr), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
     with h5py.File(tmp_path / "tb" / "run.h5") as f:
-        metrics = {name: f["metrics"][name][()] for name in f["metrics"]}
+        tables = {table: {name: f[table][name][()] for name in f[table]} for table in ("metrics", "eval")}
+    assert list(tables["eval"]["round"]) == [0, 2, 4, 6, 7] and np.isfinite(tables["eval"]["test_loss"]).all()
     inspect = os.path.join(os.path.dirname(sys.executable), "mpisub-inspect")
     def inspect_as(flag):
         return subprocess.run([inspect, flag, "tb"], cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout
@@ -191,17 +199,36 @@ def test_exports_tensorboard_and_dataframe_hold_the_run_files_numbers(tmp_path):
     frame = mpisub.open_run(str(tmp_path / "tb")).to_dataframe()
     events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
     events.Reload()
-    assert len(rows) == len(lines) == len(frame) == 7
-    for name, values in metrics.items():
-        np.testing.assert_array_equal([float(row[name]) for row in rows], values)     # repr round-trips
-        np.testing.assert_array_equal([line[name] for line in lines], values)
-        if name == "round":
-            np.testing.assert_array_equal(frame.index, values)
-            continue
-        np.testing.assert_array_equal(frame[name].to_numpy(), values)
-        scalars = events.Scalars(name)
-        assert [s.step for s in scalars] == list(metrics["round"])
-        np.testing.assert_allclose([s.value for s in scalars], values, rtol=1e-6)   # TensorBoard keeps float32
+    assert len(rows) == len(lines) == 7 + 5 and list(frame.index) == list(range(8))
+    for table, columns in tables.items():
+        mine = [row for row in rows if row["table"] == table]
+        theirs = [line for line in lines if line["table"] == table]
+        for name, values in columns.items():
+            np.testing.assert_array_equal([float(row[name]) for row in mine], values)     # repr round-trips
+            np.testing.assert_array_equal([line[name] for line in theirs], values)
+            if name == "round":
+                continue
+            np.testing.assert_array_equal(frame.loc[columns["round"], name].to_numpy(), values)
+            scalars = events.Scalars(name)
+            assert [s.step for s in scalars] == list(columns["round"])
+            np.testing.assert_allclose([s.value for s in scalars], values, rtol=1e-6)   # TensorBoard keeps float32
+    assert frame.loc[1, ["loss", "test_loss"]].isna().all() and frame.loc[0, ["sub_loss"]].isna().all()
+    both = mpisub.open_runs(str(tmp_path / "tb*")).to_dataframe()
+    assert list(both.columns[:3]) == ["run", "train.lr", "round"] and len(both) == 16
+    np.testing.assert_array_equal(both[both["train.lr"] == 4.0]["loss"].to_numpy(), frame["loss"].to_numpy())
+    # mpisub-plot --metric any column, against compute: the held-out loss at the evaluated rounds,
+    # x = rounds x p tau keep (IST on 2 ranks: 5 full gradients a round)
+    from mpisub import plot
+    x, y = plot._curve(mpisub.open_run(str(tmp_path / "tb")), "test_loss", "compute")
+    np.testing.assert_array_equal(x, 5.0 * tables["eval"]["round"])
+    np.testing.assert_array_equal(y, tables["eval"]["test_loss"])
+    drawn = subprocess.run([os.path.join(BIN, "mpisub-plot"), "tb", "tb2", "--metric", "test_loss", "--x", "compute",
+                            "-o", "held.png"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert drawn.returncode == 0 and (tmp_path / "held.png").stat().st_size > 10000, drawn.stderr
+    wrong = subprocess.run([os.path.join(BIN, "mpisub-plot"), "tb", "--metric", "tset_loss"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("mpisub-plot: error: --metric 'tset_loss': the runs have "
+                                                             "no such column; they have bytes_comm"), wrong.stderr
 
 
 def test_watch_follows_a_running_job_until_it_ends(tmp_path):

@@ -133,14 +133,14 @@ def test_every_mutated_checkpoint_is_refused_in_one_line_or_continues_exactly(ba
 
 READER = r"""
 import io, json, sys, traceback
-from mpisub import analysis
+from mpisub import analysis, report
 from mpisub.errors import UserError
 for path in json.load(sys.stdin):
     try:
         run = analysis.open_run(path)
-        analysis.format_summary(analysis.summary(run))
-        analysis.export([run], "csv", io.StringIO())
-        analysis.export([run], "jsonl", io.StringIO())
+        report.format_summary(report.summary(run))
+        report.export([run], "csv", io.StringIO())
+        report.export([run], "jsonl", io.StringIO())
         print(json.dumps([path, "ok"]), flush=True)
     except UserError as e:
         print(json.dumps([path, "user: " + str(e)]), flush=True)
