@@ -202,24 +202,29 @@ class Rounds:
 
 def check_diverged(loss: float | None, sub_loss: float, loss_init: float, done: int, cfg, X,
                    last_checkpoint) -> None:
-    """A loss 1000 x the initial one (DIVERGED) or not finite: the steps are too large. Between
-    evaluations (loss None) the subnetworks' loss, which every round has, must be finite."""
-    what = "the loss"
-    if loss is None:
-        if math.isfinite(sub_loss):
-            return
-        loss, what = sub_loss, "the subnetworks' loss"
-    elif math.isfinite(loss) and loss <= DIVERGED * loss_init:
+    """The steps are too large when the full network's loss (at an evaluation) passes DIVERGED x its
+    initial loss, or the subnetworks' loss (every round) DIVERGED x that / keep (a subnetwork's
+    surrogate has 1/keep times the variance at the start), or either is not finite. Every round is
+    checked before its checkpoint is written, so every checkpoint on disk has only losses within
+    these bounds: the last one is named as the one kept."""
+    bounds = (("the loss", loss, DIVERGED * loss_init),
+              ("the subnetworks' loss", sub_loss, DIVERGED * loss_init / cfg.masks.keep))
+    bad = [(what, value) for what, value, bound in bounds
+           if value is not None and not (math.isfinite(value) and value <= bound)]
+    if not bad:
         return
+    what, value = bad[0]
     big_x = float(np.max(np.linalg.norm(X, axis=1)))
     large_x = (f"; the inputs are large (largest ||x|| = {big_x:.3g}), which shrinks the stable step: "
                f"consider data.normalize = 'unit'") if big_x > 10 else ""
     scaled = f", a step of {config.step_size(cfg):g} with train.lr_scaling = 'keep'" \
         if cfg.train.lr_scaling == "keep" else ""
-    raise UserError(f"{what} became {loss:.4g} in round {done} (initial {loss_init:.4g}): "
+    kept = "" if last_checkpoint is None else \
+        f" (the last checkpoint, round {last_checkpoint}, whose losses were all finite and within the bounds, is kept)"
+    bound = f"{DIVERGED:g}x the initial loss" + (" / keep" if what != "the loss" else "")
+    raise UserError(f"{what} became {value:.4g} in round {done} (initial loss {loss_init:.4g}; bound {bound}): "
                     f"training diverged; lower train.lr (now {cfg.train.lr:g}{scaled}): a subnetwork's step is "
-                    f"about 1/keep times stronger, so small masks.keep needs a small lr{large_x} "
-                    f"(the last good checkpoint, round {last_checkpoint}, is kept)")
+                    f"about 1/keep times stronger, so small masks.keep needs a small lr{large_x}{kept}")
 
 
 class Interrupted(Exception):

@@ -159,7 +159,8 @@ def test_every_preset_trains(tmp_path, preset, ranks):
 def test_divergence_stops_with_a_hint_and_status_failed(tmp_path):
     r = mpirun(2, *sets(output__dir="out", train__lr=1e6, model__width=256, data__n=64), cwd=tmp_path)
     assert r.returncode == 2
-    assert re.fullmatch(r"mpisub-train: error: the (subnetworks' )?loss became \S+ in round \d+ \(initial \S+\): "
+    assert re.fullmatch(r"mpisub-train: error: the (subnetworks' )?loss became \S+ in round \d+ \(initial loss \S+; "
+                        r"bound 1000x the initial loss( / keep)?\): "
                         r"training diverged; lower train.lr \(now 1e\+06\): .*\n", r.stderr)
     with h5py.File(tmp_path / "out" / "run.h5") as f:
         assert f.attrs["status"] == "failed"

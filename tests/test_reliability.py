@@ -194,14 +194,29 @@ def test_divergence_without_overflow_stops_and_keeps_the_last_good_checkpoint(tm
     r = mpirun(2, *sets(output__dir="out", train__lr=8.0, masks__subnets=16, model__width=1024, data__n=128,
                         output__checkpoint_every=2), cwd=tmp_path)
     assert r.returncode == 2 and "training diverged" in r.stderr
-    became, initial = map(float, re.search(r"loss became (\S+) in round \d+ \(initial (\S+)\)", r.stderr).groups())
+    became, initial = map(float, re.search(r"loss became (\S+) in round \d+ \(initial loss (\S+);", r.stderr).groups())
     assert np.isfinite(became) and became > 1e3 * initial
-    m = re.search(r"in round (\d+) .*the last good checkpoint, round (\d+), is kept", r.stderr)
+    m = re.search(r"in round (\d+) .*the last checkpoint, round (\d+), whose losses were all finite and within "
+                  r"the bounds, is kept", r.stderr)
     failed, kept = int(m.group(1)), int(m.group(2))
     ck = store.read_checkpoint(str(tmp_path / "out"))
     assert ck["round"] == kept == (failed - 1) // 2 * 2
     assert np.all(np.isfinite(store.read_checkpoint_W(str(tmp_path / "out"))))
-    assert np.all(np.isfinite(ck["eval"]["loss"])) and np.all(np.isfinite(ck["metrics"]["sub_loss"]))
+    # the bounds: the full loss within 1000x the initial, the subnetworks' within 1000x / keep (1/16)
+    assert np.all(ck["eval"]["loss"] <= 1e3 * ck["loss_init"])
+    assert np.all(ck["metrics"]["sub_loss"] <= 16e3 * ck["loss_init"])
+
+
+def test_a_subnetwork_loss_that_explodes_between_evaluations_stops_the_run_before_its_checkpoint(tmp_path):
+    """Dropout at a huge lr: the subnetworks' loss explodes from round 1 while the full network is
+    evaluated only every 50 rounds; the run stops in round 1, and only the initial checkpoint is
+    there (none of a diverged state)."""
+    r = mpirun(2, *sets(output__dir="out", train__lr=1e4, masks__kind="bernoulli", masks__subnets=2,
+                        masks__keep=0.5, output__eval_every=50, output__checkpoint_every=1, model__width=256,
+                        data__n=64), cwd=tmp_path)
+    assert r.returncode == 2 and "the subnetworks' loss became " in r.stderr and " in round 1 " in r.stderr, r.stderr
+    assert "the last checkpoint, round 0," in r.stderr
+    assert store.read_checkpoint(str(tmp_path / "out"))["round"] == 0
     with h5py.File(tmp_path / "out" / "run.h5") as f:
         assert f.attrs["status"] == "failed"
 
