@@ -9,8 +9,9 @@ import os
 import h5py
 import numpy as np
 
-from . import schema, theory
+from . import model, schema, theory
 from .config import compute_per_round, flatten, from_dict
+from .data import Inputs
 from .errors import UserError
 from .folders import FILENAME
 from .readback import read_run
@@ -34,6 +35,7 @@ class Run:
         self.status = self.attrs["status"]
         self.data_source = run["data"].get("source", "")     # "" for built-in data (then /data holds it)
         self.data_sha256 = run["data"].get("sha256", "")
+        self._data = run["data"]
         self._fill_compute()
 
     def _fill_compute(self) -> None:
@@ -56,6 +58,26 @@ class Run:
     H = property(lambda self: self._array("theory/H"), doc="the data's NTK Gram matrix (None unless stored)")
     masks = property(lambda self: None if (M := self._array("masks")) is None else M[:len(self.metrics["round"])],
                      doc="rounds x p x m, with output.record_masks")
+
+    @property
+    def inputs(self) -> Inputs:
+        """How the run normalized its inputs (data.Inputs), from the run file: new inputs go through
+        it as the training set did. A UserError for a 'standardize' run from before mpisub 0.4,
+        which did not store the statistics."""
+        how = self._data.get("normalize", self.config["data"]["normalize"])
+        if how == "standardize" and "mean" not in self._data:
+            raise UserError(f"{self.path}: the run standardized its inputs but does not store the training set's "
+                            f"means and stds (written before mpisub 0.4); train it again to predict with it")
+        return Inputs(how, self._data.get("mean"), self._data.get("std"))
+
+    def predict(self, X) -> np.ndarray:
+        """The trained network's outputs f(W, x) (n x c, float64) for raw inputs X (n x d),
+        normalized as the training set was; for classification, the class is their argmax."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        d = self.config["data"]["d"]
+        if X.ndim != 2 or X.shape[1] != d:
+            raise UserError(f"the inputs have shape {X.shape}; the run's network takes {d} inputs per sample")
+        return model.forward(self.W, self.a, self.inputs(X))
 
     @property
     def given(self) -> dict:

@@ -8,6 +8,7 @@ Nothing at import time loads numpy: its BLAS reads the thread variables (threads
 when it loads.
 """
 import argparse
+import json
 import signal
 import sys
 import time
@@ -51,6 +52,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config value (repeatable), e.g. --set train.lr=2.0")
     p.add_argument("--preset", choices=list(config.PRESETS), help="start from a preset (default: the ist defaults)")
+    p.add_argument("--init-from", metavar="RUN", dest="overrides", action="append",
+                   type=lambda run: f"model.init_from = {json.dumps(run)}",
+                   help="start from a finished run's W and a (same width, inputs and outputs; any other key may "
+                        "differ, e.g. a smaller train.lr): --set model.init_from=RUN")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (at any K "
                    "under plan outputs, a K dividing its subnets under plan rows); --set may change only "
                    + ", ".join(config.RESUME_KEYS))
@@ -98,6 +103,7 @@ def _train_locked(args, comm, cores: int, watch: tuple, held: list) -> None:
     dog.floor = job.cfg.train.watchdog_seconds
     sets = start.shared_data(job.cfg, comm)
     comm.agree_on(job.fit, sets)
+    comm.agree_on(job.check_init, who="root")
     if args.print_config:  # the config as given: it reproduces the run at any K
         if comm.rank == 0:
             print(f"# mpisub {__version__}: the config of this run as given; after '#', what it resolved to "

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import json
-import math
 from dataclasses import dataclass, field
 
+from .constraints import ANY, COUNT, POSITIVE, SEED, Interval, Options
 from .errors import UserError
 from .losses import LOSSES
 from .masks import KINDS
@@ -55,6 +54,7 @@ class ModelConfig(_Section):
     width: int = 4096           # m, hidden neurons
     init_scale: float = 1.0     # kappa: w_r ~ N(0, kappa^2 I)
     dtype: str = "float64"
+    init_from: str = ""         # "" = W and a drawn from train.seed; a finished run (folder or run.h5): its W and a
 
 
 @dataclass
@@ -160,52 +160,8 @@ PRESETS = {
 }
 
 
-# Declarative constraints, one per key (RULES names every key). The type of a key is the type of
-# its default; a rule says which values of that type a key takes.
-@dataclass(frozen=True)
-class Interval:
-    """A number in [low, high] (None: unbounded); `open_low` excludes low itself. NaN and inf are
-    never in range (after scikit-learn's Interval)."""
-    low: float | None
-    high: float | None = None
-    open_low: bool = False
-
-    def holds(self, v) -> bool:
-        return not (isinstance(v, float) and not math.isfinite(v)) and \
-            (self.low is None or (v > self.low if self.open_low else v >= self.low)) and \
-            (self.high is None or v <= self.high)
-
-    def problem(self, key: str, v) -> str:
-        span = f"{'(' if self.open_low else '['}{self.low}, {'inf' if self.high is None else self.high}]"
-        return f"{key} = {v!r} is out of range: must be in {span}"
-
-
-@dataclass(frozen=True)
-class Options:
-    """One of a few strings."""
-    choices: tuple
-
-    def holds(self, v) -> bool:
-        return v in self.choices
-
-    def problem(self, key: str, v) -> str:
-        close = difflib.get_close_matches(str(v), self.choices, n=1, cutoff=0.6)
-        return f"{key} = {v!r} is not one of {', '.join(self.choices)}" + \
-            (f"; did you mean {close[0]!r}?" if close else "")
-
-
-@dataclass(frozen=True)
-class Anything:
-    """Any value of the key's type (a path, a name, a flag): checked where it is used."""
-
-    def holds(self, v) -> bool:
-        return True
-
-    def problem(self, key: str, v) -> str:  # pragma: no cover (holds is always true)
-        return ""
-
-
-ANY, POSITIVE, COUNT, SEED = Anything(), Interval(1), Interval(0), Interval(0, 2**63 - 1)
+# one rule per key (RULES names every key): the type of a key is the type of its default; a rule
+# says which values of that type a key takes (constraints.py)
 RULES = {
     "data.source": ANY,                      # resolve.settle: "synthetic" or a data file's suffix
     "data.n": POSITIVE,
@@ -224,6 +180,7 @@ RULES = {
     "model.width": Interval(1, 2**31 - 1),  # neuron counts travel as C ints
     "model.init_scale": Interval(0.0, open_low=True),
     "model.dtype": Options(("float64", "float32")),
+    "model.init_from": ANY,                  # resolve.settle: absolute; readback.check_init: the run's W and a
     "masks.kind": Options(tuple(KINDS)),
     "masks.subnets": COUNT,                  # 0: the kind's own
     "masks.keep": Interval(0.0, 1.0),

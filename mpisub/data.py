@@ -19,14 +19,46 @@ TEACHER_WIDTH = 8
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """How raw inputs become the network's (data.normalize): 'standardize' every column to mean 0,
+    std 1 with the training set's statistics (a constant column's std counts as 1); 'unit' every
+    row to norm 1, as the theory assumes (||x_i|| = 1); 'none'. The run file stores it, so new
+    inputs are treated as the training set was (Run.predict)."""
+    normalize: str = "none"
+    mean: np.ndarray | None = None   # d, with 'standardize'
+    std: np.ndarray | None = None
+
+    @classmethod
+    def fit(cls, X: np.ndarray, normalize: str) -> "Inputs":
+        if normalize != "standardize":
+            return cls(normalize)
+        std = X.std(axis=0)
+        return cls(normalize, X.mean(axis=0), np.where(std > 0, std, 1.0))
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        if self.normalize == "standardize":
+            return (X - self.mean) / self.std
+        if self.normalize == "unit":
+            big = np.max(np.abs(X), axis=1, keepdims=True)  # scaled first: huge values must not overflow the norm
+            if np.any(big == 0):
+                raise UserError("data.normalize = 'unit': some samples are all zeros and have no direction; "
+                                "drop them or use data.normalize = 'standardize'")
+            X = X / big
+            return X / np.linalg.norm(X, axis=1, keepdims=True)
+        return X
+
+
+@dataclass(frozen=True)
 class Sets:
     """A run's data: the training set, the held-out set (0 rows without one), in the model's dtype,
-    and the data files' sha256 ("" for built-in data; the test file's after a comma)."""
+    the data files' sha256 ("" for built-in data; the test file's after a comma) and how the
+    inputs were normalized."""
     X: np.ndarray
     Y: np.ndarray
     X_test: np.ndarray
     Y_test: np.ndarray
     sha256: str = ""
+    inputs: Inputs = Inputs()
 
 
 def synthetic(n: int, d: int, outputs: int, noise: float, seed: int, test_n: int = 0):
@@ -74,7 +106,7 @@ def files_sha256(cfg) -> str:
     return ",".join(digests)
 
 
-def _read_h5(path, x_name, y_name):
+def _read_h5(path, names):
     import h5py
     try:
         f = h5py.File(path, "r")
@@ -83,7 +115,7 @@ def _read_h5(path, x_name, y_name):
                         f"check the file") from None
     with f:
         arrays = []
-        for key, name in (("data.x_name", x_name), ("data.y_name", y_name)):
+        for key, name in names:
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 have = ", ".join(k for k in f if isinstance(f[k], h5py.Dataset)) or "none"
                 raise UserError(f"data.source {path!r} has no dataset {name!r} (datasets: {have}); "
@@ -92,13 +124,13 @@ def _read_h5(path, x_name, y_name):
     return arrays
 
 
-def _read_npz(path, x_name, y_name):
+def _read_npz(path, names):
     if not zipfile.is_zipfile(path):  # else numpy takes it for a pickle
         raise UserError(f"data.source {path!r} is not a readable .npz file (not a zip archive); check the file")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = []
-            for key, name in (("data.x_name", x_name), ("data.y_name", y_name)):
+            for key, name in names:
                 if name not in z.files:
                     raise UserError(f"data.source {path!r} has no array {name!r} (arrays: "
                                     f"{', '.join(z.files) or 'none'}); set {key} to the right name")
@@ -129,6 +161,21 @@ def _csv_rows(path):
 
 
 def _read_csv(path, target):
+    header, values = _csv_table(path)
+    wanted = [t.strip() for t in target.split(",")] if target else [header[-1]]
+    missing = [t for t in wanted if t not in header]
+    if missing:
+        raise UserError(f"data.source {path!r} has no column {missing[0]!r} (columns: {', '.join(header)}); "
+                        f"set data.target to target column names, comma-separated")
+    if len(wanted) == len(header):
+        raise UserError(f"data.source {path!r}: data.target takes every column; leave at least one input column")
+    y_cols = [header.index(t) for t in wanted]
+    x_cols = [j for j in range(len(header)) if j not in y_cols]
+    return values[:, x_cols], values[:, y_cols]
+
+
+def _csv_table(path):
+    """A CSV's header and its numbers."""
     rows = _csv_rows(path)
     if not rows:
         raise UserError(f"data.source {path!r} is empty; a CSV needs a header row and one row per sample")
@@ -139,13 +186,6 @@ def _read_csv(path, target):
                 raise UserError(f"data.source {path!r}: the header is one column holding {name} characters: the "
                                 f"file looks {name}-separated, and mpisub reads comma-separated CSV; save it with "
                                 f"commas")
-    wanted = [t.strip() for t in target.split(",")] if target else [header[-1]]
-    missing = [t for t in wanted if t not in header]
-    if missing:
-        raise UserError(f"data.source {path!r} has no column {missing[0]!r} (columns: {', '.join(header)}); "
-                        f"set data.target to target column names, comma-separated")
-    if len(wanted) == len(header):
-        raise UserError(f"data.source {path!r}: data.target takes every column; leave at least one input column")
     values = np.empty((len(rows) - 1, len(header)))
     for i, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
@@ -157,9 +197,7 @@ def _read_csv(path, target):
             except ValueError:
                 raise UserError(f"data.source {path!r} line {i}, column {header[j]!r}: {cell[:40]!r} is not a "
                                 f"number; CSV data must be numeric (encode categories as numbers)") from None
-    y_cols = [header.index(t) for t in wanted]
-    x_cols = [j for j in range(len(header)) if j not in y_cols]
-    return values[:, x_cols], values[:, y_cols]
+    return header, values
 
 
 def read_file(path: str, x_name: str = "X", y_name: str = "Y", target: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -171,8 +209,13 @@ def read_file(path: str, x_name: str = "X", y_name: str = "Y", target: str = "")
         raise UserError(f"data.source {path!r}: {what}; give the path of a .h5, .npz or .csv file")
     if not os.access(path, os.R_OK):
         raise UserError(f"data.source {path!r} is not readable (permission denied); fix its permissions")
+    return _guarded(path, lambda: _checked(path, *_read(path, x_name, y_name, target)))
+
+
+def _guarded(path: str, read):
+    """read() of a user's file: whatever fails in it is a UserError naming the file."""
     try:
-        return _checked(path, *_read(path, x_name, y_name, target))
+        return read()
     except UserError:
         raise
     except MemoryError:
@@ -187,12 +230,40 @@ def _read(path, x_name, y_name, target):
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".csv":
         return _read_csv(path, target)
-    if suffix == ".npz":
-        return _read_npz(path, x_name, y_name)
-    return _read_h5(path, x_name, y_name)
+    names = (("data.x_name", x_name), ("data.y_name", y_name))
+    return (_read_npz if suffix == ".npz" else _read_h5)(path, names)
 
 
-def _checked(path, X, Y):
+def read_inputs(path: str, x_name: str, target: str, d: int) -> np.ndarray:
+    """Raw inputs for a trained network (mpisub-predict), float64 and checked: a .npz or .h5 file's
+    array `x_name`, or a CSV's d input columns (all its columns, or all but the training's target
+    columns `target`, the last one when ""). Problems name the file."""
+    def read():
+        if not path.lower().endswith(".csv"):
+            X = (_read_npz if path.lower().endswith(".npz") else _read_h5)(path, (("data.x_name", x_name),))[0]
+            return _checked(path, X)[0]
+        header, values = _csv_table(path)
+        wanted = [t.strip() for t in target.split(",")] if target else [header[-1]]
+        keep = [j for j, h in enumerate(header) if values.shape[1] == d or h not in wanted]
+        if len(keep) != d:
+            raise UserError(f"data.source {path!r} has the columns {', '.join(header)}; the network takes {d} "
+                            f"inputs: give its {d} input columns (the targets may be there too)")
+        return _checked(path, values[:, keep])[0]
+    if not os.path.isfile(path):
+        raise UserError(f"{path!r}: not found; give a .npz, .h5 or .csv file of inputs")
+    try:
+        X = _guarded(path, read)
+    except UserError as e:
+        raise UserError(str(e).replace("data.source ", "", 1)) from None
+    if X.shape[1] != d:
+        raise UserError(f"{path!r}: {x_name} has {X.shape[1]} columns; the network takes {d} inputs per sample")
+    return X
+
+
+def _checked(path, X, Y=None):
+    """X and Y (when given) as 2-D float64, checked: numbers, rows alike, finite."""
+    if Y is None:
+        Y = np.zeros((len(X) if np.ndim(X) else 0, 1))
     out = []
     for name, A in (("X", X), ("Y", Y)):
         A = np.asarray(A)
@@ -218,35 +289,17 @@ def _checked(path, X, Y):
     return X, Y
 
 
-def normalize(X: np.ndarray, how: str, like: np.ndarray | None = None) -> np.ndarray:
-    """'standardize': every column to mean 0, std 1 (constant columns left at 0), with the column
-    statistics of `like` when given (a test set takes its training set's); 'unit': every row to
-    norm 1, as the theory assumes (||x_i|| = 1); 'none'."""
-    if how == "standardize":
-        ref = X if like is None else like
-        std = ref.std(axis=0)
-        return (X - ref.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    if how == "unit":
-        big = np.max(np.abs(X), axis=1, keepdims=True)  # scaled first: huge values must not overflow the norm
-        if np.any(big == 0):
-            raise UserError("data.normalize = 'unit': some samples are all zeros and have no direction; "
-                            "drop them or use data.normalize = 'standardize'")
-        X = X / big
-        return X / np.linalg.norm(X, axis=1, keepdims=True)
-    return X
-
-
 def load(cfg) -> tuple[np.ndarray, np.ndarray, str]:
     """X, Y for the run, in the model's dtype, C-contiguous, and the source file's sha256 ("" for
     built-in data)."""
-    X, Y, _, _, digest = load_sets(cfg)
-    return X, Y, digest
+    sets = load_sets(cfg)
+    return sets.X, sets.Y, sets.sha256
 
 
-def load_sets(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
-    """X, Y, X_test, Y_test (0 rows without a test set) in the model's dtype, C-contiguous, and the
-    data files' sha256 ("" for built-in data; the test file's after a comma). Classification turns
-    integer labels into one-hot rows (docs/design.md, the keys `data.task` and `data.test_source`)."""
+def load_sets(cfg) -> Sets:
+    """X, Y, X_test, Y_test (0 rows without a test set) in the model's dtype, C-contiguous, the
+    data files' sha256 and the normalization. Classification turns integer labels into one-hot
+    rows (docs/design.md, the keys `data.task` and `data.test_source`)."""
     c = cfg.data
     Xt = Yt = None
     if c.source == "synthetic":
@@ -282,8 +335,9 @@ def load_sets(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]
         Xt, Yt = np.zeros((0, X.shape[1])), np.zeros((0, Y.shape[1]))
     dtype = np.dtype(cfg.model.dtype)
     with np.errstate(all="ignore"):
-        Xt = normalize(Xt, c.normalize, like=X) if len(Xt) else Xt
-        X = normalize(X, c.normalize)
+        inputs = Inputs.fit(X, c.normalize)
+        Xt = inputs(Xt) if len(Xt) else Xt
+        X = inputs(X)
         X, Y = np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(Y, dtype=dtype)
         Xt, Yt = np.ascontiguousarray(Xt, dtype=dtype), np.ascontiguousarray(Yt, dtype=dtype)
         for name, A in (("X", X), ("Y", Y), ("X_test", Xt), ("Y_test", Yt)):
@@ -293,7 +347,7 @@ def load_sets(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]
                 raise UserError(f"{what}: {name} has values up to {big:.3g}, too large for model.dtype = "
                                 f"{cfg.model.dtype!r} once squared; rescale the data (data.normalize = 'unit' or "
                                 f"'standardize'){'' if digest else ' or lower data.noise'}")
-    return X, Y, Xt, Yt, digest
+    return Sets(X, Y, Xt, Yt, digest, inputs)
 
 
 # the most classes a classification run takes: labels are 0 ... C-1, and the targets n x C numbers

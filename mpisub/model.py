@@ -5,15 +5,17 @@
 W (m x d) is trained; a (m x c, entries +-1) is fixed. Init: w_r ~ N(0, kappa^2 I) and a_r
 uniform in {+1, -1}, both drawn in chunks of INIT_CHUNK neurons from streams keyed by
 (train.seed, chunk), so a rank draws only its own rows and W_init is the same for any number of
-ranks. A subnetwork's surrogate f_l has scale 1/(keep sqrt(m)) over its active neurons.
-Plain numpy (no MPI, no numba): the kernels compute the same f fast (kernels.py), `forward` is
-its plain statement for readers of a run file.
+ranks; or, with model.init_from, a finished run's W and a. A subnetwork's surrogate f_l has
+scale 1/(keep sqrt(m)) over its active neurons.
+Plain numpy (no MPI, no numba; model.init_from's weights are read by readback): the kernels
+compute the same f fast (kernels.py), `forward` is its plain statement for readers of a run file.
 """
 import math
 
 import numpy as np
 
 from .masks import INIT, stream
+from .readback import read_init
 
 # W and a are drawn in chunks of this many neurons, each from its own stream
 INIT_CHUNK = 1024
@@ -24,7 +26,10 @@ def _chunk(cfg, c: int, what: int) -> np.random.Generator:
 
 
 def init_rows(cfg, lo: int, hi: int) -> np.ndarray:
-    """Rows lo:hi of W_init: w_r ~ N(0, kappa^2 I), drawn chunk by chunk."""
+    """Rows lo:hi of W_init: w_r ~ N(0, kappa^2 I), drawn chunk by chunk; with model.init_from,
+    the finished run's W (its rows read from its run file)."""
+    if cfg.model.init_from:
+        return read_init(cfg.model.init_from, "model/W", lo, hi).astype(cfg.model.dtype)
     m, d = cfg.model.width, cfg.data.d
     W = np.empty((hi - lo, d), dtype=cfg.model.dtype)
     for c in range(lo // INIT_CHUNK, (hi - 1) // INIT_CHUNK + 1 if hi > lo else 0):
@@ -38,8 +43,12 @@ def init_rows(cfg, lo: int, hi: int) -> np.ndarray:
 
 def output_weights(cfg) -> np.ndarray:
     """a (m x c): entries uniform in {+1, -1}, fixed; as int8 (m c bytes: every rank keeps all of
-    its signs, drawn once, and takes the rows it uses in the model's dtype)."""
+    its signs, drawn once, and takes the rows it uses in the model's dtype); with model.init_from,
+    the finished run's."""
     m, c = cfg.model.width, cfg.data.outputs
+    if cfg.model.init_from:
+        return np.concatenate([read_init(cfg.model.init_from, "model/a", lo, lo + 2**16).astype(np.int8)
+                               for lo in range(0, m, 2**16)])
     chunks = [(2 * _chunk(cfg, k, 1).integers(0, 2, size=(min(INIT_CHUNK, m - k * INIT_CHUNK), c)) - 1).astype(np.int8)
               for k in range(-(-m // INIT_CHUNK))]
     return np.concatenate(chunks)

@@ -5,6 +5,7 @@ shape, and the relations between them) and a checkpoint against its checksums; w
 is one UserError naming the file and what is wrong, before anything is written. HDF5 and numpy
 only: no MPI, no numba."""
 import contextlib
+import hashlib
 import json
 import os
 
@@ -85,7 +86,7 @@ def _run_layout(f, what: str) -> dict:
         raise L.bad(f"attr 'status' is {attrs['status']!r}, not running, completed, failed or interrupted")
     for name, kind in (("ranks", int), ("mpisub_version", str), ("created", str), ("mpi_library", str),
                        ("segments", "json list"), ("config_given", "json dict"), ("plan_reason", str),
-                       ("code_hash", str)):
+                       ("code_hash", str), ("init_round", int), ("init_sha256", str)):
         L.attr(name, kind, required=False)
     if not isinstance(f.get("metrics"), h5py.Group):
         raise L.bad("group /metrics is missing")
@@ -128,8 +129,7 @@ def _read_run(f, path: str, arrays: bool) -> dict:
             raise UserError(f"{path}: /eval has no round or loss column")
     else:  # before mpisub 0.2 every round was evaluated, into /metrics/loss
         run["eval"] = {"round": run["metrics"]["round"], "loss": run["metrics"]["loss"]}
-    source = f["data"].attrs if isinstance(f.get("data"), h5py.Group) else {}
-    run["data"] = {k: str(source[k]) for k in ("source", "sha256") if k in source}   # a user's file
+    run["data"] = _data(f, path, json.loads(run["attrs"]["config"])["data"]["d"])
     if "theory/lambda0" in f:
         run["lambda0"] = float(f["theory/lambda0"][()])
     for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W"):
@@ -140,6 +140,23 @@ def _read_run(f, path: str, arrays: bool) -> dict:
     if arrays and "masks" in f:
         run["masks"] = f["masks"][:len(run["metrics"]["round"])]   # a row per metrics row
     return run
+
+
+def _data(f, path: str, d: int) -> dict:
+    """/data's record, checked: a user's file ("source", absolute since mpisub 0.4, and "sha256")
+    and the inputs' normalization ("normalize"; "mean" and "std" of d numbers with 'standardize')."""
+    g = f.get("data")
+    if not isinstance(g, h5py.Group):
+        return {}
+    L = Layout(g, f"{path}: /data")
+    out = {k: v for k in ("source", "sha256", "normalize") if (v := L.attr(k, str, required=False)) is not None}
+    if out.get("normalize", "none") not in ("none", "standardize", "unit"):
+        raise L.bad(f"attr 'normalize' is {out['normalize']!r}, not none, standardize or unit")
+    if out.get("normalize") == "standardize":
+        out["mean"], out["std"] = (L.column(name, "f", d) for name in ("mean", "std"))
+        if not (np.isfinite(out["mean"]).all() and np.isfinite(out["std"]).all() and (out["std"] > 0).all()):
+            raise L.bad("mean or std is not finite, or a std is not positive")
+    return out
 
 
 def _history(L: Layout, table: str, rows: int | None, complete: bool) -> dict:
@@ -299,3 +316,39 @@ def _verify_chunks(f, lo: int, hi: int, rows: np.ndarray, what: str) -> None:
 
 
 __all__ = ["read_run", "read_checkpoint", "read_checkpoint_W", "CHECKPOINT_FORMAT"]
+
+
+def check_init(cfg) -> dict:
+    """The finished run whose W and a start this one (model.init_from), checked as untrusted input:
+    a completed run, W (model.width x data.d) finite, a (model.width x data.outputs) of +-1. Returns
+    what the new run records of it: {"init_round", "init_sha256"} (sha256 of W's and a's bytes)."""
+    path = cfg.model.init_from
+    what = f"model.init_from {path!r}"
+    if not os.path.isfile(path):
+        raise UserError(f"{what}: no run file there; give a finished run's folder or its run.h5")
+
+    def read(f):
+        L = Layout(f, what)
+        if L.attr("status", str) != "completed":
+            raise L.bad(f"the run is {f.attrs['status']!r}, not completed; finish it (mpisub-train --resume) first")
+        h = hashlib.sha256()
+        for name, cols in (("model/W", cfg.data.d), ("model/a", cfg.data.outputs)):
+            data = f.get(name)
+            if not isinstance(data, h5py.Dataset) or data.shape != (cfg.model.width, cols) or data.dtype.kind != "f":
+                have = data.shape if isinstance(data, h5py.Dataset) else "missing"
+                raise L.bad(f"{name} is {have}, not {cfg.model.width} x {cols} numbers: the new run must have the "
+                            f"same model.width, inputs and outputs")
+            for lo in range(0, cfg.model.width, 4096):
+                rows = data[lo:lo + 4096]
+                ok = np.isfinite(rows).all() if name == "model/W" else np.isin(rows, (-1.0, 1.0)).all()
+                if not ok:
+                    raise L.bad(f"{name} has {'values not finite' if name == 'model/W' else 'entries not +-1'}")
+                h.update(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
+        return {"init_round": int(f["model/W"].attrs.get("round", 0)), "init_sha256": h.hexdigest()}
+    return _read_h5(path, read, f"{what}: not a readable mpisub run file", "")
+
+
+def read_init(path: str, name: str, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of the model.init_from run's `name` (model/W or model/a), as check_init found them."""
+    return _read_h5(path, lambda f: f[name][lo:hi], f"model.init_from {path!r}: cannot read {name}",
+                    "; the file changed since the run started: restore it")

@@ -57,6 +57,8 @@ def summary(run: Run) -> dict:
         "model": cfg["model"],
         "data": {k: cfg["data"][k] for k in ("source", "n", "d", "outputs", "noise")},
         "train": cfg["train"],
+        "init_from": {"run": cfg["model"].get("init_from", ""), "round": run.attrs.get("init_round"),
+                      "sha256": run.attrs.get("init_sha256")} if cfg["model"].get("init_from") else None,
         "rounds_done": done,
         "loss_init": run.loss_init,
         "loss_final": float(loss[-1]) if len(loss) else None,
@@ -133,6 +135,9 @@ def format_summary(s: dict) -> str:
         f"batch={tr['batch_size'] or 'full'}   m={s['model']['width']}  {s['model']['dtype']}   "
         f"data {s['data']['source']} n={s['data']['n']} d={s['data']['d']} c={s['data']['outputs']}",
     ]
+    if s.get("init_from"):
+        lines.append(f"  started from the weights of {s['init_from']['run']} (its round {s['init_from']['round']}, "
+                     f"W and a sha256 {str(s['init_from']['sha256'])[:16]})")
     if s["loss_final"] is not None:
         init = f"{s['loss_init']:.4e} -> " if s["loss_init"] is not None else ""
         at = f" at round {s['loss_final_round']}" if s.get("loss_final_round") not in (None, s["rounds_done"]) else ""

@@ -2,14 +2,17 @@
 go in; the frozen config the run stores and why its plan is what it is come out (`settle`).
 
 Auto values are filled here (masks.subnets = 0, masks.keep = 0, output.eval_every = 0,
-train.plan = "auto"; train.rounds from train.budget) and the keys are checked against each other and against the data.
+train.plan = "auto"; train.rounds from train.budget; model.init_from becomes its run file's
+absolute path) and the keys are checked against each other and against the data.
 """
 import copy
 import math
+import os
 
 from . import resources
 from .config import Config, compute_per_round
 from .errors import UserError
+from .folders import FILENAME
 from .losses import LOSSES
 from .masks import KINDS
 
@@ -28,6 +31,10 @@ def settle(given: Config, ranks: int, shape: tuple | None = None, resuming: bool
     train.plan = "auto" weighs. Raises a UserError naming the keys that do not fit together."""
     cfg = copy.deepcopy(given)
     _check_data_keys(cfg)
+    if cfg.model.init_from:   # the run file, by its absolute path: the run then reads the same file from anywhere
+        path = cfg.model.init_from
+        cfg.model.init_from = os.path.abspath(path if path.lower().endswith((".h5", ".hdf5")) else
+                                              os.path.join(path, FILENAME))
     _fill_masks(cfg, ranks, resuming)
     if shape is not None:
         _fit_data(cfg, *shape)

@@ -46,7 +46,7 @@ class Job:
             raise UserError(f"srun started {step_tasks} tasks but MPI sees 1 rank in each: every task would "
                             f"train alone. Give srun the MPI plugin of your MPI library (srun --mpi=pmi2 for "
                             f"MPICH, --mpi=pmix for Open MPI; srun --mpi=list shows them) or use mpirun")
-        self.args, self.ranks, self.checkpoint = args, comm.size, None
+        self.args, self.ranks, self.checkpoint, self.init = args, comm.size, None, {}
         self.node = resources.Node(comm.ranks_per_node, cores)
         if args.resume:
             ck = self.checkpoint = readback.read_checkpoint(args.resume, args.allow_version_change)
@@ -81,6 +81,11 @@ class Job:
                 raise UserError(f"--resume {self.args.resume!r}: the run has done all {ck['round']} rounds; "
                                 f"to train longer add --set train.rounds=N with N > {ck['round']}")
 
+    def check_init(self) -> None:
+        """Rank 0's check of the model.init_from run (readback.check_init); what the run file records
+        of it goes to self.init."""
+        self.init = readback.check_init(self.cfg) if self.cfg.model.init_from else {}
+
     def start(self, comm):
         """The checkpoint as this rank continues from it (train.Start: its own rows of W), or None."""
         from .layout import Layout
@@ -106,7 +111,10 @@ def shared_data(cfg, comm) -> data.Sets:
     """One rank per node reads (or draws) the data, the others map its copy (an MPI-3 shared-memory
     window): one copy of the data per node (docs/design.md, section 3)."""
     loaded = comm.agree_on(data.load_sets, cfg, who="node")
-    return data.Sets(*comm.share_on_node(loaded))
+    arrays = None if loaded is None else \
+        (loaded.X, loaded.Y, loaded.X_test, loaded.Y_test, (loaded.sha256, loaded.inputs))
+    *shared, (sha256, inputs) = comm.share_on_node(arrays)
+    return data.Sets(*shared, sha256, inputs)
 
 
 def open_outputs(job: Job, comm, sets, held: list) -> Loggers:
@@ -137,7 +145,7 @@ def _open_on_root(job: Job, comm, sets, held: list, loggers: list) -> str:
         resources.check_disk(cfg, folder, resuming=True)
     cfg = cfg.replace({"output.dir": folder})
     attrs = {"config_given": job.given.to_json(), "mpisub_version": __version__, "code_hash": code_hash(),
-             "ranks": comm.size, "mpi_library": comm.library(), "plan_reason": job.why}
+             "ranks": comm.size, "mpi_library": comm.library(), "plan_reason": job.why, **job.init}
     segments = (ck["segments"] if ck else []) + [dict(job.segment(comm), last_round=ck["round"] if ck else 0)]
     header = Header(cfg.to_json(), attrs, job.given.to_json(), sets.sha256, ck["created"] if ck else "", segments,
                     (cfg.masks.subnets, cfg.model.width) if cfg.output.record_masks else None)

@@ -83,13 +83,17 @@ class RunFile(Logger):
         self.pending_masks, self.written_at = [], 0.0
 
     def log_start(self, start):
-        """The data (or the data file's name), a, and room for W_init and W, which `save_weights`
-        fills block by block (no process holds all of W)."""
-        if self.header.data_sha256:  # a user's file: say which one, rather than copy it
-            g = self.f.create_group("data")
+        """The data (or the data file's path and sha256), its normalization, a, and room for W_init
+        and W, which `save_weights` fills block by block (no process holds all of W)."""
+        g = self.f.create_group("data")
+        if self.header.data_sha256:  # a user's file: say which one (absolute), rather than copy it
             g.attrs["source"], g.attrs["sha256"] = start["source"], self.header.data_sha256
         else:
-            self.f["data/X"], self.f["data/Y"] = start["X"], start["Y"]
+            g["X"], g["Y"] = start["X"], start["Y"]
+        inputs = start["inputs"]     # how new inputs must be treated (Run.predict)
+        g.attrs["normalize"] = inputs.normalize
+        if inputs.mean is not None:
+            g["mean"], g["std"] = inputs.mean, inputs.std
         a = self.f.create_dataset("model/a", shape=start["a"].shape, dtype=start["dtype"])
         for lo in range(0, len(a), 2**16):   # a's signs (int8) in the model's dtype, a block at a time
             a[lo:lo + 2**16] = start["a"][lo:lo + 2**16]

@@ -14,6 +14,7 @@ owns the neurons layout.lo:layout.hi for the whole run (its rows of W live nowhe
 """
 import contextlib
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,8 +78,9 @@ def run(cfg, comm, sets, log, start: Start | None = None, stop_requested=lambda:
 
 def _log_start(cfg, comm, sets, log, a, W, say) -> None:
     """The run file's start: the data, a, W_init (every rank's rows stream to rank 0), lambda_0."""
+    source = "" if cfg.data.source == "synthetic" else os.path.abspath(cfg.data.source)
     log.log_start({"X": sets.X, "Y": sets.Y, "a": a, "shape": (cfg.model.width, cfg.data.d), "dtype": W.dtype,
-                   "source": cfg.data.source})
+                   "source": source, "inputs": sets.inputs})
     log.save_weights(comm.blocks_at_root(W, Layout.of(cfg, comm).bounds.tolist()), 0, init=True)
     if sets.X.shape[0] <= cfg.theory.max_n:
         log.log_theory(*lambda0_of(cfg, comm, sets.X, say))

@@ -38,17 +38,24 @@ def test_the_three_formats_give_the_same_arrays(tmp_path):
     assert Xl.shape == (30, 5)
 
 
+def normalize(X, how):
+    return data.Inputs.fit(X, how)(X)
+
+
 def test_normalize():
-    S = data.normalize(np.column_stack([X, np.full(30, 3.0)]), "standardize")
+    S = normalize(np.column_stack([X, np.full(30, 3.0)]), "standardize")
     np.testing.assert_allclose(S[:, :4].mean(axis=0), 0, atol=1e-12)
     np.testing.assert_allclose(S[:, :4].std(axis=0), 1)
     np.testing.assert_array_equal(S[:, 4], 0)     # a constant column stays finite
-    U = data.normalize(X, "unit")
+    U = normalize(X, "unit")
     np.testing.assert_allclose(np.sqrt((U**2).sum(axis=1)), 1)
     np.testing.assert_allclose(U * np.linalg.norm(X, axis=1)[:, None], X)
-    assert data.normalize(X, "none") is X
+    assert normalize(X, "none") is X
     with pytest.raises(UserError, match="some samples are all zeros"):
-        data.normalize(np.zeros((2, 3)), "unit")
+        normalize(np.zeros((2, 3)), "unit")
+    # new inputs are treated with the training set's statistics
+    fit = data.Inputs.fit(X, "standardize")
+    np.testing.assert_allclose(fit(X[:3] + 1.0), (X[:3] + 1.0 - X.mean(axis=0)) / X.std(axis=0))
 
 
 @pytest.mark.slow
@@ -64,7 +71,7 @@ def test_a_run_on_a_csv_file_records_its_source_and_hash(tmp_path):
     with h5py.File(tmp_path / "out" / "run.h5") as f:
         cfg = json.loads(f.attrs["config"])
         assert (cfg["data"]["n"], cfg["data"]["d"], cfg["data"]["outputs"]) == (64, 3, 1)
-        assert f["data"].attrs["source"] == "train.csv" and f["data"].attrs["sha256"] == digest
+        assert f["data"].attrs["source"] == str(tmp_path / "train.csv") and f["data"].attrs["sha256"] == digest
         assert "X" not in f["data"]
         assert f["eval/loss"][-1] < f["metrics"].attrs["loss_init"] / 3
     # a run continues only on the data it started with
@@ -120,3 +127,14 @@ def test_synthetic_test_points_come_from_the_same_teacher(tmp_path):
     V, b = rng.standard_normal((data.TEACHER_WIDTH, 5)), rng.standard_normal((data.TEACHER_WIDTH, 1))
     scale = np.sqrt(np.mean((np.maximum(X @ V.T, 0) @ b) ** 2))
     np.testing.assert_allclose(Yt, np.maximum(Xt @ V.T, 0) @ b / scale, rtol=1e-12)
+
+
+def test_read_inputs_takes_the_input_columns_and_names_the_file(tmp_path):
+    A = np.random.default_rng(2).standard_normal((5, 3))
+    np.savetxt(tmp_path / "x.csv", np.column_stack([A[:, :1], np.ones(5), A[:, 1:]]), delimiter=",",
+               header="u,label,v,w", comments="")
+    np.testing.assert_array_equal(data.read_inputs(str(tmp_path / "x.csv"), "X", "label", 3), A)
+    with pytest.raises(UserError, match=r"x.csv.*give its 2 input columns"):
+        data.read_inputs(str(tmp_path / "x.csv"), "X", "", 2)
+    with pytest.raises(UserError, match="not found"):
+        data.read_inputs(str(tmp_path / "none.npz"), "X", "", 3)

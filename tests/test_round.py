@@ -37,7 +37,7 @@ class Recorder(Logger):
 def train_at(K: int, overrides: list, recorder=None) -> tuple:
     """(settled config, data, every rank's train.run result) of a job on K simulated ranks."""
     cfg = settle(config.build(overrides=JOB + overrides), K, (40, 5, 2))[0]
-    sets = data.Sets(*data.load_sets(cfg))
+    sets = data.load_sets(cfg)
 
     def rank(comm):
         loggers = Loggers([recorder] if recorder is not None and comm.rank == 0 else [])
