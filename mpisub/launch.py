@@ -36,12 +36,47 @@ def thread_env(threads: int, base: dict | None = None) -> dict:
     return {**env, **({k: str(threads) for k in THREAD_VARS} if threads else {})}
 
 
+class StopSignals:
+    """USR1 and TERM (Slurm's warning before a time limit, a scheduler's stop) for a process that
+    runs mpisub-train one job after another (a sweep): noted in `received`, and passed on to the job
+    running now, which checkpoints and exits 3. Installed for a `with` block (main thread only)."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self):
+        self.received, self.child, self.previous = [], None, {}
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.note) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def note(self, signum, frame) -> None:
+        self.received.append(signum)
+        self.pass_on()
+
+    def pass_on(self) -> None:
+        """USR1 to the job running now, for either signal: mpisub-train checkpoints on it, while
+        mpirun may end its ranks at once on a TERM."""
+        if self.received and self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGUSR1)
+
+
+STOPS = StopSignals()
+
+
 def train(args: list[str], ranks: int) -> tuple[int, str]:
-    """mpirun -n ranks mpisub-train args: its exit code and stderr. On Ctrl-C it is passed on to
-    mpirun (which passes it to the ranks: they end) and waited for, then raised."""
+    """mpirun -n ranks mpisub-train args: its exit code and stderr. A stop signal (STOPS, when
+    installed) is passed on to it; on Ctrl-C it is passed on to mpirun (which passes it to the
+    ranks: they end) and waited for, then raised."""
     mpirun, mpisub_train = executables()
     proc = subprocess.Popen([mpirun, "-n", str(ranks), mpisub_train, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    STOPS.child = proc
+    STOPS.pass_on()     # a signal that came while it started
     try:
         _, err = proc.communicate()
     except KeyboardInterrupt:
@@ -51,4 +86,6 @@ def train(args: list[str], ranks: int) -> tuple[int, str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
+    finally:
+        STOPS.child = None
     return proc.returncode, err

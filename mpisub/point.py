@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from . import config, identity
 from .analysis import Run, open_run
-from .errors import UserError
+from .errors import EXIT_INTERRUPTED, UserError
 from .folders import CHECKPOINT, FILENAME, FolderLock
 from .launch import set_args, train
 
@@ -21,6 +21,10 @@ class RunFailed(RuntimeError):
     """mpisub-train ended with an error; the message holds its stderr."""
 
 
+class RunStopped(RunFailed):
+    """mpisub-train stopped on a signal (exit 3), with a checkpoint when it had trained."""
+
+
 @dataclass(frozen=True)
 class Point:
     folder: str
@@ -28,6 +32,7 @@ class Point:
     ranks: int = 2
     preset: str | None = None
     base_file: str | None = None
+    minutes: float = 10.0                          # the most it takes, for a cluster sweep (cluster.py)
 
     def given(self) -> config.Config:
         """The point's config as given (defaults < preset < base file < settings), checked."""
@@ -49,6 +54,8 @@ class Point:
             print(f"{tag}{self.folder}: reused ({outcome(run)})", flush=True)
             return run
         code, err = train(args, self.ranks)
+        if code == EXIT_INTERRUPTED:
+            raise RunStopped(f"{tag}{self.folder}: stopped by a signal; the sweep continues it when run again")
         if code:
             raise RunFailed(f"{tag}{self.folder}: mpisub-train failed (exit {code}):\n{err.strip()}")
         run = open_run(self.folder)

@@ -10,29 +10,33 @@ SWEEP.toml (docs/design.md, section 4, "Sweeps"):
     seeds = 3                   # train.seed = 0, 1, 2 at every point (default 1)
     config = "job.toml"         # optional: a base config file (relative to SWEEP.toml)
     preset = "ist"              # optional: a base preset (a case or the grid may set its own)
-    minutes = 10                # optional: the most a point takes, for --slurm (default 10)
+    minutes = 10                # optional: the most a point takes, for --slurm (default 10; a case may set its own)
+    task_minutes = 60           # optional: --slurm packs points into array tasks of at most this long (default 60)
     [set]                       # optional: base values, as --set would give them
     "train.budget" = 200
     [grid]                      # every combination of these values (preset = [...] too)
     "masks.keep" = [0.25, 0.5, 0.75]
-    [[case]]                    # optional: cases, each its own values (name, preset, ranks, keys)
+    [[case]]                    # optional: cases, each its own values (name, preset, ranks, minutes, keys)
     name = "gd"
     preset = "gd"
 
 The points are every case times every grid combination times every seed; a value of the grid
-overrides the case's, which overrides [set].
+overrides the case's, which overrides [set]. `--slurm` prints the sbatch command of a job array
+whose tasks each run several points (cluster.py); a stop signal (USR1, TERM) is passed on to the
+running point, which checkpoints, and the sweep ends with exit 3.
 """
 import argparse
 import itertools
 import os
-import shlex
+import sys
 import time
 from dataclasses import dataclass
 
-from . import sources
+from . import cluster, sources
 from .analysis import Run
-from .errors import Parser, UserError, command
-from .point import Point, RunFailed, launch  # noqa: F401 (launch: the examples' way to train a point)
+from .errors import EXIT_INTERRUPTED, Parser, UserError, command
+from .launch import STOPS
+from .point import Point, RunFailed, RunStopped, launch  # noqa: F401 (launch: the examples' way to train a point)
 
 
 def example_args(description: str) -> argparse.Namespace:
@@ -59,17 +63,19 @@ def sklearn_data(name: str):
 ENTRIES = {"out": ((str,), "a folder name"), "ranks": ((int,), "a whole number of at least 1"),
            "seeds": ((int,), "a whole number of at least 1"), "config": ((str,), "a config file's path"),
            "preset": ((str,), "a preset's name"), "minutes": ((int, float), "a number of minutes above 0"),
+           "task_minutes": ((int, float), "a number of minutes above 0"),
            "set": ((dict,), "a table of config keys and values"), "grid": ((dict,), "a table of config keys and lists"),
            "case": ((list,), "a list of [[case]] tables")}
 # what a [[case]] table or the grid may name besides config keys
-POINT_ENTRIES = ("name", "preset", "ranks")
+POINT_ENTRIES = ("name", "preset", "ranks", "minutes")
 
 
 @dataclass
 class Sweep:
+    path: str                  # the sweep file
     out: str
     points: list[Point]
-    minutes: float = 10.0      # the most one point takes, for --slurm
+    task_minutes: float = 60.0  # --slurm: the most one array task runs
 
 
 def _entries(path: str, spec: dict) -> None:
@@ -122,7 +128,7 @@ def read_sweep(path: str) -> Sweep:
     if seeds > 1 and given_seed:
         raise UserError(f"sweep file {path!r}: seeds = {seeds} and train.seed in [set], [grid] or a [[case]] both "
                         f"give the seeds; set one of them")
-    defaults = {"preset": spec.get("preset"), "ranks": spec.get("ranks", 2)}
+    defaults = {"preset": spec.get("preset"), "ranks": spec.get("ranks", 2), "minutes": spec.get("minutes", 10.0)}
     out = spec.get("out", os.path.splitext(path)[0])
     todo = points(out, _cases(path, spec), spec.get("grid", {}), {**spec.get("set", {})}, defaults, seeds, base_file)
     for point in todo:
@@ -130,7 +136,7 @@ def read_sweep(path: str) -> Sweep:
             point.given()
         except UserError as e:
             raise UserError(f"sweep file {path!r}, point {os.path.basename(point.folder)}: {e}") from None
-    return Sweep(out, todo, float(spec.get("minutes", 10.0)))
+    return Sweep(path, out, todo, float(spec.get("task_minutes", 60.0)))
 
 
 def points(out: str, cases: list[dict], grid: dict, values: dict, defaults: dict, seeds: int,
@@ -145,7 +151,7 @@ def points(out: str, cases: list[dict], grid: dict, values: dict, defaults: dict
         for seed in ([chosen["train.seed"]] if "train.seed" in chosen else range(seeds)):
             folder = name if "train.seed" in {**values, **case, **grid} else f"{name}-seed{seed}"
             todo.append(Point(os.path.join(out, folder), {**chosen, "train.seed": seed}, _ranks(extra["ranks"]),
-                              extra["preset"], base_file))
+                              extra["preset"], base_file, _minutes(extra["minutes"])))
     return todo
 
 
@@ -155,6 +161,12 @@ def _ranks(value) -> int:
     return value
 
 
+def _minutes(value) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+        raise UserError(f"minutes = {value!r} in a [[case]] or [grid] must be a number of minutes above 0")
+    return float(value)
+
+
 def run_sweep(sweep: Sweep) -> list[Run]:
     """Every point, one after another (Point.run: reused, resumed or trained); one line per point
     with the count and the time left at the pace of the points trained so far. A point whose
@@ -162,10 +174,14 @@ def run_sweep(sweep: Sweep) -> list[Run]:
     todo, runs, failed = sweep.points, [], []
     spent, trained = 0.0, 0
     for i, point in enumerate(todo):
+        if STOPS.received:
+            raise RunStopped(f"stopped by a signal before {point.folder}; the sweep continues when run again")
         t0 = time.perf_counter()
         eta = f", about {spent / trained * (len(todo) - i):.0f} s left" if trained else ""
         try:
             runs.append(point.run(tag=f"[{i + 1}/{len(todo)}{eta}] "))
+        except RunStopped:
+            raise
         except RunFailed as e:
             failed.append(point.folder)
             print(str(e).splitlines()[0] + " " + str(e).strip().splitlines()[-1], flush=True)
@@ -177,28 +193,27 @@ def run_sweep(sweep: Sweep) -> list[Run]:
     return runs
 
 
-def slurm_points(sweep: Sweep) -> str:
-    """Writes <out>/points.txt for jobs/slurm-array.sbatch (one line per run: its folder and
-    options); returns the sbatch command that runs them."""
-    os.makedirs(sweep.out, exist_ok=True)
-    path = os.path.join(sweep.out, "points.txt")
-    with open(path, "w") as f:
-        for point in sweep.points:
-            f.write(" ".join(shlex.quote(a) for a in [f"RUN_DIR={point.folder}", *point.options()]) + "\n")
-    return f"sbatch --array=0-{len(sweep.points) - 1} jobs/slurm-array.sbatch {path}"
-
 @command("mpisub-sweep")
 def sweep_main(argv=None) -> None:
     p = Parser(prog="mpisub-sweep", description="Run a grid of configs times seeds (SWEEP.toml; "
                                 "see the module's docstring or the README), reusing finished runs.")
     p.add_argument("sweep", metavar="SWEEP.toml")
-    p.add_argument("--slurm", action="store_true", help="instead of running: write <out>/points.txt and print the "
-                   "sbatch command of a job array that runs one point per task (jobs/slurm-array.sbatch)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--slurm", action="store_true", help="instead of running: print the sbatch command of a job "
+                     "array whose tasks each train several points (at most task_minutes of them), all paths absolute")
+    how.add_argument("--task", metavar="I/N", help="train only array task I of N's points (what --slurm's job runs)")
     args = p.parse_args(argv)
     sweep = read_sweep(args.sweep)
     if args.slurm:
-        print(slurm_points(sweep))
+        print(cluster.sbatch_command(sweep.path, sweep.out, sweep.points, sweep.task_minutes))
         return
-    runs = run_sweep(sweep)
+    if args.task:
+        sweep.points = cluster.task_points(args.task, sweep.points, sweep.task_minutes)
+    try:
+        with STOPS:
+            runs = run_sweep(sweep)
+    except RunStopped as e:
+        print(e, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
     print(f"{len(runs)} run(s) in {sweep.out}: mpisub-inspect {sweep.out}/* ; mpisub-plot {sweep.out}/* "
           f"(runs that differ only in train.seed become one curve with a band)")

@@ -17,6 +17,7 @@ from mpisub.config import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGN = os.path.join(ROOT, "docs", "design.md")
+JOBS = os.path.join(ROOT, "mpisub", "jobs")
 
 
 def _section(title: str) -> str:
@@ -84,7 +85,7 @@ def test_the_exit_codes_are_the_code():
 
 def test_every_environment_variable_the_code_reads_is_in_the_table():
     read = set()
-    for path in glob.glob(os.path.join(ROOT, "mpisub", "*.py")) + glob.glob(os.path.join(ROOT, "jobs", "*")) + \
+    for path in glob.glob(os.path.join(ROOT, "mpisub", "*.py")) + glob.glob(os.path.join(JOBS, "*")) + \
             glob.glob(os.path.join(ROOT, "tests", "*.py")):
         with open(path) as f:
             read |= set(re.findall(r"\bMPISUB_[A-Z_]+[A-Z]\b", f.read()))
@@ -128,7 +129,7 @@ def test_every_section_the_code_cites_exists():
         set(re.findall(r"^- ([A-Z][a-z ]+):", text, re.M))
     missing = []
     for path in glob.glob(os.path.join(ROOT, "mpisub", "*.py")) + glob.glob(os.path.join(ROOT, "tests", "*.py")) + \
-            glob.glob(os.path.join(ROOT, "jobs", "*")):
+            glob.glob(os.path.join(JOBS, "*")):
         with open(path) as f:
             for cited in re.findall(r'design\.md,(?: section \d+,)? "([^"]+)"', f.read()):
                 if not any(cited == t or t.startswith(cited) for t in titles):

@@ -14,7 +14,7 @@ from conftest import ONE_THREAD, sets
 from mpisub import store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PBS, SLURM = os.path.join(ROOT, "jobs", "pbs.sh"), os.path.join(ROOT, "jobs", "slurm.sbatch")
+PBS, SLURM = os.path.join(ROOT, "mpisub", "jobs", "pbs.sh"), os.path.join(ROOT, "mpisub", "jobs", "slurm.sbatch")
 
 
 def _stand_ins(folder, **scripts) -> str:
@@ -93,3 +93,14 @@ def test_requeue_stops_at_the_limit_and_when_an_attempt_made_no_progress(tmp_pat
     r = _run(file, tmp_path, {**env, attempt: "3"})              # progress, but the limit is reached
     assert r.returncode == 3 and "MPISUB_MAX_REQUEUES=3" in r.stdout, r.stdout
     assert len(log.read_text().splitlines()) == 1                # neither of the last two requeued
+
+
+def test_mpisub_jobs_prints_the_installed_scripts(capsys):
+    from mpisub import jobscripts
+    for name, file in jobscripts.SCRIPTS.items():
+        jobscripts.jobs_main([name])
+        with open(os.path.join(ROOT, "mpisub", "jobs", file)) as f:
+            assert capsys.readouterr().out == f.read()
+    with pytest.raises(SystemExit) as stop:
+        jobscripts.jobs_main(["lsf"])
+    assert stop.value.code == 2 and "invalid choice: 'lsf'" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""jobs/slurm.sbatch on a real single-node Slurm cluster started by this test (munged, slurmctld,
+"""The job scripts (mpisub/jobs/slurm.sbatch, and the job array mpisub-sweep --slurm prints) on a
+real single-node Slurm cluster started by this test (munged, slurmctld,
 slurmd as plain processes, stopped by their PIDs at the end). The Debian packages are installed
 when missing (root, apt-get); when that is impossible the tests say so and skip."""
 import json
@@ -117,7 +118,7 @@ def _sbatch(env, folder, run_dir: str, options: list[str], wait: bool = True, ti
     returns the job id (after it ends, with wait)."""
     job_env = {**env, "RUN_DIR": run_dir, "VENV": sys.prefix}
     cmd = ["sbatch", "--parsable", f"--chdir={folder}", "--ntasks=4", "--cpus-per-task=1", "--time=5",
-           *(["--wait"] if wait else []), os.path.join(ROOT, "jobs", "slurm.sbatch"), *options]
+           *(["--wait"] if wait else []), os.path.join(ROOT, "mpisub", "jobs", "slurm.sbatch"), *options]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=job_env)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -207,18 +208,37 @@ def test_srun_without_an_mpi_plugin_is_refused(slurm, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_job_array_trains_one_point_per_task(slurm, tmp_path):
-    points = tmp_path / "points.txt"
-    points.write_text("".join(" ".join(sets(model__width=256, data__n=64, train__rounds=rounds, train__seed=seed))
-                              + "\n" for rounds, seed in ((6, 1), (9, 2))))
-    env = {**slurm, "VENV": sys.prefix, "MPISUB_JOB_SCRIPT": os.path.join(ROOT, "jobs", "slurm.sbatch")}
-    r = subprocess.run(["sbatch", "--parsable", "--wait", f"--chdir={tmp_path}", "--array=0-1", "--time=5",
-                        os.path.join(ROOT, "jobs", "slurm-array.sbatch"), str(points)], capture_output=True,
-                       text=True, env=env, timeout=240)
+def test_the_sweep_command_printed_by_slurm_runs_as_printed(slurm, tmp_path):
+    """mpisub-sweep SWEEP.toml --slurm prints an sbatch command; run as printed (from another
+    folder: every path in it is absolute), its job array packs the 4 points into 2 tasks of 2
+    (minutes = 1, task_minutes = 2), each point on the sweep's 2 ranks; afterwards the sweep run
+    by hand finds every point finished and reuses it."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "base.toml").write_text("[model]\nwidth = 256\n[data]\nn = 64\n[train]\nrounds = 6\n")
+    (study / "s.toml").write_text('out = "runs"\nranks = 2\nseeds = 2\nminutes = 1\ntask_minutes = 2\n'
+                                  'config = "base.toml"\n[grid]\n"masks.kind" = ["partition", "bernoulli"]\n')
+    sweep = os.path.join(os.path.dirname(sys.executable), "mpisub-sweep")
+    r = subprocess.run([sweep, "s.toml", "--slurm"], cwd=study, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    printed = r.stdout.strip()
+    assert "--array=0-1 --ntasks=2 " in printed and f"--chdir={study} " in printed, printed
+    r = subprocess.run(printed, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60, env=slurm)
     assert r.returncode == 0, r.stdout + r.stderr
-    array = r.stdout.strip().split(";")[0]
-    for task, (rounds, seed) in enumerate(((6, 1), (9, 2))):
-        run = store.read_run(str(tmp_path / "runs" / f"array-{array}_{task}"), arrays=False)
-        config = json.loads(run["attrs"]["config"])
-        assert run["attrs"]["status"] == "completed" and run["attrs"]["ranks"] == 2
-        assert (config["train"]["rounds"], config["train"]["seed"]) == (rounds, seed)
+    array = re.search(r"Submitted batch job (\d+)", r.stdout).group(1)
+    deadline = time.monotonic() + 300
+    while subprocess.run(["squeue", "-h", "-j", array], capture_output=True, text=True, env=slurm).stdout.strip():
+        assert time.monotonic() < deadline, "the job array did not end"
+        time.sleep(1)
+    logs = sorted((study / "runs").glob("slurm-*.out"))
+    assert len(logs) == 2, logs
+    for log in logs:
+        assert log.read_text().count(": trained in ") == 2, log.read_text()
+    for kind in ("partition", "bernoulli"):
+        for seed in (0, 1):
+            run = store.read_run(str(study / "runs" / f"kind={kind}-seed{seed}"), arrays=False)
+            config = json.loads(run["attrs"]["config"])
+            assert run["attrs"]["status"] == "completed" and run["attrs"]["ranks"] == 2
+            assert (config["masks"]["kind"], config["train"]["seed"], config["train"]["rounds"]) == (kind, seed, 6)
+    r = subprocess.run([sweep, "s.toml"], cwd=study, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.count(": reused (") == 4, r.stdout + r.stderr

@@ -1,15 +1,16 @@
 """mpisub-sweep: a grid times seeds from SWEEP.toml, reused when run again, an interrupted run
-resumed; the Slurm points file; seeds as one curve with a band (pixels) and as spreads in inspect."""
+resumed; a cluster sweep's tasks and stop signals; seeds as one curve with a band (pixels) and as spreads in inspect."""
 import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
-from conftest import job_log, rank_pids, start_job, wait_for_rows, wait_job
+from conftest import job_log, rank_pids, rows_on_disk, start_job, wait_for_rows, wait_job
 
 import mpisub
 from mpisub import sweep
@@ -65,15 +66,53 @@ def test_sweep_trains_every_point_reuses_and_resumes(tmp_path):
     assert again.returncode == 0 and again.stdout.count(": reused (") == 4, again.stdout
 
 
-def test_slurm_points_file_runs_each_point_in_its_folder(tmp_path):
-    (tmp_path / "sweep.toml").write_text(SWEEP.format(rounds=5))
+def test_slurm_command_packs_points_into_tasks_and_a_task_runs_its_own(tmp_path):
+    """--slurm: every path absolute, --ntasks the most ranks a point uses (a case's 3), the tasks
+    packed by minutes (4 points of 1 minute and a case's 2 of 3 minutes, task_minutes 2: 2 + 2 + 1
+    + 1 tasks); --task 1/4 trains the second task's points only."""
+    (tmp_path / "sweep.toml").write_text(SWEEP.format(rounds=5).replace("seeds = 2\n", "seeds = 2\nminutes = 1\n"
+                                                                          "task_minutes = 2\n")
+                                         + '[[case]]\nname = "a"\n[[case]]\nname = "b"\nranks = 3\nminutes = 3\n'
+                                         + '"masks.subnets" = 3\n')
     r = _sweep(tmp_path, "--slurm")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "sbatch --array=0-3 jobs/slurm-array.sbatch grid/points.txt"
-    lines = [shlex.split(line) for line in (tmp_path / "grid" / "points.txt").read_text().splitlines()]
-    assert [line[0] for line in lines] == [f"RUN_DIR={p.folder}" for p in
-                                           sweep.read_sweep(str(tmp_path / "sweep.toml")).points]
-    assert all("train.seed=0" in line or "train.seed=1" in line for line in lines)
+    args = shlex.split(r.stdout)
+    options = dict(a[2:].split("=", 1) for a in args if a.startswith("--"))
+    assert args[0] == "sbatch" and options["array"] == "0-5" and options["ntasks"] == "3"
+    assert options["time"] == str(3 + 2) and options["chdir"] == str(tmp_path)     # the longest task, + 2 min
+    assert options["output"] == str(tmp_path / "grid" / "slurm-%A_%a.out")
+    assert options["export"] == f"ALL,VENV={sys.prefix}"
+    assert args[-3].endswith("mpisub/jobs/slurm-sweep.sbatch") and os.path.isfile(args[-3])
+    assert args[-2:] == [str(tmp_path / "sweep.toml"), "6"] and int(options["mem-per-cpu"].rstrip("M")) >= 256
+    r = _sweep(tmp_path, "--task", "1/6")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path / "grid")) == ["a-keep=0.75-seed0", "a-keep=0.75-seed1"]
+    assert _sweep(tmp_path, "--task", "1/5").returncode == 2
+
+
+def test_a_stop_signal_to_the_sweep_checkpoints_the_running_point_and_the_rerun_resumes_it(tmp_path):
+    """USR1 or TERM to mpisub-sweep (Slurm's warning, passed on by the array script) reaches the
+    running point as USR1: it checkpoints, the sweep exits 3 without starting the next point, and
+    the sweep run again resumes the point."""
+    (tmp_path / "sweep.toml").write_text(SWEEP.format(rounds=3000).replace("seeds = 2", "seeds = 1"))
+    proc = subprocess.Popen([os.path.join(BIN, "mpisub-sweep"), "sweep.toml"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    first = tmp_path / "grid" / "keep=0.25-seed0" / "run.h5"
+    deadline = time.monotonic() + 120
+    while rows_on_disk(first) < 20:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out
+    assert "stopped by a signal; the sweep continues it when run again" in out, out
+    assert not (tmp_path / "grid" / "keep=0.75-seed0").exists()
+    with h5py.File(first) as f:
+        assert f.attrs["status"] == "interrupted"
+    r = _sweep(tmp_path)
+    assert r.returncode == 0 and ": resumed in " in r.stdout.splitlines()[0], r.stdout + r.stderr
+    with h5py.File(first) as f:
+        assert f.attrs["status"] == "completed" and f["metrics/round"].shape == (3000,)
 
 
 def test_bad_sweep_file_is_one_line(tmp_path):

@@ -1,12 +1,12 @@
 #!/bin/bash
-# mpisub-train as a PBS Pro / OpenPBS batch job.      qsub jobs/pbs.sh
+# mpisub-train as a PBS Pro / OpenPBS batch job.      mpisub-jobs pbs > pbs.sh; qsub pbs.sh
 #
 # What to edit: the lines marked EDIT (project, queue, modules, ranks, cores, wall time). The
 # resource syntax is PBS Pro's (-l select=...); on Torque use the commented -l nodes= line instead.
 # Options for mpisub-train go in MPISUB_ARGS (qsub -v passes it: qsub -v MPISUB_ARGS="--set
-# train.rounds=500" jobs/pbs.sh; no commas, which qsub -v splits on); RUN_DIR names the run folder,
+# train.rounds=500" pbs.sh; no commas, which qsub -v splits on); RUN_DIR names the run folder,
 # the same for every attempt; MPISUB_JOB_SCRIPT is this script's path from the submit folder
-# (PBS runs a copy, so the resubmission needs it; default jobs/pbs.sh).
+# (PBS runs a copy, so the resubmission needs it; default pbs.sh).
 #
 # PBS gives no warning before the wall time, so a watchdog in this script sends USR1 to the run
 # MPISUB_STOP_BEFORE seconds (default 300) before it: every rank finishes its round, rank 0
@@ -33,7 +33,7 @@ VENV=${VENV:-.venv}
 ATTEMPT=${MPISUB_ATTEMPT:-0}
 MAX_REQUEUES=${MPISUB_MAX_REQUEUES:-5}
 STOP_BEFORE=${MPISUB_STOP_BEFORE:-300}
-SCRIPT=${MPISUB_JOB_SCRIPT:-jobs/pbs.sh}
+SCRIPT=${MPISUB_JOB_SCRIPT:-pbs.sh}
 read -ra EXTRA <<< "${MPISUB_ARGS:-}"
 
 set -u
