@@ -117,10 +117,13 @@ def _train_locked(args, comm, cores: int, watch: tuple, held: list) -> None:
         start.banner(job, comm, blas)
     t0, status = time.perf_counter(), "failed"
     try:
-        # rank 0 compiles the kernels into numba's on-disk cache while the others wait, then they
-        # load it: one compile per job instead of one per rank competing for the same cores
-        if comm.rank == 0:
-            kernels.compile_for(job.cfg.model.dtype)
+        # ranks 0 and 1 compile the kernels the run uses into numba's on-disk cache, half each,
+        # while the others wait, then all load it: one compile per job, not one per rank
+        if comm.rank == 0 and kernels.cache_is_cold():
+            print("# compiling the kernels this run uses (numba; once after an install, then cached): a few "
+                  "seconds", flush=True)
+        if comm.rank < 2:
+            kernels.compile_for(job.cfg.model.dtype, job.cfg.train.plan, (comm.rank, min(comm.size, 2)))
         comm.barrier()
         result = train.run(job.cfg, comm, sets, log, resumed, lambda: bool(stop), workers, start.say(comm))
         status = "completed"

@@ -8,6 +8,8 @@ One read and one write of the n x k activations is all a step adds to its produc
 (docs/design.md, section 8). `scale` is the network's output scale: 1/sqrt(m) for the full network,
 1/(keep sqrt(m)) for a subnetwork's surrogate f_l.
 """
+import os
+
 import numpy as np
 from numba import njit
 
@@ -189,20 +191,6 @@ def _step(X, Y, W, aT, scale, lr, A, out, G, code):
     return loss / n
 
 
-@njit(cache=True, nogil=True)
-def _local_steps(W, aT, X, Y, scale, lr, batches, code, A, out, G, Xb, Yb):
-    last = 0.0
-    for t in range(batches.shape[0]):
-        if batches.shape[1] == 0:
-            last = _step(X, Y, W, aT, scale, lr, A, out, G, code)
-        else:
-            for i in range(batches.shape[1]):
-                Xb[i] = X[batches[t, i]]
-                Yb[i] = Y[batches[t, i]]
-            last = _step(Xb, Yb, W, aT, scale, lr, A, out, G, code)
-    return last
-
-
 def workspaces(k: int, d: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     """The activations (a flat buffer of n x k, in blocks) and the gradient block of a subnetwork
     part of k rows on n samples. numpy allocates them, not numba: it asks the kernel for huge pages
@@ -219,9 +207,17 @@ def local_steps(W, a, X, Y, scale, lr, batches, code=0) -> float:
     from, over that step's samples): the sub_loss metric, free of any extra product."""
     (k, d), c, b = W.shape, Y.shape[1], batches.shape[1]
     nb = b or X.shape[0]
-    A, G = workspaces(k, d, nb, W.dtype)
-    return _local_steps(W, np.ascontiguousarray(a.T), X, Y, scale, lr, batches, code, A,
-                        np.empty((nb, c), W.dtype), G, np.empty((b, d), W.dtype), np.empty((b, c), W.dtype))
+    (A, G), out, aT = workspaces(k, d, nb, W.dtype), np.empty((nb, c), W.dtype), np.ascontiguousarray(a.T)
+    Xb, Yb = (X, Y) if b == 0 else (np.empty((b, d), W.dtype), np.empty((b, c), W.dtype))
+    last = 0.0
+    # the steps in Python: a few per round, each a numba call that releases the GIL (a jitted loop
+    # around _step would add its whole compile again on the first launch after an install)
+    for t in range(batches.shape[0]):
+        if b:
+            np.take(X, batches[t], axis=0, out=Xb)
+            np.take(Y, batches[t], axis=0, out=Yb)
+        last = _step(Xb, Yb, W, aT, scale, lr, A, out, G, code)
+    return last
 
 
 @njit(cache=True, nogil=True)
@@ -250,7 +246,6 @@ def part_backward(X, R, W, aT, step, A, G):
 OUTPUT_BLOCK = 512
 
 
-@njit(cache=True, nogil=True)
 def partial_output(W, a, X, scale):
     """scale * relu(X W^T) a for a block of rows: the blocks' outputs sum to the network's output."""
     return output_and_pattern(W, a, X, scale, np.empty((0, 0), dtype=np.bool_))
@@ -279,19 +274,34 @@ def output_and_pattern(W, a, X, scale, P):
     return out
 
 
-def compile_for(dtype) -> None:
-    """Compile (or load from numba's on-disk cache) every kernel signature a run of this dtype uses."""
+def cache_is_cold() -> bool:
+    """Whether numba's on-disk cache lacks the local step (the first launch after an install, or
+    after the kernels changed): then compiling them takes seconds, and the launch says so."""
+    try:
+        return not os.path.exists(_step._cache._cache_file._index_path)
+    except AttributeError:  # another numba's internals: say nothing
+        return False
+
+
+def compile_for(dtype, plan: str = "", share: tuple[int, int] = (0, 1)) -> None:
+    """Compile (or load from numba's on-disk cache) the kernel signatures a run of this dtype and
+    train.plan uses ("": both plans'), and nothing else. share = (i, n): only the i-th of n
+    shares of them (the training steps, the evaluation), so that n ranks compile side by side."""
     one = np.dtype(dtype).type(1.0)  # the round loop passes scalars in the model's dtype
     X, Y = np.ones((3, 2), dtype), np.ones((3, 1), dtype)
     W, a = np.ones((2, 2), dtype), np.ones((2, 1), dtype)
-    for batches in (np.zeros((1, 0), np.int64), np.zeros((1, 2), np.int64)):
-        for code in (0, CROSS_ENTROPY):
-            local_steps(W.copy(), a, X, Y, one, one, batches, code)
-    partial_output(W, a, X, one)
-    output_and_pattern(W, a, X, one, np.empty((3, 2), dtype=np.bool_))
-    (A, G), out, aT = workspaces(2, 2, 3, dtype), np.empty((3, 1), dtype), np.ascontiguousarray(a.T)
-    part_forward(X, W, aT, one, A, out)
-    for code in (0, CROSS_ENTROPY):
-        residual(out.copy(), Y, code)
-        residual(out.astype(np.float64), Y.astype(np.float64), code)   # the full network's evaluation
-    part_backward(X, out, W.copy(), aT, np.float64(1.0), A, G)
+
+    def steps():
+        if plan != "outputs":
+            local_steps(W.copy(), a, X, Y, one, one, np.zeros((1, 0), np.int64))
+        if plan != "rows":
+            (A, G), out, aT = workspaces(2, 2, 3, dtype), np.empty((3, 1), dtype), np.ascontiguousarray(a.T)
+            part_forward(X, W, aT, one, A, out)
+            residual(out, Y, 0)
+            part_backward(X, out, W.copy(), aT, np.float64(1.0), A, G)
+
+    def evaluation():
+        output_and_pattern(W, a, X, one, np.empty((3, 2), dtype=np.bool_))
+        residual(np.ones((3, 1)), np.ones((3, 1)), 0)
+    for compile_part in (steps, evaluation)[share[0]::share[1]]:
+        compile_part()

@@ -136,7 +136,7 @@ def test_kernels_cache_in_the_user_dir_when_the_package_is_read_only(tmp_path):
                                cwd=tmp_path)
             assert r.returncode == 0 and r.stdout.strip().startswith(str(mnt)), r.stderr
             stamps.append({p: p.stat().st_mtime_ns for p in home.rglob("*") if p.suffix in (".nbi", ".nbc")})
-        assert any("local_steps" in p.name for p in stamps[0]), "no kernel cached in ~/.cache/numba"
+        assert any("_step" in p.name for p in stamps[0]), "no kernel cached in ~/.cache/numba"
         assert stamps[1] == stamps[0], "the second launch compiled again"
         assert not list(src.rglob("*.nbi"))
     finally:
@@ -151,3 +151,17 @@ def test_scaling_at_ranks_that_do_not_divide_its_subnetworks_is_one_line(capsys)
     assert capsys.readouterr().err.strip() == ("mpisub-bench: error: --ranks 3: the scaling case trains masks.subnets "
                                                "= 8 under plan rows at every K; give ranks that divide 8 (e.g. "
                                                "--ranks 1 2 4 8)")
+
+
+@pytest.mark.slow
+def test_a_launch_compiles_only_the_kernels_its_plan_uses_and_knows_a_cold_cache(tmp_path):
+    """With an empty numba cache, cache_is_cold() says so; compile_for(dtype, "rows") caches the
+    local step and the evaluation but not plan outputs' kernels; then the cache is warm."""
+    code = ("import numpy as np; from mpisub import kernels; print(kernels.cache_is_cold()); "
+            "kernels.compile_for(np.float64, 'rows'); print(kernels.cache_is_cold())")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.split() == ["True", "False"], r.stdout + r.stderr
+    cached = {p.name.split(".")[1].rsplit("-", 1)[0] for p in tmp_path.rglob("*.nbi")}
+    assert {"_step", "output_and_pattern", "residual"} <= cached, cached
+    assert not cached & {"part_forward", "part_backward"}, cached
