@@ -159,10 +159,11 @@ def open_run(path: str) -> Run:
 
 
 def open_runs(pattern: str) -> Runs:
-    """Every run matching a glob of folders or run.h5 files (e.g. "runs/sweep-*"), sorted by path."""
+    """Every run matching a glob of folders or run.h5 files (e.g. "runs/sweep-*"), sorted by path:
+    the folders that hold a run.h5 and the .h5 files (a sweep's folder also holds logs and data)."""
     paths = []
     for p in sorted(globbing.glob(pattern)):
-        if os.path.isfile(p) or os.path.isfile(os.path.join(p, FILENAME)):
+        if (os.path.isfile(p) and p.lower().endswith((".h5", ".hdf5"))) or os.path.isfile(os.path.join(p, FILENAME)):
             paths.append(p)
     return Runs(Run(p) for p in paths)
 

@@ -23,6 +23,10 @@ EXAMPLES = {  # script: (runs it writes, a check of their configs)
                == {(0.25, 0), (0.25, 1), (0.75, 0), (0.75, 1)}
                and all(r.config["data"]["outputs"] == 10 and r.config["data"]["n"] == 1348
                        and 0 < r.eval["test_acc"][-1] <= 1 for r in runs)),
+    "study": (8, lambda runs: sorted({r.config["masks"]["kind"] for r in runs}) == ["bernoulli", "full", "partition"]
+              # matched compute: train.budget = 4, each scheme's rounds the fewest that reach it
+              and all(4 <= r.metrics["compute"][-1] < 4 + r.metrics["compute"][0] for r in runs)
+              and all(0 < r.eval["test_acc"][-1] <= 1 for r in runs)),
 }
 
 
