@@ -2,7 +2,7 @@
 
 Importing mpisub touches neither MPI nor numba; training does (mpisub.cli, mpisub.train).
 """
-__version__ = "0.3.0"   # the one place it is written (pyproject.toml reads it); CHANGELOG.md
+__version__ = "0.4.0"   # the one place it is written (pyproject.toml reads it); CHANGELOG.md
 
 
 def __getattr__(name):
