@@ -91,7 +91,7 @@ class RunFile(Logger):
         else:
             g["X"], g["Y"] = start["X"], start["Y"]
         inputs = start["inputs"]     # how new inputs must be treated (Run.predict)
-        g.attrs["normalize"] = inputs.normalize
+        g.attrs["normalize"] = np.bytes_(inputs.normalize)   # fixed-length: no global heap to corrupt
         if inputs.mean is not None:
             g["mean"], g["std"] = inputs.mean, inputs.std
         a = self.f.create_dataset("model/a", shape=start["a"].shape, dtype=start["dtype"])

@@ -47,7 +47,7 @@ def test_the_run_file_stores_the_normalization_and_the_data_files_absolute_path(
         g = f["data"]
         assert g.attrs["source"] == str(tmp / "train.npz")
         assert g.attrs["sha256"] == hashlib.sha256((tmp / "train.npz").read_bytes()).hexdigest()
-        assert g.attrs["normalize"] == "standardize"
+        assert g.attrs["normalize"] == b"standardize"      # fixed-length bytes
         np.testing.assert_allclose(g["mean"][()], X.mean(axis=0), rtol=1e-12)
         np.testing.assert_allclose(g["std"][()], X.std(axis=0), rtol=1e-12)
 
