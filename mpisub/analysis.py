@@ -28,6 +28,7 @@ class Run:
         self.folder = os.path.dirname(path)
         run = read_run(path, arrays=False)
         self.attrs, self.metrics, self.lambda0 = run["attrs"], run["metrics"], run.get("lambda0")
+        self.lambda_max = run.get("lambda_max")   # of the data's NTK Gram matrix (mpisub 0.4 on)
         self.eval = run["eval"]   # the full network's evaluations: rows `round`, `loss`
         loss_init = self.metrics.pop("loss_init", None)   # an attribute of /metrics, not a row
         self.loss_init = None if loss_init is None else float(loss_init)
@@ -77,7 +78,7 @@ class Run:
         d = self.config["data"]["d"]
         if X.ndim != 2 or X.shape[1] != d:
             raise UserError(f"the inputs have shape {X.shape}; the run's network takes {d} inputs per sample")
-        return model.forward(self.W, self.a, self.inputs(X))
+        return model.forward(self.W, self.a, self.inputs(X), model.scale(from_dict(self.config)))
 
     @property
     def given(self) -> dict:
@@ -115,6 +116,20 @@ class Run:
             i = int(np.argmin(values) if better == "min" else np.argmax(values))
             out[name] = {"final": float(values[-1]), "best": float(values[i]), "best_round": int(at[i])}
         return out
+
+    def plateau(self) -> dict:
+        """The loss level the run settles at: with train.plateau_window N, the authors' estimate
+        (the best N-point running mean of the full loss, theory.running_plateau) and the round the
+        rule stopped it; else the geometric mean over the last quarter of the rounds
+        (theory.curve_summary). {"plateau", "how", "stopped_at"}."""
+        tr = self.config["train"]
+        window = tr.get("plateau_window", 0)
+        if window:
+            at, best = theory.running_plateau(self.eval["loss"], window, tr.get("plateau_floor", 0.0))
+            return {"plateau": best if np.isfinite(best) else None, "how": f"best {window}-point running mean",
+                    "stopped_at": None if at is None else int(self.eval["round"][at])}
+        return {"plateau": theory.curve_summary(self.eval["round"], self.eval["loss"])["plateau"],
+                "how": "geometric mean of the last quarter", "stopped_at": None}
 
     def rate(self) -> float | None:
         """Empirical per-round linear rate of the full-network loss (fit of log loss over rounds)."""

@@ -52,7 +52,8 @@ class DataConfig(_Section):
 @dataclass
 class ModelConfig(_Section):
     width: int = 4096           # m, hidden neurons
-    init_scale: float = 1.0     # kappa: w_r ~ N(0, kappa^2 I)
+    init_scale: float = 1.0     # kappa: w_r ~ N(0, kappa^2 I) (ntk); standard: w_r ~ N(0, init_scale^2 I / m)
+    parametrization: str = "ntk"  # ntk: f = sum a relu(w x) / sqrt(m) (the paper's) | standard: / sqrt(c) (its code's)
     dtype: str = "float64"
     init_from: str = ""         # "" = W and a drawn from train.seed; a finished run (folder or run.h5): its W and a
 
@@ -62,6 +63,7 @@ class MasksConfig(_Section):
     kind: str = "partition"     # masks.KINDS: bernoulli | categorical | partition | full
     subnets: int = 0            # p; 0 = the kind's own (one per rank; 1 for full)
     keep: float = 0.0           # xi; 0 = the kind's own (0.5 for bernoulli, 1/p for categorical/partition, 1 for full)
+    uncovered: str = "keep"     # a neuron no subnetwork holds: keep its weights (the analysis) | zero (authors' code)
 
 
 @dataclass
@@ -77,6 +79,8 @@ class TrainConfig(_Section):
     loss: str = "squared"       # losses.LOSSES: squared (the paper's) | cross_entropy (softmax; classification)
     watchdog_seconds: float = 60.0  # a collective waits this long (or 10 x the slowest wait) before the watchdog looks
     budget: float = 0.0         # > 0: train this many full-gradient equivalents (sets rounds; compute_per_round)
+    plateau_window: int = 0     # > 0: stop once the running mean of this many losses stops improving (authors' rule)
+    plateau_floor: float = 0.0  # with plateau_window: also stop once that running mean is below this
 
 
 @dataclass
@@ -95,6 +99,7 @@ class TheoryConfig(_Section):
     max_n: int = 4096           # compute the NTK Gram matrix's lambda_0 when n <= max_n (0 = never)
     store_H_max_n: int = 1024   # also store H itself (n x n) when n <= this
     gram_max_n: int = 0         # at each evaluation, lambda_min of the finite-width H(W_k) when n <= this (0 = never)
+    mismatch: bool = False      # at each evaluation, the subnetworks' outputs' spread around the full network's
 
 
 @dataclass
@@ -180,10 +185,12 @@ RULES = {
     "model.width": Interval(1, 2**31 - 1),  # neuron counts travel as C ints
     "model.init_scale": Interval(0.0, open_low=True),
     "model.dtype": Options(("float64", "float32")),
+    "model.parametrization": Options(("ntk", "standard")),
     "model.init_from": ANY,                  # resolve.settle: absolute; readback.check_init: the run's W and a
     "masks.kind": Options(tuple(KINDS)),
     "masks.subnets": COUNT,                  # 0: the kind's own
     "masks.keep": Interval(0.0, 1.0),
+    "masks.uncovered": Options(("keep", "zero")),
     "train.rounds": POSITIVE,
     "train.local_steps": POSITIVE,
     "train.lr": Interval(0.0, open_low=True),
@@ -195,6 +202,8 @@ RULES = {
     "train.loss": Options(tuple(LOSSES)),
     "train.watchdog_seconds": Interval(1.0),
     "train.budget": Interval(0.0),             # 0: train.rounds decides
+    "train.plateau_window": Interval(0, 10**6),  # 0: train all rounds
+    "train.plateau_floor": Interval(0.0),
     "output.dir": ANY,
     "output.log_every": COUNT,               # 0: about 20 lines a run
     "output.checkpoint_every": POSITIVE,
@@ -205,6 +214,7 @@ RULES = {
     "theory.max_n": COUNT,
     "theory.store_H_max_n": COUNT,
     "theory.gram_max_n": COUNT,
+    "theory.mismatch": ANY,
 }
 
 HINTS = {

@@ -11,7 +11,7 @@ from itertools import repeat
 
 import numpy as np
 
-from . import kernels, model, theory
+from . import kernels, masks, model, theory
 from .losses import LOSSES
 
 # the numbers every round sums over the ranks, evaluated or not: the subnetworks' loss sum, any
@@ -27,7 +27,7 @@ def message_floats(n: int, c: int, n_test: int = 0, gram: bool = False) -> int:
     return (n + n_test) * c + FLAGS + LAZY_SUMS + (n * n if gram else 0)
 
 
-def rank_outputs(W_own, a_own, X, m: int, each=map, parts: int = 1, pattern=None) -> np.ndarray:
+def rank_outputs(W_own, a_own, X, scale: float, each=map, parts: int = 1, pattern=None) -> np.ndarray:
     """This rank's part of the network's outputs on X (n x c): its own block of neurons, in `parts`
     pieces mapped by `each` (e.g. over threads); the ranks' parts add up. With `pattern` (n x rows,
     bool), also the activation patterns of its rows."""
@@ -36,7 +36,7 @@ def rank_outputs(W_own, a_own, X, m: int, each=map, parts: int = 1, pattern=None
     spans = list(zip(cuts, cuts[1:]))
     patterns = [np.empty((X.shape[0], e - b) if pattern is not None else (0, 0), dtype=np.bool_) for b, e in spans]
     pieces = list(each(kernels.output_and_pattern, [W_own[b:e] for b, e in spans], [a_own[b:e] for b, e in spans],
-                       repeat(X), repeat(W_own.dtype.type(model.scale(m))), patterns))
+                       repeat(X), repeat(W_own.dtype.type(scale)), patterns))
     if pattern is not None:
         for (b, e), P in zip(spans, patterns):
             pattern[:, b:e] = P
@@ -52,8 +52,9 @@ class Evaluator:
     ranks in the same Allreduce: `evaluator(W_own, flags) -> (scores, flag sums)`."""
 
     def __init__(self, cfg, layout, comm, sets, a_own, each=map, parts: int = 1):
+        self.cfg, self.layout = cfg, layout
         self.comm, self.sets, self.a_own, self.each, self.parts = comm, sets, a_own, each, parts
-        self.m, self.code = layout.width, LOSSES[cfg.train.loss].code
+        self.m, self.code, self.scale = layout.width, LOSSES[cfg.train.loss].code, model.scale(cfg)
         self.classify = cfg.data.task == "classification"
         self.lazy = LazyRegime(cfg, sets.X, layout.lo, layout.hi, a_own)
 
@@ -65,23 +66,42 @@ class Evaluator:
             loss = kernels.residual(outputs.copy(), Y.astype(np.float64), self.code)
         return {"loss": loss, "acc": _accuracy(outputs, Y) if self.classify else nan}
 
-    def __call__(self, W_own, flags) -> tuple[dict, np.ndarray]:
+    def __call__(self, W_own, flags, done: int = 0) -> tuple[dict, np.ndarray]:
+        """`done`: the rounds done (theory.mismatch takes the masks of the round that trains next)."""
         X, Y, Xt, Yt = self.sets.X, self.sets.Y, self.sets.X_test, self.sets.Y_test
         pattern = np.empty((X.shape[0], len(W_own)), dtype=np.bool_)
-        out = rank_outputs(W_own, self.a_own, X, self.m, self.each, self.parts, pattern)
-        out_t = rank_outputs(W_own, self.a_own, Xt, self.m, self.each, self.parts) if len(Xt) else out[:0]
+        out = rank_outputs(W_own, self.a_own, X, self.scale, self.each, self.parts, pattern)
+        out_t = rank_outputs(W_own, self.a_own, Xt, self.scale, self.each, self.parts) if len(Xt) else out[:0]
+        subs = self._surrogates(W_own, done) if self.cfg.theory.mismatch else np.zeros(0)
         diag, dw_max = self.lazy.local(W_own, pattern)
         flags = np.asarray(flags, dtype=np.float64)
-        buf = np.concatenate([out.astype(np.float64).ravel(), out_t.astype(np.float64).ravel(), flags, diag])
+        buf = np.concatenate([out.astype(np.float64).ravel(), out_t.astype(np.float64).ravel(), subs.ravel(),
+                              flags, diag])
         self.comm.sum(buf)
-        train = self._scores(buf[:out.size].reshape(Y.shape), Y)
-        test = self._scores(buf[out.size: out.size + out_t.size].reshape(Yt.shape), Yt)
-        sums = buf[out.size + out_t.size:]
+        f = buf[:out.size].reshape(Y.shape)
+        train, test = self._scores(f, Y), self._scores(buf[out.size: out.size + out_t.size].reshape(Yt.shape), Yt)
+        at = out.size + out_t.size
+        sums = buf[at + subs.size:]
         scores = {"loss": train["loss"], "test_loss": test["loss"], "train_acc": train["acc"],
-                  "test_acc": test["acc"]}
+                  "test_acc": test["acc"], "mismatch": float("nan")}
+        if subs.size:   # mean over subnetworks of ||f_l - f||^2 / 2n
+            spread = buf[at:at + subs.size].reshape(subs.shape) - f
+            scores["mismatch"] = float(np.mean(np.sum(spread ** 2, axis=(1, 2)))) / (2 * X.shape[0])
         scores.update(self.lazy.finish(sums[len(flags):], float(self.comm.maxima([dw_max])[0]), X.shape[0], self.m,
                                        self.comm.rank == 0))
         return scores, sums[:len(flags)]
+
+    def _surrogates(self, W_own, done: int) -> np.ndarray:
+        """This rank's part of every subnetwork's surrogate output f_l (p x n x c) at these weights,
+        under the masks of round `done` (the round that trains from them)."""
+        M = masks.Round.of(self.cfg, self.layout, done)
+        X, c = self.sets.X, self.a_own.shape[1]
+        part = model.scale(self.cfg, self.cfg.masks.keep)
+        out = np.zeros((self.cfg.masks.subnets, X.shape[0], c))
+        for l, rows in enumerate(M.owned_rows()):
+            if len(rows):
+                out[l] = kernels.partial_output(W_own[rows], self.a_own[rows], X, W_own.dtype.type(part))
+        return out
 
 
 class LazyRegime:
@@ -140,29 +160,39 @@ class LazyRegime:
                 "flips": sums[2] / (n * m), "lambda_min": lam}
 
 
-def ntk_lambda0(X, comm, store_H: bool) -> tuple[float | None, np.ndarray | None]:
-    """lambda_0 of the data's NTK Gram matrix, on rank 0 (None elsewhere), and H when asked for.
-    The n^2 d entries are computed in row blocks over the ranks; the eigenvalue on rank 0."""
+def ntk_lambda0(X, comm, store_H: bool) -> tuple[float | None, np.ndarray | None, float | None]:
+    """lambda_0 of the data's NTK Gram matrix, on rank 0 (None elsewhere), H when asked for, and
+    lambda_max. The n^2 d entries are computed in row blocks over the ranks; the eigenvalues on
+    rank 0."""
     n = X.shape[0]
     bounds = [k * n // comm.size for k in range(comm.size + 1)]
     mine = theory.gram_rows(X, bounds[comm.rank], bounds[comm.rank + 1])
     H = np.empty((n, n)) if comm.rank == 0 else None
     comm.gather_rows(mine, [hi - lo for lo, hi in zip(bounds, bounds[1:])], H)
     lambda0 = theory.smallest_eigenvalue(H) if comm.rank == 0 else None
+    lambda_max = theory.largest_eigenvalue(H) if comm.rank == 0 else None
     comm.barrier()  # the others sleep while rank 0 runs the eigensolver
-    return lambda0, (H if store_H else None)
+    return lambda0, (H if store_H else None), lambda_max
 
 
-def lambda0_of(cfg, comm, X, say) -> tuple[float | None, np.ndarray | None]:
-    """ntk_lambda0, with what it does told to the user (`say`: rank 0's printer)."""
+def lambda0_of(cfg, comm, X, say) -> tuple[float | None, np.ndarray | None, float | None]:
+    """ntk_lambda0, with what it does told to the user (`say`: rank 0's printer), and the local
+    steps' step-stability number (theory.step_number), with a warning above theory.STABLE_STEP."""
     n, t = X.shape[0], time.perf_counter()
     if n > 2000:
         say(f"computing the NTK Gram matrix of the data and its lambda_0 (n = {n}; a few seconds; "
             f"theory.max_n = 0 skips it) ...")
-    lambda0, H = ntk_lambda0(X, comm, n <= cfg.theory.store_H_max_n)
+    lambda0, H, lambda_max = ntk_lambda0(X, comm, n <= cfg.theory.store_H_max_n)
     if comm.rank == 0:
-        say(f"NTK Gram matrix of the data: lambda_0 = {lambda0:.4e} (n = {n}, {time.perf_counter() - t:.2f} s)")
-    return lambda0, H
+        step = theory.step_number(model.ntk_lr(cfg), lambda_max, n, cfg.masks.keep)
+        say(f"NTK Gram matrix of the data: lambda_0 = {lambda0:.4e}, lambda_max = {lambda_max:.4e} (n = {n}, "
+            f"{time.perf_counter() - t:.2f} s); step number lr lambda_max / (n keep) = {step:.3g}")
+        if step > theory.STABLE_STEP:
+            say(f"WARNING: the step number {step:.3g} is above {theory.STABLE_STEP:g}: in the linearised "
+                f"dynamics a local step grows the top residual mode instead of shrinking it; expect "
+                f"oscillation or divergence unless train.lr is lowered (below "
+                f"{cfg.train.lr * theory.STABLE_STEP / step:.3g})")
+    return lambda0, H, lambda_max
 
 
 def check_start(loss: float, sets, cfg) -> None:

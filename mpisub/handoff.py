@@ -7,7 +7,9 @@ import sys
 
 import numpy as np
 
+from . import model
 from .analysis import Run, open_all
+from .config import from_dict
 from .data import read_inputs
 from .errors import Parser, UserError, cause, command
 
@@ -48,7 +50,8 @@ def arrays(run: Run) -> dict:
     inputs = run.inputs
     d = run.config["data"]["d"]
     W, a = run.W, run.a
-    return {"W": W, "a": a, "scale": np.float64(1.0 / np.sqrt(len(W))), "normalize": np.str_(inputs.normalize),
+    return {"W": W, "a": a, "scale": np.float64(model.scale(from_dict(run.config))),
+            "normalize": np.str_(inputs.normalize),
             "mean": np.zeros(d) if inputs.mean is None else inputs.mean,
             "std": np.ones(d) if inputs.std is None else inputs.std,
             "task": np.str_(run.config["data"]["task"])}

@@ -19,8 +19,8 @@ class Logger:
     def log_start(self, start: dict) -> None:
         """The run's fixed facts, once: X, Y, a, W's shape and dtype, the data's source."""
 
-    def log_theory(self, lambda0: float, H=None) -> None:
-        """The data's NTK lambda_0 (and H, when stored)."""
+    def log_theory(self, lambda0: float, H=None, lambda_max: float | None = None) -> None:
+        """The data's NTK lambda_0 and lambda_max (and H, when stored)."""
 
     def log_loss_init(self, loss: float) -> None:
         """The loss at W_init."""
@@ -73,8 +73,8 @@ class Loggers(Logger):
     def log_start(self, start):
         self._each(lambda logger: logger.log_start(start))
 
-    def log_theory(self, lambda0, H=None):
-        self._each(lambda logger: logger.log_theory(lambda0, H))
+    def log_theory(self, lambda0, H=None, lambda_max=None):
+        self._each(lambda logger: logger.log_theory(lambda0, H, lambda_max))
 
     def log_loss_init(self, loss):
         self._each(lambda logger: logger.log_loss_init(loss))

@@ -1,7 +1,10 @@
 """The network (docs/design.md, section 2), in one place, like nanoGPT's model.py:
 
-    f(W, x) = scale sum_r a_r relu(<w_r, x>),   scale = 1/sqrt(m)   (the NTK form)
+    f(W, x) = scale sum_r a_r relu(<w_r, x>),   scale = 1/sqrt(m)   (the NTK form, the paper's)
 
+or, with model.parametrization = "standard", scale = 1/sqrt(c) and w_r ~ N(0, kappa^2 I / m):
+the authors' code's network, with train.lr in its units. The two map exactly: a standard run is
+the ntk run with init_scale kappa / sqrt(c) and lr x m / c, its W that run's x sqrt(c / m).
 W (m x d) is trained; a (m x c, entries +-1) is fixed. Init: w_r ~ N(0, kappa^2 I) and a_r
 uniform in {+1, -1}, both drawn in chunks of INIT_CHUNK neurons from streams keyed by
 (train.seed, chunk), so a rank draws only its own rows and W_init is the same for any number of
@@ -37,7 +40,7 @@ def init_rows(cfg, lo: int, hi: int) -> np.ndarray:
         block = _chunk(cfg, c, 0).standard_normal((last - first, d))
         b, e = max(first, lo), min(last, hi)
         with np.errstate(over="ignore"):  # a huge init_scale in float32: reported by train.check_start
-            W[b - lo:e - lo] = cfg.model.init_scale * block[b - first:e - first]
+            W[b - lo:e - lo] = init_std(cfg) * block[b - first:e - first]
     return W
 
 
@@ -54,14 +57,28 @@ def output_weights(cfg) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def scale(m: int, keep: float = 1.0) -> float:
-    """The output scale: 1/sqrt(m) for the network, 1/(keep sqrt(m)) for a subnetwork's surrogate f_l."""
-    return 1.0 / (keep * math.sqrt(m))
+def init_std(cfg) -> float:
+    """w_r's standard deviation: kappa (ntk), kappa / sqrt(m) (standard)."""
+    return cfg.model.init_scale / (1.0 if cfg.model.parametrization == "ntk" else math.sqrt(cfg.model.width))
 
 
-def forward(W: np.ndarray, a: np.ndarray, X: np.ndarray, block: int = 4096) -> np.ndarray:
-    """f(W, X) (n x c) of the whole network, in float64, a block of neurons at a time."""
+def scale(cfg, keep: float = 1.0) -> float:
+    """The output scale: 1/sqrt(m) (ntk; 1/sqrt(c) standard) for the network, 1/keep times it for a
+    subnetwork's surrogate f_l."""
+    base = cfg.model.width if cfg.model.parametrization == "ntk" else cfg.data.outputs
+    return 1.0 / (keep * math.sqrt(base))
+
+
+def ntk_lr(cfg) -> float:
+    """The step (config.step_size) in the NTK form's units, where lambda_0's rates are stated: a
+    standard run's lr x m / c."""
+    from .config import step_size
+    return step_size(cfg) * (1.0 if cfg.model.parametrization == "ntk" else cfg.model.width / cfg.data.outputs)
+
+
+def forward(W: np.ndarray, a: np.ndarray, X: np.ndarray, scale: float, block: int = 4096) -> np.ndarray:
+    """f(W, X) = scale relu(X W^T) a (n x c) of the whole network, in float64, a block of neurons at a time."""
     out = np.zeros((X.shape[0], a.shape[1]))
     for lo in range(0, len(W), block):
         out += np.maximum(X @ W[lo:lo + block].T.astype(np.float64), 0.0) @ a[lo:lo + block]
-    return out * scale(len(W))
+    return out * scale

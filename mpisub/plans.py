@@ -31,7 +31,7 @@ class _Plan:
     def __init__(self, cfg, layout, comm, sets, a, each=map):
         self.layout, self.comm, self.X, self.Y, self.a, self.each = layout, comm, sets.X, sets.Y, a, each
         real = np.dtype(cfg.model.dtype).type   # scalars in the model's dtype keep float32 kernels in float32
-        self.scale = real(model.scale(cfg.model.width, cfg.masks.keep))   # the surrogate f_l's 1/xi times 1/sqrt(m)
+        self.scale = real(model.scale(cfg, cfg.masks.keep))   # the surrogate f_l's 1/xi times the network's scale
         self.lr = real(config.step_size(cfg))
         self.code = LOSSES[cfg.train.loss].code
         self.steps = kernels.local_steps        # a subnetwork's tau steps (the scaling report times the rest)

@@ -5,8 +5,9 @@ import os
 
 import numpy as np
 
-from . import schema, theory
+from . import model, schema, theory
 from .analysis import Run, flat_config, label_keys, open_all, seed_groups
+from .config import from_dict
 from .errors import Parser, UserError, command
 from .losses import LOSSES
 
@@ -96,7 +97,8 @@ def plot_runs(runs: list[Run], out: str, x: str = "rounds", reference: bool = Fa
             ax.plot(xs, np.exp(np.mean(np.log(subs), axis=0)), "--", color=color, alpha=0.6, linewidth=1)
         if reference and run.lambda0 is not None and metric == "loss":
             tr = run.config["train"]
-            ref = theory.gd_reference(run.loss_init, tr["lr"], run.lambda0, run.config["data"]["n"],
+            ref = theory.gd_reference(run.loss_init, model.ntk_lr(from_dict(run.config)), run.lambda0,
+                                      run.config["data"]["n"],
                                       tr["local_steps"], run.metrics["round"])
             ax.plot(_x(run, x)[1:], ref, ":", color=color, linewidth=1)
     _axes(ax, runs, metric, x, log, reference, title)
@@ -115,7 +117,7 @@ def _axes(ax, runs: list[Run], metric: str, x: str, log: bool, reference: bool, 
     ax.set_ylabel(f"loss{formula}" if metric == "loss" else metric)
     style = "solid: full network; dashed: mean subnetwork loss" if metric == "loss" else SCHEMA_MEANING.get(metric, "")
     if reference and metric == "loss":
-        style += "; dotted: full GD's NTK rate from lambda_0 (a reference, not a bound for masked training)"
+        style += "; dotted: slowest mode of linearised full GD, from lambda_0 (a reference, not a bound)"
     ax.set_title((title + "\n" if title else "") + style, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -151,7 +153,8 @@ def plot_main(argv=None) -> None:
     p.add_argument("--metric", default="loss", help="the column to plot: loss (default, with the subnetworks' "
                    "loss dashed), test_loss, train_acc, test_acc, sub_loss, or any column of /eval or /metrics")
     p.add_argument("--theory", action="store_true",
-                   help="add the NTK gradient-descent rate (1 - lr lambda_0 / n)^(2 tau k) from each run's lambda_0")
+                   help="add L_0 (1 - lr lambda_0 / n)^(2 tau k), the slowest mode of linearised full gradient "
+                        "descent from each run's lambda_0 (a reference, not a guarantee or a bound)")
     p.add_argument("--title", default="")
     args = p.parse_args(argv)
     out = output_path(args.output)

@@ -130,8 +130,9 @@ def _read_run(f, path: str, arrays: bool) -> dict:
     else:  # before mpisub 0.2 every round was evaluated, into /metrics/loss
         run["eval"] = {"round": run["metrics"]["round"], "loss": run["metrics"]["loss"]}
     run["data"] = _data(f, path, json.loads(run["attrs"]["config"])["data"]["d"])
-    if "theory/lambda0" in f:
-        run["lambda0"] = float(f["theory/lambda0"][()])
+    for name in ("lambda0", "lambda_max"):
+        if f"theory/{name}" in f:
+            run[name] = float(f[f"theory/{name}"][()])
     for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W"):
         if arrays and name in f:
             run[name] = f[name][()]

@@ -9,8 +9,9 @@ import time
 
 import numpy as np
 
-from . import schema, theory
+from . import model, schema, theory
 from .analysis import Run, flat_config, label_keys, open_all, seed_groups
+from .config import from_dict
 from .errors import Parser, UserError, command
 
 
@@ -32,8 +33,19 @@ def spread_table(runs: list[Run]) -> str | None:
             if len(values):
                 std = values.std(ddof=1) if len(values) > 1 else 0.0
                 cells.append(f"final {column} {values.mean():.4g} +- {std:.2g} ({values.min():.4g}-{values.max():.4g})")
-        lines.append(f"  {name}: {len(group)} seeds; " + "; ".join(cells))
+        cells.append(plateau_interval([r.plateau()["plateau"] for r in group]))
+        lines.append(f"  {name}: {len(group)} seeds; " + "; ".join(c for c in cells if c))
     return "\n".join(lines)
+
+
+def plateau_interval(values: list) -> str:
+    """The seeds' plateau estimates as a mean with its 95% confidence interval (Student's t)."""
+    values = np.array([v for v in values if v is not None], dtype=np.float64)
+    if len(values) < 2:
+        return ""
+    from scipy.stats import t
+    half = t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return f"plateau {values.mean():.4g} (95% CI {values.mean() - half:.4g} to {values.mean() + half:.4g})"
 
 
 def summary(run: Run) -> dict:
@@ -72,6 +84,9 @@ def summary(run: Run) -> dict:
         "lambda0": run.lambda0,
         "rate_per_round": run.rate(),   # a fit over the whole curve, plateau included
         **theory.curve_summary(run.eval["round"], run.eval["loss"]),
+        **{f"plateau_{k}" if k != "plateau" else k: v for k, v in run.plateau().items()},
+        "lambda_max": run.lambda_max,
+        "step_number": step_number(run),
         "peak_rss_mb": [float(x) for x in run.attrs.get("peak_rss_mb", [])],
         "segments": json.loads(run.attrs.get("segments", "[]")),   # one per launch (mpisub 0.2 on)
         "eta_seconds": _eta(run, done),
@@ -82,6 +97,14 @@ def summary(run: Run) -> dict:
 # the lazy (NTK) regime the theory covers: activation patterns barely change and H(W) stays near H
 FLIPS_LIMIT = 0.10
 LAMBDA_SHARE = 0.5
+
+
+def step_number(run: Run) -> float | None:
+    """The run's local steps' step-stability number, lr lambda_max / (n keep) (theory.step_number)."""
+    if run.lambda_max is None:
+        return None
+    cfg = from_dict(run.config)
+    return theory.step_number(model.ntk_lr(cfg), run.lambda_max, cfg.data.n, cfg.masks.keep)
 
 
 def regime(run: Run) -> dict:
@@ -153,10 +176,16 @@ def format_summary(s: dict) -> str:
         theory_line.append(f"early rate {s['early_rate']:.4f} per round (rounds 0-{s['early_until']}, before the "
                            f"loss comes within {theory.ABOVE_PLATEAU:g}x its plateau)")
     if s.get("plateau") is not None:
-        state = "plateaued" if s["plateaued"] else "still falling"
-        theory_line.append(f"plateau {s['plateau']:.3e} (geometric mean of the last quarter; {state})")
+        state = "plateaued" if s["plateaued"] else "still falling by more than 1% a round"
+        if s.get("plateau_stopped_at") is not None:
+            state = f"the rule stopped the run in round {s['plateau_stopped_at']}"
+        theory_line.append(f"plateau {s['plateau']:.3e} ({s.get('plateau_how', 'geometric mean of the last quarter')}; "
+                           f"{state})")
     if s["lambda0"] is not None:
         theory_line.append(f"NTK lambda_0 {s['lambda0']:.4e}")
+    if s.get("lambda_max") is not None:
+        theory_line.append(f"lambda_max {s['lambda_max']:.4e}, step number {s['step_number']:.3g}"
+                           + (f" (above {theory.STABLE_STEP:g}!)" if s["step_number"] > theory.STABLE_STEP else ""))
     if theory_line:
         lines.append("  " + "; ".join(theory_line))
     if s.get("lazy"):

@@ -40,6 +40,11 @@ def settle(given: Config, ranks: int, shape: tuple | None = None, resuming: bool
         _fit_data(cfg, *shape)
     if cfg.train.budget > 0:
         cfg.train.rounds = max(1, math.ceil(cfg.train.budget / compute_per_round(cfg) - 1e-9))
+    if cfg.train.plateau_window:   # the authors' rule reads the loss every round
+        if cfg.output.eval_every not in (0, 1):
+            raise UserError(f"train.plateau_window = {cfg.train.plateau_window} needs the full loss every round, "
+                            f"but output.eval_every = {cfg.output.eval_every}; leave it at 0 or set 1")
+        cfg.output.eval_every = 1
     if shape is not None and cfg.output.eval_every == 0:
         cfg.output.eval_every = auto_eval_every(cfg)
     cfg.train.plan, why = resources.choose_plan(cfg, ranks, node, resuming)

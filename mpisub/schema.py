@@ -43,6 +43,8 @@ COLUMNS = (
     Column("dw_rel", "eval", "float64", "||W - W0||_F / ||W0||_F"),
     Column("flips", "eval", "float64", "fraction of activation patterns 1{<w_r, x_i> > 0} unlike at W0"),
     Column("lambda_min", "eval", "float64", "lambda_min of H(W_k) (n <= theory.gram_max_n; else NaN)"),
+    Column("mismatch", "eval", "float64", "mean over the next round's subnetworks of ||f_l - f||^2 / 2n, their "
+           "surrogates' distance from the full network (theory.mismatch; else NaN)"),
 )
 TABLES = ("metrics", "eval")
 # bump when the checkpoint's layout changes (2: metrics bytes_recv; 3: eval rows; 4: checksums and

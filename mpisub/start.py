@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-from . import __version__, config, data, readback, resources
+from . import __version__, config, data, readback, resources, theory
 from .errors import UserError, env_number
 from .folders import FILENAME, FolderLock, check_output_dir, new_run_dir
 from .loggers import Loggers
@@ -80,6 +80,12 @@ class Job:
             if ck["round"] >= self.cfg.train.rounds:
                 raise UserError(f"--resume {self.args.resume!r}: the run has done all {ck['round']} rounds; "
                                 f"to train longer add --set train.rounds=N with N > {ck['round']}")
+            tr = self.cfg.train
+            if tr.plateau_window and theory.running_plateau(ck["eval"].get("loss", []), tr.plateau_window,
+                                                            tr.plateau_floor)[0] is not None:
+                raise UserError(f"--resume {self.args.resume!r}: the run stopped at its plateau in round {ck['round']} "
+                                f"(train.plateau_window = {tr.plateau_window}); it is complete: start a new run to "
+                                f"train on (e.g. mpisub-train --init-from {self.args.resume})")
 
     def check_init(self) -> None:
         """Rank 0's check of the model.init_from run (readback.check_init); what the run file records
@@ -176,7 +182,7 @@ def report_stop(job: Job, comm, signal_name: str, e) -> None:
 
 def report_done(job: Job, result: dict, seconds: float) -> None:
     cfg, ck = job.cfg, job.checkpoint
-    done = cfg.train.rounds - (ck["round"] if ck else 0)  # rounds of this launch
+    done = len(result["metrics"]["round"]) - (ck["round"] if ck else 0)  # this launch's (a plateau may end it early)
     m = {name: values[-done:] for name, values in result["metrics"].items()}
     first, last = result["loss_init"], result["eval"]["loss"][-1]   # the last round is always evaluated
     path = os.path.join(cfg.output.dir, FILENAME)

@@ -102,8 +102,10 @@ class RunFile(Logger):
         self.f["model/W"].attrs["round"] = 0
         self.f.flush()
 
-    def log_theory(self, lambda0, H=None):
+    def log_theory(self, lambda0, H=None, lambda_max=None):
         self.f["theory/lambda0"] = lambda0
+        if lambda_max is not None:
+            self.f["theory/lambda_max"] = lambda_max
         if H is not None:
             self.f["theory/H"] = H
 

@@ -28,6 +28,46 @@ def smallest_eigenvalue(H: np.ndarray) -> float:
     return float(eigh(H, eigvals_only=True, subset_by_index=[0, 0], driver="evr")[0])
 
 
+def largest_eigenvalue(H: np.ndarray) -> float:
+    """lambda_max of the symmetric H (Lanczos; a full solve for small H)."""
+    if len(H) <= 64:
+        return float(np.linalg.eigvalsh(H)[-1])
+    from scipy.sparse.linalg import eigsh
+    return float(eigsh(H, k=1, which="LA", return_eigenvectors=False)[0])
+
+
+# the step-stability number above which the linearised local steps diverge
+STABLE_STEP = 2.0
+
+
+def step_number(lr_ntk: float, lambda_max: float, n: int, keep: float) -> float:
+    """lr lambda_max / (n keep): the largest factor by which a local step of a subnetwork's
+    surrogate multiplies a residual mode in the linearised (NTK) dynamics, minus one. The surrogate's
+    Gram matrix is H / keep in expectation (1/keep^2 scale, keep of the neurons), mpisub's loss
+    carries 1/(2n); above STABLE_STEP the steps grow that mode instead of shrinking it. lr in the
+    NTK form's units (model.ntk_lr)."""
+    return lr_ntk * lambda_max / (n * keep)
+
+
+def running_plateau(losses, points: int, floor: float = 0.0) -> tuple[int | None, float]:
+    """The authors' stopping rule on the full loss at rounds 0, 1, 2, ...: at each round g, the mean
+    of the last `points` losses (fewer at the start); stop at the first round whose mean does not
+    improve on the best so far, or once the best is below `floor`. Returns (that round or None,
+    the best mean: their plateau estimate)."""
+    losses = np.asarray(losses, dtype=np.float64)
+    sums = np.concatenate([[0.0], np.cumsum(losses)])
+    best = math.inf
+    for g in range(1, len(losses)):
+        lo = max(0, g - points + 1)
+        mean = (sums[g + 1] - sums[lo]) / (g + 1 - lo)
+        if not mean < best:
+            return g, best
+        best = mean
+        if best < floor:
+            return g, best
+    return None, best
+
+
 def linear_rate(loss: np.ndarray, rounds: np.ndarray | None = None) -> float | None:
     """The per-round factor r of a least-squares fit log loss_k = c + k log r over the rounds k
     (default 1, 2, ...; r < 1: linear convergence; None when fewer than 2 positive values)."""
@@ -42,8 +82,8 @@ def linear_rate(loss: np.ndarray, rounds: np.ndarray | None = None) -> float | N
 
 # the early phase of a curve: the evaluations whose loss is above this multiple of its plateau
 ABOVE_PLATEAU = 10.0
-# a run has plateaued when its loss fell by less than this factor over its last quarter
-PLATEAU_DROP = 1.5
+# a run has plateaued when its loss falls by less than this fraction a round over its last quarter
+PLATEAU_RATE = 0.01
 
 
 def curve_summary(rounds: np.ndarray, loss: np.ndarray) -> dict:
@@ -53,7 +93,8 @@ def curve_summary(rounds: np.ndarray, loss: np.ndarray) -> dict:
                    before the loss first comes within ABOVE_PLATEAU x the plateau (None with fewer
                    than 2 there);
     early_until    the last round of the early phase;
-    plateaued      whether the loss fell by less than PLATEAU_DROP x over the last quarter (a fit).
+    plateaued      whether the loss falls by less than PLATEAU_RATE a round over the last quarter
+                   (a fit): a short run still falling 3% a round has not plateaued.
     Only positive losses count."""
     rounds, loss = np.asarray(rounds, dtype=np.float64), np.asarray(loss, dtype=np.float64)
     good = loss > 0
@@ -65,19 +106,19 @@ def curve_summary(rounds: np.ndarray, loss: np.ndarray) -> dict:
     near = np.flatnonzero(loss <= ABOVE_PLATEAU * plateau)
     early = slice(0, near[0] if len(near) else len(loss))
     early_rate = linear_rate(loss[early], rounds[early]) if early.stop >= 2 else None
-    drop = 1.0
+    per_round = 1.0
     if last.sum() >= 2:
-        slope = np.polyfit(rounds[last], np.log(loss[last]), 1)[0]
-        drop = math.exp(-slope * (rounds[last][-1] - rounds[last][0]))
+        per_round = math.exp(-np.polyfit(rounds[last], np.log(loss[last]), 1)[0])
     return {"plateau": plateau, "early_rate": early_rate,
             "early_until": int(rounds[early.stop - 1]) if early.stop >= 1 else None,
-            "plateaued": bool(drop < PLATEAU_DROP)}
+            "plateaued": bool(per_round < 1.0 + PLATEAU_RATE)}
 
 
 def gd_reference(loss_init: float, lr: float, lambda0: float, n: int, steps_per_round: int,
                  rounds: np.ndarray) -> np.ndarray:
-    """The full gradient descent prediction in the NTK regime for mpisub's loss L = ||u - y||^2 / (2n):
-    the residual shrinks by at least (1 - lr lambda_0 / n) per step, the loss by its square.
-    A reference line for plots, not a bound for masked training (which also has a neighbourhood)."""
+    """The slowest mode of linearised full gradient descent for mpisub's loss L = ||u - y||^2 / (2n):
+    its residual shrinks by (1 - lr lambda_0 / n) per step, its loss by the square (lr in NTK
+    units, model.ntk_lr). A reference line for plots: not Du et al.'s guarantee (1 - lr lambda_0 /
+    (2n) per step, under their conditions), not a bound for masked training."""
     factor = max(0.0, 1.0 - lr * lambda0 / n)
     return loss_init * factor ** (2 * steps_per_round * np.asarray(rounds, dtype=np.float64))

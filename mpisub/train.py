@@ -27,6 +27,7 @@ from .errors import UserError
 from .evaluate import Evaluator, check_start, lambda0_of
 from .layout import Layout
 from .plans import PLANS
+from .theory import running_plateau
 
 # a loss this many times the initial one means the steps are too large: stop rather than burn the
 # allocation on overflowing weights
@@ -66,11 +67,15 @@ def run(cfg, comm, sets, log, start: Start | None = None, stop_requested=lambda:
             t_start = time.perf_counter()
             M = masks.Round.of(cfg, layout, k)          # M_k: each subnetwork's active neurons, N_r of the owned ones
             # 1. tau local steps of every subnetwork from W_k, on its active rows only, and
-            # 2. the mean per neuron over the subnetworks that hold it, on its owner
+            # 2. the mean per neuron over the subnetworks that hold it, on its owner (a neuron none
+            #    holds keeps its row, or is zeroed, as the authors' code does: masks.uncovered)
             stats = plan.round(W, M, lambda l, k=k: masks.minibatches(
                 cfg.data.n, cfg.train.batch_size, cfg.train.local_steps, cfg.train.seed, k, l))
+            if cfg.masks.uncovered == "zero":
+                W[M.counts == 0] = 0.0
             # 3. the subnetworks' losses, and every eval_every rounds the full network's
-            rounds.end(k, W, stats, evaluate, t_start, M)
+            if rounds.end(k, W, stats, evaluate, t_start, M):
+                break                                   # at its plateau (train.plateau_window)
     if comm.agree(log.failed):  # the last round's writes: no Allreduce follows to carry the flag
         raise log.failure(cfg.train.rounds, cfg.output.dir)
     return rounds.result(W)
@@ -83,7 +88,8 @@ def _log_start(cfg, comm, sets, log, a, W, say) -> None:
                    "source": source, "inputs": sets.inputs})
     log.save_weights(comm.blocks_at_root(W, Layout.of(cfg, comm).bounds.tolist()), 0, init=True)
     if sets.X.shape[0] <= cfg.theory.max_n:
-        log.log_theory(*lambda0_of(cfg, comm, sets.X, say))
+        lambda0, H, lambda_max = lambda0_of(cfg, comm, sets.X, say)
+        log.log_theory(lambda0, H, lambda_max)
 
 
 class Rounds:
@@ -95,6 +101,7 @@ class Rounds:
         self.bounds = Layout.of(cfg, comm).bounds.tolist()
         self.due = Cadence(cfg)
         self.metrics, self.evals, self.loss_init = {}, {}, None
+        self.plateau_best = None      # train.plateau_window: the best running mean of the loss so far
 
     def restore(self, start: Start, layout) -> np.ndarray:
         """A checkpoint's state: W and round are all there is (masks and minibatches are functions
@@ -119,7 +126,7 @@ class Rounds:
         signal during start-up) and a failed write on rank 0, so every rank acts on them together.
         Returns the first round to train."""
         first = start.round if start else 0
-        scores, (stops, failed) = evaluate(W, (float(self.stop_requested()), self.log.failed))
+        scores, (stops, failed) = evaluate(W, (float(self.stop_requested()), self.log.failed), first)
         if start is None:
             self.loss_init = scores["loss"]
             check_start(scores["loss"], evaluate.sets, self.cfg)
@@ -140,14 +147,15 @@ class Rounds:
         self.t_mark = time.perf_counter()   # seconds_wall: from one round's row to the next, store writes included
         return first
 
-    def end(self, k: int, W, stats, evaluate, t_start: float, M) -> None:
+    def end(self, k: int, W, stats, evaluate, t_start: float, M) -> bool:
         """After round k's steps 1 and 2: its losses, any rank's stop request and a failed write in
-        one Allreduce (with the full network's outputs when this round is evaluated), then its row."""
+        one Allreduce (with the full network's outputs when this round is evaluated), then its row.
+        True when the run ends here, at its plateau (every rank sees the same losses)."""
         t, comm_before = time.perf_counter(), self.comm.seconds
         flags = (stats.sub_loss_sum, float(self.stop_requested()), self.log.failed)
         scores = None
         if self.due.evaluate(k + 1):
-            scores, (sub_loss_sum, stops, failed) = evaluate(W, flags)
+            scores, (sub_loss_sum, stops, failed) = evaluate(W, flags, k + 1)
         else:
             sub_loss_sum, stops, failed = self.comm.sums(flags)
         seconds_loss = time.perf_counter() - t - (self.comm.seconds - comm_before)   # its collectives count as comm
@@ -168,18 +176,36 @@ class Rounds:
                "compute": (k + 1) * config.compute_per_round(self.cfg)}
         self.t_mark = now
         self._keep(self.metrics, row)
-        self._due(row, scores, M, W, stops > 0)
+        plateau = scores is not None and self.at_plateau()
+        self._due(row, scores, M, W, stops > 0, plateau)
+        return plateau
 
-    def _due(self, row: dict, scores, M, W, stop: bool) -> None:
-        """The round's row into the logs; the weights, a checkpoint and a progress line when due; at
-        a stop, Interrupted once its checkpoint is known to be on disk."""
+    def at_plateau(self) -> bool:
+        """train.plateau_window: the authors' rule (theory.running_plateau) at this round, the loss
+        evaluated every round; the best running mean so far is kept (after a resume, found again)."""
+        tr, losses = self.cfg.train, self.evals["loss"]
+        if not tr.plateau_window:
+            return False
+        if self.plateau_best is None:
+            self.plateau_best = running_plateau(losses[:-1], tr.plateau_window, tr.plateau_floor)[1]
+        mean = float(np.mean(losses[max(0, len(losses) - tr.plateau_window):]))
+        if not mean < self.plateau_best:
+            return True
+        self.plateau_best = mean
+        return mean < tr.plateau_floor
+
+    def _due(self, row: dict, scores, M, W, stop: bool, last: bool = False) -> None:
+        """The round's row into the logs; the weights, a checkpoint and a progress line when due (all
+        three at the `last` round of a run that stops at its plateau); at a stop, Interrupted once
+        its checkpoint is known to be on disk."""
         done, due = row["round"], self.due
         self.log.log_round(row, M.matrix() if self.cfg.output.record_masks else None)
-        weights, checkpoint = due.weights(done, stop), due.checkpoint(done, stop)
+        weights, checkpoint = due.weights(done, stop or last), due.checkpoint(done, stop or last)
         if weights or checkpoint:
             self.save(W, done, weights=weights, checkpoint=checkpoint)
-        if due.log(done, stop):
-            self.say(due.line(row, scores))
+        if due.log(done, stop or last):
+            self.say(due.line(row, scores) + (f"  (at its plateau: train.plateau_window = "
+                                              f"{self.cfg.train.plateau_window})" if last else ""))
         if stop and done < due.rounds:
             if self.comm.agree(self.log.failed):  # the stop's checkpoint must have reached the disk
                 raise self.log.failure(done, self.cfg.output.dir)

@@ -27,10 +27,11 @@ def surrogate_grad(W, a, X, Y, mask, keep, loss="squared"):
     return D.T @ X / n
 
 
-def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None, loss="squared"):
+def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None, loss="squared", uncovered="keep"):
     """Every round of a run from its recorded masks (rounds x p x m). Returns the final W and per
     round (loss of the aggregated network, mean over subnetworks of the loss their last local step
-    descended from: at its starting weights, over its samples)."""
+    descended from: at its starting weights, over its samples). uncovered = "zero": a neuron no
+    subnetwork holds is set to 0, as the authors' code's aggregate_updates does."""
     W = W_init.copy()
     full = np.ones(W.shape[0])
     losses, sub_losses = [], []
@@ -52,8 +53,10 @@ def replay(W_init, a, X, Y, masks, keep, lr, local_steps, batches=None, loss="sq
         W_next = W.copy()
         for r in range(m):
             holders = [l for l in range(p) if M[l, r]]
-            if holders:  # a neuron held by no subnetwork keeps its weights
+            if holders:  # a neuron held by no subnetwork keeps its weights (or is zeroed)
                 W_next[r] = sum(trained[l][r] for l in holders) / len(holders)
+            elif uncovered == "zero":
+                W_next[r] = 0.0
         W = W_next
         losses.append(surrogate_loss(W, a, X, Y, full, 1.0, loss))
     return W, np.array(losses), np.array(sub_losses)

@@ -6,12 +6,13 @@ import time
 
 import numpy as np
 import pytest
-from reference import replay
+from reference import replay, surrogate_output
 from simcomm import run_ranks
 
 from mpisub import cadence, config, data, masks, model, schema, train
 from mpisub.loggers import Logger, Loggers
 from mpisub.resolve import settle
+from mpisub.theory import running_plateau
 
 JOB = ["data.n=40", "data.d=5", "data.outputs=2", "model.width=24", "train.rounds=4", "output.eval_every=1",
        "train.local_steps=3", "train.lr=1.5", "theory.max_n=0"]
@@ -79,6 +80,61 @@ def test_plan_rows_gives_the_same_bits_for_any_K(kind):
     one = whole(train_at(1, KINDS[kind] + ["train.plan='rows'"])[2])
     for K in (2, 4):
         assert whole(train_at(K, KINDS[kind] + ["train.plan='rows'"])[2]).tobytes() == one.tobytes()
+
+
+@pytest.mark.parametrize("K,plan", [(1, "rows"), (2, "rows"), (3, "outputs")])
+def test_uncovered_neurons_zeroed_as_the_authors_code_does_match_the_replay(K, plan):
+    """masks.uncovered = 'zero' (Bernoulli keep 0.3, p = 2: about half the neurons are held by no
+    subnetwork in a round) against the replay with the authors' aggregate: every plan and K."""
+    job = ["masks.kind='bernoulli'", "masks.subnets=2", "masks.keep=0.3", "masks.uncovered='zero'",
+           f"train.plan='{plan}'"]
+    cfg, sets, results = train_at(K, job)
+    M = np.array([masks.sample("bernoulli", 2, 0.3, cfg.model.width, cfg.train.seed, k) for k in range(4)], float)
+    W0 = model.init_rows(cfg, 0, cfg.model.width)
+    W, losses, _ = replay(W0, model.output_weights(cfg), sets.X, sets.Y, M, 0.3, lr=1.5, local_steps=3,
+                          uncovered="zero")
+    assert (M[-1].sum(axis=0) == 0).sum() >= 5 and np.all(W[M[-1].sum(axis=0) == 0] == 0)
+    assert rel(whole(results), W) <= 1e-10
+    assert rel(results[0]["eval"]["loss"][1:], losses) <= 1e-10
+    keep, _, kept = train_at(K, job[:3] + [f"train.plan='{plan}'"])
+    assert rel(whole(kept), W) > 1e-3                           # keeping them is another run
+
+
+def test_the_standard_parametrization_is_the_ntk_run_with_mapped_kappa_and_lr():
+    """f = relu(X W^T) a / sqrt(c), w ~ N(0, s^2 I / m), lr eta (the authors' code) equals the NTK
+    run with kappa = s / sqrt(c) and lr = eta m / c, with W scaled by sqrt(c / m), to rounding."""
+    m, c, s, eta = 24, 2, 0.7, 0.05
+    _, _, standard = train_at(2, KINDS["bernoulli"] + ["model.parametrization='standard'",
+                                                       f"model.init_scale={s}", f"train.lr={eta}"])
+    _, _, ntk = train_at(2, KINDS["bernoulli"] + [f"model.init_scale={s / np.sqrt(c)}", f"train.lr={eta * m / c}"])
+    assert rel(whole(standard), np.sqrt(c / m) * whole(ntk)) <= 1e-12
+    assert rel(standard[0]["eval"]["loss"], ntk[0]["eval"]["loss"]) <= 1e-12
+    assert rel(standard[0]["eval"]["loss"][-1:], standard[0]["eval"]["loss"][:1]) > 1e-2   # it trained
+
+
+@pytest.mark.parametrize("K,plan", [(1, "rows"), (3, "outputs")])
+def test_the_surrogate_mismatch_is_the_subnetworks_spread_around_the_full_network(K, plan):
+    """theory.mismatch at the last evaluation: the mean over the next round's (round 4's) masks of
+    ||f_l(W) - f(W)||^2 / 2n, f_l the surrogate the local steps train, in plain numpy."""
+    cfg, sets, results = train_at(K, KINDS["bernoulli"] + ["theory.mismatch=true", f"train.plan='{plan}'"])
+    W, a, X = whole(results), model.output_weights(cfg).astype(float), sets.X
+    M = masks.sample("bernoulli", 4, 0.6, cfg.model.width, cfg.train.seed, 4).astype(float)
+    f = surrogate_output(W, a, X, np.ones(cfg.model.width), 1.0)
+    want = np.mean([np.sum((surrogate_output(W, a, X, M[l], 0.6) - f) ** 2) for l in range(4)]) / (2 * len(X))
+    got = results[0]["eval"]["mismatch"]
+    assert want > 1e-4 and abs(got[-1] - want) <= 1e-10 * want and np.all(np.isfinite(got))
+
+
+def test_a_run_stops_where_the_authors_rule_says_on_its_own_losses():
+    """train.plateau_window = 3: the run ends at the round the rule (theory.running_plateau, tested
+    against the authors' loop in test_theory.py) picks on the losses of the same run left to go on."""
+    job = KINDS["bernoulli"] + ["masks.keep=0.3", "train.rounds=60", "train.lr=0.5"]
+    _, _, full = train_at(2, job)
+    stop, _ = running_plateau(full[0]["eval"]["loss"], 3)
+    assert stop is not None and 1 < stop < 60
+    _, _, stopped = train_at(2, job + ["train.plateau_window=3"])
+    assert len(stopped[0]["metrics"]["round"]) == stop
+    np.testing.assert_array_equal(stopped[0]["eval"]["loss"], full[0]["eval"]["loss"][:stop + 1])
 
 
 def test_a_logger_gets_every_row_with_the_schemas_columns():

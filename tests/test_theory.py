@@ -34,3 +34,51 @@ def test_curve_summary_finds_the_early_rate_and_the_plateau():
     falling = theory.curve_summary(k[:51], 0.9 ** k[:51])                 # no floor reached in 100 rounds
     assert abs(falling["early_rate"] - 0.9) < 1e-9 and not falling["plateaued"]
     assert theory.curve_summary([0], [1.0])["early_rate"] is None
+
+
+def test_a_short_run_still_falling_three_percent_a_round_has_not_plateaued():
+    """20 rounds falling 3% a round: the last quarter drops only 1.16x, which the old 1.5x rule
+    called plateaued; falling 0.5% a round is a plateau."""
+    k = np.arange(0, 21)
+    assert not theory.curve_summary(k, 0.97 ** k)["plateaued"]
+    assert theory.curve_summary(k, 0.995 ** k)["plateaued"]
+
+
+def authors_rule(error_hist, window_size, floor):
+    """JLiao980706/MaskedNTK-TMLR heatmap_exp.py's loop, on a given history (window_size = points - 1)."""
+    best_avg, gstep = float("inf"), 0
+    while gstep + 1 < len(error_hist):
+        gstep += 1
+        avg = np.mean(error_hist[np.maximum(0, gstep - window_size):gstep + 1])
+        if avg < best_avg:
+            best_avg, patience = avg, 0
+        else:
+            patience = 1
+        if patience > 0 or best_avg < floor:
+            return gstep, best_avg
+    return None, best_avg
+
+
+def test_running_plateau_is_the_authors_stopping_rule():
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n = int(rng.integers(2, 80))
+        losses = np.exp(-rng.uniform(0, 0.3) * np.arange(n)) + rng.uniform(0, 0.05) * rng.random(n)
+        points, floor = int(rng.integers(1, 15)), float(rng.choice([0.0, 0.05, 0.2]))
+        got, want = theory.running_plateau(losses, points, floor), authors_rule(losses, points - 1, floor)
+        assert got[0] == want[0] and math.isclose(got[1], want[1], rel_tol=1e-12), (trial, got, want)
+
+
+def test_lambda_max_and_the_step_number():
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((100, 6))
+    H = theory.gram_rows(X, 0, 100)
+    top = np.linalg.eigvalsh(H)[-1]
+    assert math.isclose(theory.largest_eigenvalue(H), top, rel_tol=1e-9)
+    assert math.isclose(theory.largest_eigenvalue(H[:10, :10]), np.linalg.eigvalsh(H[:10, :10])[-1], rel_tol=1e-12)
+    # the linearised surrogate step: residual modes scale by 1 - lr lambda / (n keep); the top one
+    # flips sign and grows past step number 2
+    lr, keep = 3.0, 0.5
+    step = theory.step_number(lr, top, 100, keep)
+    factor = 1 - lr * top / (100 * keep)
+    assert math.isclose(step, 1 - factor, rel_tol=1e-12) and (abs(factor) > 1) == (step > 2)
