@@ -125,7 +125,8 @@ class Run:
         tr = self.config["train"]
         window = tr.get("plateau_window", 0)
         if window:
-            at, best = theory.running_plateau(self.eval["loss"], window, tr.get("plateau_floor", 0.0))
+            at, best, _ = theory.running_plateau(self.eval["loss"], window, tr.get("plateau_floor", 0.0),
+                                                 tr.get("plateau_patience", 1))
             return {"plateau": best if np.isfinite(best) else None, "how": f"best {window}-point running mean",
                     "stopped_at": None if at is None else int(self.eval["round"][at])}
         return {"plateau": theory.curve_summary(self.eval["round"], self.eval["loss"])["plateau"],

@@ -81,6 +81,7 @@ class TrainConfig(_Section):
     budget: float = 0.0         # > 0: train this many full-gradient equivalents (sets rounds; compute_per_round)
     plateau_window: int = 0     # > 0: stop once the running mean of this many losses stops improving (authors' rule)
     plateau_floor: float = 0.0  # with plateau_window: also stop once that running mean is below this
+    plateau_patience: int = 1   # with plateau_window: stop at this many rounds (in all) without a new best
 
 
 @dataclass
@@ -204,6 +205,7 @@ RULES = {
     "train.budget": Interval(0.0),             # 0: train.rounds decides
     "train.plateau_window": Interval(0, 10**6),  # 0: train all rounds
     "train.plateau_floor": Interval(0.0),
+    "train.plateau_patience": POSITIVE,
     "output.dir": ANY,
     "output.log_every": COUNT,               # 0: about 20 lines a run
     "output.checkpoint_every": POSITIVE,

@@ -8,7 +8,7 @@ import os
 # the modules whose code decides a run's numbers: a checkpoint written by other code of these may
 # not continue bit for bit, even under the same version number
 RESULT_MODULES = ("config", "resolve", "data", "masks", "model", "losses", "layout", "kernels", "shard", "plans",
-                  "evaluate", "comm", "train")
+                  "theory", "evaluate", "comm", "train")
 
 
 def _code(source: str) -> str:

@@ -82,7 +82,7 @@ class Job:
                                 f"to train longer add --set train.rounds=N with N > {ck['round']}")
             tr = self.cfg.train
             if tr.plateau_window and theory.running_plateau(ck["eval"].get("loss", []), tr.plateau_window,
-                                                            tr.plateau_floor)[0] is not None:
+                                                            tr.plateau_floor, tr.plateau_patience)[0] is not None:
                 raise UserError(f"--resume {self.args.resume!r}: the run stopped at its plateau in round {ck['round']} "
                                 f"(train.plateau_window = {tr.plateau_window}); it is complete: start a new run to "
                                 f"train on (e.g. mpisub-train --init-from {self.args.resume})")

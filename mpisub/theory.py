@@ -49,23 +49,25 @@ def step_number(lr_ntk: float, lambda_max: float, n: int, keep: float) -> float:
     return lr_ntk * lambda_max / (n * keep)
 
 
-def running_plateau(losses, points: int, floor: float = 0.0) -> tuple[int | None, float]:
+def running_plateau(losses, points: int, floor: float = 0.0, patience: int = 1) -> tuple[int | None, float, int]:
     """The authors' stopping rule on the full loss at rounds 0, 1, 2, ...: at each round g, the mean
-    of the last `points` losses (fewer at the start); stop at the first round whose mean does not
-    improve on the best so far, or once the best is below `floor`. Returns (that round or None,
-    the best mean: their plateau estimate)."""
+    of the last `points` losses (fewer at the start); stop at the round where the means have failed
+    to improve on the best so far `patience` times in all (their Fig. 2b script: 1; their width
+    script: 6), or once the best is below `floor`. Returns (that round or None, the best mean: their
+    plateau estimate, the misses so far)."""
     losses = np.asarray(losses, dtype=np.float64)
     sums = np.concatenate([[0.0], np.cumsum(losses)])
-    best = math.inf
+    best, misses = math.inf, 0
     for g in range(1, len(losses)):
         lo = max(0, g - points + 1)
         mean = (sums[g + 1] - sums[lo]) / (g + 1 - lo)
-        if not mean < best:
-            return g, best
-        best = mean
-        if best < floor:
-            return g, best
-    return None, best
+        if mean < best:
+            best = mean
+        else:
+            misses += 1
+        if misses >= patience or best < floor:
+            return g, best, misses
+    return None, best, misses
 
 
 def linear_rate(loss: np.ndarray, rounds: np.ndarray | None = None) -> float | None:

@@ -101,7 +101,7 @@ class Rounds:
         self.bounds = Layout.of(cfg, comm).bounds.tolist()
         self.due = Cadence(cfg)
         self.metrics, self.evals, self.loss_init = {}, {}, None
-        self.plateau_best = None      # train.plateau_window: the best running mean of the loss so far
+        self.plateau = None           # train.plateau_window: [the best running mean so far, the misses]
 
     def restore(self, start: Start, layout) -> np.ndarray:
         """A checkpoint's state: W and round are all there is (masks and minibatches are functions
@@ -182,17 +182,20 @@ class Rounds:
 
     def at_plateau(self) -> bool:
         """train.plateau_window: the authors' rule (theory.running_plateau) at this round, the loss
-        evaluated every round; the best running mean so far is kept (after a resume, found again)."""
+        evaluated every round; the best running mean and the misses so far are kept (after a
+        resume, found again from the history)."""
         tr, losses = self.cfg.train, self.evals["loss"]
         if not tr.plateau_window:
             return False
-        if self.plateau_best is None:
-            self.plateau_best = running_plateau(losses[:-1], tr.plateau_window, tr.plateau_floor)[1]
+        if self.plateau is None:
+            history = running_plateau(losses[:-1], tr.plateau_window, tr.plateau_floor, tr.plateau_patience)
+            self.plateau = list(history[1:])
         mean = float(np.mean(losses[max(0, len(losses) - tr.plateau_window):]))
-        if not mean < self.plateau_best:
-            return True
-        self.plateau_best = mean
-        return mean < tr.plateau_floor
+        if mean < self.plateau[0]:
+            self.plateau[0] = mean
+        else:
+            self.plateau[1] += 1
+        return self.plateau[1] >= tr.plateau_patience or self.plateau[0] < tr.plateau_floor
 
     def _due(self, row: dict, scores, M, W, stop: bool, last: bool = False) -> None:
         """The round's row into the logs; the weights, a checkpoint and a progress line when due (all

@@ -11,11 +11,21 @@ import mpisub
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = {  # script: (runs it writes, a check of their configs)
-    "fig2a_keep": (4, lambda runs: sorted(r.config["masks"]["keep"] for r in runs) == [0.3, 0.5, 0.8, 1.0]
-                   and all(r.config["train"]["lr"] == pytest.approx(8 * r.config["masks"]["keep"]) for r in runs)),
-    "heatmap_p_keep": (4, lambda runs: {(r.config["masks"]["subnets"], r.config["masks"]["keep"]) for r in runs}
-                       == {(1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)}),
-    "width": (2, lambda runs: sorted(r.config["model"]["width"] for r in runs) == [64, 256]),
+    "fig2a_keep": (8, lambda runs: sorted({r.config["masks"]["keep"] for r in runs}) == [0.3, 0.5]
+                   and all(r.config["masks"]["subnets"] == 10 and r.config["train"]["local_steps"] == 10 for r in runs)
+                   and all(r.config["model"]["parametrization"] == "standard"
+                           and r.config["masks"]["uncovered"] == "zero"
+                           and r.config["train"]["lr"] == pytest.approx(0.2 * r.config["masks"]["keep"])
+                           for r in runs if "official" in r.folder)
+                   and all(r.config["model"]["parametrization"] == "ntk" and r.config["masks"]["uncovered"] == "keep"
+                           and r.config["train"]["lr"] == pytest.approx(0.2 * r.config["masks"]["keep"] * 64 / 10)
+                           for r in runs if "analysis" in r.folder)),
+    "heatmap_p_keep": (6, lambda runs: {(r.config["masks"]["subnets"], r.config["masks"]["keep"]) for r in runs}
+                       == {(1, 0.5), (1, 1.0), (2, 0.5)}
+                       and all(r.config["train"]["plateau_window"] == 11 for r in runs)),
+    "width": (8, lambda runs: sorted({r.config["model"]["width"] for r in runs}) == [64, 128]
+              and all(r.config["train"]["plateau_patience"] == 6 and r.config["masks"]["uncovered"] == "zero"
+                      for r in runs)),
     "schemes": (4, lambda runs: sorted(r.config["masks"]["kind"] for r in runs)
                 == ["bernoulli", "bernoulli", "full", "partition"]),
     "diabetes": (2, lambda runs: all(r.config["data"]["n"] == 442 and r.config["data"]["d"] == 10 for r in runs)),

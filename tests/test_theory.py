@@ -44,17 +44,21 @@ def test_a_short_run_still_falling_three_percent_a_round_has_not_plateaued():
     assert theory.curve_summary(k, 0.995 ** k)["plateaued"]
 
 
-def authors_rule(error_hist, window_size, floor):
-    """JLiao980706/MaskedNTK-TMLR heatmap_exp.py's loop, on a given history (window_size = points - 1)."""
-    best_avg, gstep = float("inf"), 0
+def authors_rule(error_hist, window_size, floor, patience_limit=0, reset=True):
+    """MaskedNTK-TMLR's loops on a given history (window_size = points - 1): heatmap_exp.py's
+    (patience reset on a new best, stop at patience > 0 or a best below the floor) and, with
+    reset=False and patience_limit=5, resnet_cifar_experiments.IST_Converge's (Fig. 2c: stop at
+    patience > 5, never reset, no floor)."""
+    best_avg, gstep, patience = float("inf"), 0, 0
     while gstep + 1 < len(error_hist):
         gstep += 1
         avg = np.mean(error_hist[np.maximum(0, gstep - window_size):gstep + 1])
         if avg < best_avg:
-            best_avg, patience = avg, 0
+            best_avg = avg
+            patience = 0 if reset else patience
         else:
-            patience = 1
-        if patience > 0 or best_avg < floor:
+            patience += 1
+        if patience > patience_limit or best_avg < floor:
             return gstep, best_avg
     return None, best_avg
 
@@ -66,6 +70,8 @@ def test_running_plateau_is_the_authors_stopping_rule():
         losses = np.exp(-rng.uniform(0, 0.3) * np.arange(n)) + rng.uniform(0, 0.05) * rng.random(n)
         points, floor = int(rng.integers(1, 15)), float(rng.choice([0.0, 0.05, 0.2]))
         got, want = theory.running_plateau(losses, points, floor), authors_rule(losses, points - 1, floor)
+        assert got[0] == want[0] and math.isclose(got[1], want[1], rel_tol=1e-12), (trial, got, want)
+        got, want = theory.running_plateau(losses, 11, 0.0, 6), authors_rule(losses, 10, 0.0, 5, reset=False)
         assert got[0] == want[0] and math.isclose(got[1], want[1], rel_tol=1e-12), (trial, got, want)
 
 
