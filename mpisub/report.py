@@ -143,6 +143,26 @@ def stale_seconds(run: Run) -> float | None:
     return age if age > max(120.0, 10 * typical) else None
 
 
+def _theory_parts(s: dict) -> list[str]:
+    """The summary's theory line: the early rate, the plateau, lambda_0, lambda_max and the step number."""
+    parts = []
+    if s.get("early_rate") is not None:
+        parts.append(f"early rate {s['early_rate']:.4f} per round (rounds 0-{s['early_until']}, before the "
+                     f"loss comes within {theory.ABOVE_PLATEAU:g}x its plateau)")
+    if s.get("plateau") is not None:
+        state = "plateaued" if s["plateaued"] else "still falling by more than 1% a round"
+        if s.get("plateau_stopped_at") is not None:
+            state = f"the rule stopped the run in round {s['plateau_stopped_at']}"
+        parts.append(f"plateau {s['plateau']:.3e} ({s.get('plateau_how', 'geometric mean of the last quarter')}; "
+                     f"{state})")
+    if s["lambda0"] is not None:
+        parts.append(f"NTK lambda_0 {s['lambda0']:.4e}")
+    if s.get("lambda_max") is not None:
+        parts.append(f"lambda_max {s['lambda_max']:.4e}, step number {s['step_number']:.3g}"
+                     + (f" (above {theory.STABLE_STEP:g}!)" if s["step_number"] > theory.STABLE_STEP else ""))
+    return parts
+
+
 def format_summary(s: dict) -> str:
     mk, tr = s["masks"], s["train"]
     status = s["status"]
@@ -171,21 +191,7 @@ def format_summary(s: dict) -> str:
             for name, v in s["scores"].items() if name not in ("loss", "sub_loss")]
     if held:
         lines.append("  " + "; ".join(held))
-    theory_line = []
-    if s.get("early_rate") is not None:
-        theory_line.append(f"early rate {s['early_rate']:.4f} per round (rounds 0-{s['early_until']}, before the "
-                           f"loss comes within {theory.ABOVE_PLATEAU:g}x its plateau)")
-    if s.get("plateau") is not None:
-        state = "plateaued" if s["plateaued"] else "still falling by more than 1% a round"
-        if s.get("plateau_stopped_at") is not None:
-            state = f"the rule stopped the run in round {s['plateau_stopped_at']}"
-        theory_line.append(f"plateau {s['plateau']:.3e} ({s.get('plateau_how', 'geometric mean of the last quarter')}; "
-                           f"{state})")
-    if s["lambda0"] is not None:
-        theory_line.append(f"NTK lambda_0 {s['lambda0']:.4e}")
-    if s.get("lambda_max") is not None:
-        theory_line.append(f"lambda_max {s['lambda_max']:.4e}, step number {s['step_number']:.3g}"
-                           + (f" (above {theory.STABLE_STEP:g}!)" if s["step_number"] > theory.STABLE_STEP else ""))
+    theory_line = _theory_parts(s)
     if theory_line:
         lines.append("  " + "; ".join(theory_line))
     if s.get("lazy"):

@@ -88,3 +88,11 @@ def test_lambda_max_and_the_step_number():
     step = theory.step_number(lr, top, 100, keep)
     factor = 1 - lr * top / (100 * keep)
     assert math.isclose(step, 1 - factor, rel_tol=1e-12) and (abs(factor) > 1) == (step > 2)
+
+
+def test_the_plateau_interval_over_seeds_is_students_t():
+    """Three seeds 1, 2, 3: mean 2, std 1, t(0.975, 2 dof) = 4.3027 (tables): 2 -+ 4.3027 / sqrt(3)."""
+    from mpisub.report import plateau_interval
+    half = 4.302653 / math.sqrt(3)
+    assert plateau_interval([1.0, 2.0, 3.0, None]) == f"plateau 2 (95% CI {2 - half:.4g} to {2 + half:.4g})"
+    assert plateau_interval([1.0]) == ""
