@@ -16,7 +16,7 @@ from mpisub import store
 
 # a slow enough round (about 0.1 s on 2 cores) to act while it trains; no checkpoint between the
 # one before round 1 and the last
-SLOW = dict(data__n=2048, model__width=4096, theory__max_n=0, train__rounds=12000, output__checkpoint_every=1000)
+SLOW = dict(data__n=2048, model__width=4096, theory__max_n=0, train__rounds=30, output__checkpoint_every=1000)
 
 
 def _files(folder) -> list[str]:
@@ -46,7 +46,7 @@ def test_a_run_killed_before_its_second_checkpoint_resumes_bit_for_bit(tmp_path,
 
 
 def test_one_writer_per_folder_and_a_requeued_job_waits_for_the_last_one(tmp_path):
-    first = start_job(2, tmp_path, *sets(output__dir="out", train__rounds=12000, output__log_every=100))
+    first = start_job(2, tmp_path, *sets(output__dir="out", train__rounds=5000, output__log_every=100))
     wait_for_rows(first, tmp_path / "out" / "run.h5", 5)
     rank0 = min(rank_pids('output.dir="out"'))
     quick = {"MPISUB_LOCK_WAIT": "1", **ONE_THREAD}
@@ -83,7 +83,7 @@ def test_one_writer_per_folder_and_a_requeued_job_waits_for_the_last_one(tmp_pat
 
 def test_a_stop_signal_before_training_exits_3_and_leaves_nothing_that_blocks_a_restart(tmp_path):
     # n = 4000: the NTK Gram matrix's eigenvalue takes a few seconds before round 1
-    job = sets(output__dir="out", data__n=4000, train__rounds=12000, model__width=512)
+    job = sets(output__dir="out", data__n=4000, train__rounds=3, model__width=512)
     proc = start_job(2, tmp_path, *job)
     t0 = time.monotonic()
     while "computing the NTK Gram matrix" not in job_log(proc):
