@@ -12,9 +12,11 @@ import tempfile
 
 import numpy as np
 
+from . import config
 from .errors import Parser, UserError, command
 from .launch import executables, set_args, thread_env
 from .readback import read_run
+from .resolve import cost_eval_every, settle
 
 # the cases of the performance issue; lr only needs to keep the few rounds finite
 CASES = {
@@ -47,6 +49,10 @@ def run_mpisub(case: dict, ranks: int, dtype: str, rounds: int, folder: str, thr
               "train.lr": LR, "model.dtype": dtype, "output.dir": folder, "output.log_every": rounds}
     if case["kind"] == "bernoulli":
         values["masks.keep"] = case["keep"]
+    # the cadence of a long run (the 5% rule): these runs are a few rounds, and a short run's
+    # auto cadence (at least 20 evaluations) would evaluate every round
+    given = config.build(overrides=set_args(values)[1::2])
+    values["output.eval_every"] = cost_eval_every(settle(given, ranks, (case["n"], case["d"], 1))[0])
     mpirun, train = executables()
     r = subprocess.run([mpirun, "-n", str(ranks), train, *set_args(values)], capture_output=True, text=True,
                        env=thread_env(threads), timeout=1800)

@@ -119,7 +119,12 @@ def auto_eval_every(cfg: Config) -> int:
     the lazy-regime diagnostics), 4 n d m flops; a round is p subnetworks x tau steps x two products
     of b x d x (keep m), 4 p keep tau b d m flops (b = n at full batch). So evaluating every
     ceil(EVAL_OVERHEAD n / (EVAL_SHARE p keep tau b)) rounds costs at most EVAL_SHARE."""
+    return min(cost_eval_every(cfg), max(1, cfg.train.rounds // MIN_EVALS))
+
+
+def cost_eval_every(cfg: Config) -> int:
+    """The 5% rule alone: what a run long enough for MIN_EVALS evaluations at it gets (the
+    benchmark measures that cadence's share; a shorter run evaluates more often and pays more)."""
     b = cfg.train.batch_size or cfg.data.n
     per_round = cfg.masks.subnets * cfg.masks.keep * cfg.train.local_steps * b
-    share = max(1, math.ceil(EVAL_OVERHEAD * cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
-    return min(share, max(1, cfg.train.rounds // MIN_EVALS))
+    return max(1, math.ceil(EVAL_OVERHEAD * cfg.data.n / (EVAL_SHARE * per_round) - 1e-9))
