@@ -5,7 +5,7 @@ targets (docs/design.md, section 9). Not part of the package: run it from a chec
 
 Every case runs the same rounds three ways, in this one command:
   mpisub  `mpirun -n K mpisub-train` as a user runs it (HDF5 writes and checkpoints included);
-          its seconds and split come from the run file it writes (mpisub.bench)
+          its seconds and split come from the run file it writes (mpisub.bench.cases)
   numpy   the round in plain numpy on the same BLAS: each local step is the two matrix products
           X W_l^T and D^T X plus a few element-wise array operations (the BLAS floor)
   torch   the round as a straightforward PyTorch CPU script: autograd + torch.optim.SGD on the
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpisub import masks
-from mpisub.bench import CASES, QUICK, ROUNDS, cores, mpisub_numbers, run_mpisub, second_launch, split_line
+from mpisub.bench.cases import CASES, QUICK, ROUNDS, cores, mpisub_numbers, run_mpisub, second_launch, split_line
+from mpisub.nn import masks
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ IST against full gradient descent.
 import os
 
 import numpy as np
+from common import example_args, sklearn_data
 
-from mpisub.plot import plot_runs
-from mpisub.sweep import example_args, launch, sklearn_data
+from mpisub.analysis.plot import plot_runs
+from mpisub.study.sweep_point import launch
 
 args = example_args(__doc__.split("\n")[0])
 d = sklearn_data("diabetes")

@@ -11,10 +11,11 @@ fraction of activation patterns that flipped since initialisation) side by side.
 import os
 
 import numpy as np
+from common import example_args, sklearn_data
 
-from mpisub.analysis import seed_groups
-from mpisub.plot import pyplot
-from mpisub.sweep import example_args, launch, sklearn_data
+from mpisub.analysis.plot import pyplot
+from mpisub.analysis.runs import seed_groups
+from mpisub.study.sweep_point import launch
 
 args = example_args(__doc__.split("\n")[0])
 digits = sklearn_data("digits")

@@ -12,9 +12,10 @@ import os
 
 import numpy as np
 import proxy
+from common import example_args
 
-from mpisub.plot import pyplot
-from mpisub.sweep import example_args, launch
+from mpisub.analysis.plot import pyplot
+from mpisub.study.sweep_point import launch
 
 args = example_args(__doc__.split("\n")[0], semantics="both")
 ways = ("official", "analysis") if args.semantics == "both" else (args.semantics,)

@@ -6,8 +6,10 @@ plotted against wall-clock seconds.
 """
 import os
 
-from mpisub.plot import plot_runs
-from mpisub.sweep import example_args, launch
+from common import example_args
+
+from mpisub.analysis.plot import plot_runs
+from mpisub.study.sweep_point import launch
 
 args = example_args(__doc__.split("\n")[0])
 base = {"data.n": 256, "data.d": 16, "model.width": 4096}

@@ -12,12 +12,13 @@ the held-out accuracy table over seeds, and the accuracy and loss against comput
 import os
 
 import numpy as np
+from common import example_args, sklearn_data
 
-from mpisub import cluster
-from mpisub.analysis import seed_groups
-from mpisub.plot import plot_runs
-from mpisub.report import spread_table
-from mpisub.sweep import example_args, read_sweep, run_sweep, sklearn_data
+from mpisub.analysis.plot import plot_runs
+from mpisub.analysis.report import spread_table
+from mpisub.analysis.runs import seed_groups
+from mpisub.study import slurm
+from mpisub.study.sweep import read_sweep, run_sweep
 
 SCHEMES = ("gd", "dropout", "multisample", "ist")
 
@@ -63,4 +64,4 @@ out = plot_runs(runs, os.path.join(args.out, "study.png"), x="compute", metric="
 plot_runs(runs, os.path.join(args.out, "study-loss.png"), x="compute", title=title, labels=names)
 print(f"wrote {out} and study-loss.png beside it")
 print("the same study on Slurm (run from anywhere; add --account/--partition as your site needs):\n  "
-      + cluster.sbatch_command(sweep_file, sweep.out, sweep.points, sweep.task_minutes))
+      + slurm.sbatch_command(sweep_file, sweep.out, sweep.points, sweep.task_minutes))

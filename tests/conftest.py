@@ -1,97 +1,24 @@
-"""Helpers shared by the tests: launching mpisub-train under mpirun with a hard timeout, and the
-two tiers: `pytest -m "not slow"` runs the in-process tests (config, masks, layout and exchange
-plan, kernels, the round loop on simulated ranks, store, theory) in seconds; plain `pytest`, what
-CI runs, runs every test."""
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
+"""The tiers, chosen by folder: `pytest -m "not slow"` runs tests/unit (in process, one folder per
+subpackage of mpisub) and tests/contracts (the docs, the layers, the linter and the type checker) in
+seconds; tests/mpi (jobs under mpirun) and tests/system (job scripts, Slurm, Open MPI, faults) are
+`slow`. Plain `pytest`, what CI runs, runs every test. A new test lands in its tier by where it is put."""
+import pathlib
 
-import h5py
 import numpy as np
 import pytest
+from helpers.jobs import ONE_THREAD, mpirun, sets
 
-from mpisub.errors import UserError
-from mpisub.launch import executables, set_args
-
-# the modules whose every test launches jobs or other processes (mpirun, job scripts, Slurm); tests
-# of other modules that do are marked @pytest.mark.slow one by one
-SLOW_MODULES = {"test_analysis", "test_bad_input", "test_chaos", "test_cli", "test_examples", "test_failures",
-                "test_fuzz_files", "test_fuzz_runs", "test_jobs", "test_no_lost_work", "test_openmpi",
-                "test_reliability", "test_replay", "test_scale", "test_slurm", "test_sweep"}
+SLOW_FOLDERS = {"mpi", "system"}
+FAST_FOLDERS = {"unit", "contracts"}
+TESTS = pathlib.Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.module.__name__ in SLOW_MODULES:
+        folder = pathlib.Path(item.fspath).relative_to(TESTS).parts[0]
+        assert folder in SLOW_FOLDERS | FAST_FOLDERS, f"{item.nodeid}: a test belongs in one of the tier folders"
+        if folder in SLOW_FOLDERS:
             item.add_marker(pytest.mark.slow)
-
-
-BIN = os.path.dirname(sys.executable)
-try:
-    MPIRUN, TRAIN = executables()
-except UserError:  # the tests that need mpirun say so
-    MPIRUN, TRAIN = None, os.path.join(BIN, "mpisub-train")
-
-
-def mpirun(ranks: int, *args: str, cwd, timeout: float = 180, env: dict | None = None,
-           program: tuple = (TRAIN,)) -> subprocess.CompletedProcess:
-    """Run `mpirun -n ranks mpisub-train args...` (or another program); a hang fails the test (the
-    whole process group is killed at the timeout) instead of freezing the suite. `env` adds
-    environment variables."""
-    assert MPIRUN, "mpirun not found: pip install -e '.[mpi]' (or put a system MPI on PATH)"
-    cmd = [MPIRUN, "-n", str(ranks), *program, *args]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, **(env or {})})
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"timed out after {timeout}s: {' '.join(cmd)}\n{out}\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-# Tests that change the machine (apt-get installs, mounts, a second Python environment) run only
-# when asked: .ci/run sets MPISUB_SYSTEM_TESTS=1; a plain `pytest` skips them, saying how to run them.
-SYSTEM_TESTS = os.environ.get("MPISUB_SYSTEM_TESTS") == "1"
-system_test = pytest.mark.skipif(not SYSTEM_TESTS, reason="changes the machine (root, apt-get, mounts or a new "
-                                                          "environment): set MPISUB_SYSTEM_TESTS=1 to run it")
-
-
-def debian_packages(binaries: list[str], packages: list[str]) -> str | None:
-    """None when the binaries are there, installing the Debian packages if need be (root, apt-get,
-    with services kept from starting); else why they cannot be had."""
-    if all(shutil.which(b) or os.path.exists(f"/usr/sbin/{b}") for b in binaries):
-        return None
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return f"{', '.join(binaries)} not installed, and apt-get as root is not available here"
-    policy = "/usr/sbin/policy-rc.d"
-    with open(policy, "w") as f:
-        f.write("#!/bin/sh\nexit 101\n")
-    os.chmod(policy, 0o755)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        if r.returncode:  # a fresh machine may have no package lists yet
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    finally:
-        os.remove(policy)
-    return None if r.returncode == 0 else f"apt-get install {' '.join(packages)} failed: {r.stderr[-300:]}"
-
-
-# BLAS (OpenBLAS included) rounds differently with a different number of threads, so runs whose
-# bits are compared across K give every rank the same thread count
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def sets(**values) -> list[str]:
-    """sets(train__lr=0.5) -> ['--set', 'train.lr=0.5']"""
-    return set_args({key.replace("__", "."): value for key, value in values.items()})
 
 
 @pytest.fixture(scope="session")
@@ -115,66 +42,6 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def compiled_kernels():
     """Compile (or load from numba's cache) every kernel signature once, before any MPI run."""
-    from mpisub import kernels
+    from mpisub.nn import kernels
     for dtype in (np.float64, np.float32):
         kernels.compile_for(dtype)
-
-
-# jobs that run in the background while a test acts on them (signals, kills, readers)
-
-def start_job(ranks: int, folder, *args: str, env: dict | None = None) -> subprocess.Popen:
-    log = os.path.join(folder, f"log-{len(os.listdir(folder))}.txt")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([MPIRUN, "-n", str(ranks), TRAIN, *args], cwd=folder, stdout=out,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env={**os.environ, **ONE_THREAD, **(env or {})})
-    proc.log = log
-    return proc
-
-
-def wait_job(proc: subprocess.Popen, timeout: float) -> int:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail(f"mpirun did not end within {timeout} s")
-
-
-def job_log(proc) -> str:
-    with open(proc.log) as f:
-        return f.read()
-
-
-def rows_on_disk(path) -> int:
-    """Rounds on disk, read the way another user's process would while the run goes on."""
-    try:
-        with h5py.File(path, "r") as f:
-            return f["metrics/round"].shape[0]
-    except (OSError, KeyError):
-        return 0
-
-
-def wait_for_rows(proc, path, rows: int, timeout: float = 60) -> None:
-    t0 = time.monotonic()
-    while rows_on_disk(path) < rows:
-        assert proc.poll() is None, job_log(proc)
-        assert time.monotonic() - t0 < timeout, f"no {rows} rounds after {timeout} s"
-        time.sleep(0.05)
-
-
-def rank_pids(marker: str) -> list[int]:
-    """The mpisub-train processes (not mpirun, not the launcher's proxy) whose command line has marker."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if marker in " ".join(cmd) and any(c.endswith("mpisub-train") for c in cmd[:2]) and \
-                not any(os.path.basename(c) in ("mpirun", "mpiexec", "mpiexec.hydra") for c in cmd[:1]):
-            pids.append(int(pid))
-    return pids
-
-

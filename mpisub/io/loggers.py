@@ -1,0 +1,121 @@
+"""What a run reports, through one narrow interface (after PyTorch Lightning's loggers).
+
+Rank 0 holds the real loggers, the run file (store.RunFile) and TensorBoard (tboard.TensorBoard);
+the other ranks hold none. Every rank calls every method at the same point of the run, because
+`save_weights` streams each rank's block of W to rank 0 (comm.blocks_at_root): a logger that keeps
+no weights lets the blocks pass. A new output writer is one Logger subclass and one line in
+start.loggers_for (docs/design.md, section 5, "Where a change goes").
+"""
+import types
+
+from mpisub._util.errors import UserError, cause
+
+
+class Logger:
+    """The interface, and the logger that records nothing. `keeps_weights`: it stores W (and the
+    checkpoint) from save_weights' blocks; at most one logger of a run does."""
+    keeps_weights = False
+
+    def log_start(self, start: dict) -> None:
+        """The run's fixed facts, once: X, Y, a, W's shape and dtype, the data's source."""
+
+    def log_theory(self, lambda0: float, H=None, lambda_max: float | None = None) -> None:
+        """The data's NTK lambda_0 and lambda_max (and H, when stored)."""
+
+    def log_loss_init(self, loss: float) -> None:
+        """The loss at W_init."""
+
+    def log_round(self, row: dict, masks=None) -> None:
+        """One round's metrics row (schema.METRICS), and its masks when recorded."""
+
+    def log_eval(self, row: dict) -> None:
+        """One evaluation of the full network (schema.EVAL)."""
+
+    def save_weights(self, blocks, rounds_done: int, *, init: bool = False, weights: bool = True,
+                     checkpoint: dict | None = None) -> None:
+        """W, as (first row, rows) blocks in row order: into W_init (init), the latest W (weights)
+        and a checkpoint of `checkpoint`'s histories. This one lets the blocks pass."""
+        for _ in blocks:
+            pass
+
+    def log_facts(self, facts: dict) -> None:
+        """Facts known at the end: {"peak_rss_mb": per rank}."""
+
+    def publish(self) -> None:
+        """Everything a resumed run's predecessor held is in: the outputs may replace it."""
+
+    def finalize(self, status: str) -> None:
+        """The run ended with this status (completed, failed, interrupted). Never raises."""
+
+
+class Loggers(Logger):
+    """Rank 0's loggers as one (an empty list on the other ranks). A write that fails (a full
+    disk, a quota, an I/O error) is held, not raised: rank 0 alone knows of it, so it rides as a
+    flag in the round's Allreduce and every rank stops together (a raise on rank 0 alone would
+    leave the others waiting in a collective). Writes after a failure are skipped, but the blocks
+    other ranks send are still received."""
+
+    def __init__(self, loggers: list):
+        self.loggers, self.error = loggers, None
+        self.last_checkpoint = None  # rounds done at the last checkpoint on disk (rank 0 knows)
+
+    def _guard(self, call) -> None:
+        if self.error is not None:
+            return
+        try:
+            call()
+        except (OSError, RuntimeError) as e:  # h5py reports failed writes as either
+            self.error = e
+
+    def _each(self, call) -> None:
+        self._guard(lambda: [call(logger) for logger in self.loggers])
+
+    def log_start(self, start):
+        self._each(lambda logger: logger.log_start(start))
+
+    def log_theory(self, lambda0, H=None, lambda_max=None):
+        self._each(lambda logger: logger.log_theory(lambda0, H, lambda_max))
+
+    def log_loss_init(self, loss):
+        self._each(lambda logger: logger.log_loss_init(loss))
+
+    def log_round(self, row, masks=None):
+        self._each(lambda logger: logger.log_round(row, masks))
+
+    def log_eval(self, row):
+        self._each(lambda logger: logger.log_eval(row))
+
+    def log_facts(self, facts):
+        self._each(lambda logger: logger.log_facts(facts))
+
+    def publish(self):
+        self._each(lambda logger: logger.publish())
+
+    def save_weights(self, blocks, rounds_done, *, init=False, weights=True, checkpoint=None):
+        keeper = next((logger for logger in self.loggers if logger.keeps_weights), None)
+        try:
+            if keeper is not None:
+                self._guard(lambda: keeper.save_weights(blocks, rounds_done, init=init, weights=weights,
+                                                        checkpoint=checkpoint))
+                if checkpoint and self.error is None:
+                    self.last_checkpoint = rounds_done
+        finally:
+            if isinstance(blocks, types.GeneratorType):   # the other ranks' blocks, received to the end
+                for _ in blocks:
+                    pass
+
+    def finalize(self, status):
+        for logger in self.loggers:
+            logger.finalize(status)
+
+    @property
+    def failed(self) -> float:
+        return float(self.error is not None)
+
+    def failure(self, rounds_done: int, folder: str) -> UserError:
+        why = cause(self.error) if self.error is not None else "on rank 0"
+        kept = (f"the last good checkpoint (round {self.last_checkpoint}) is kept: free space, then continue "
+                f"with --resume {folder}") if self.last_checkpoint is not None else \
+            "no checkpoint was written: free space, then start the run again"
+        return UserError(f"output.dir {folder!r}: writing the run file or checkpoint failed "
+                         f"({why}) after round {rounds_done}; the run stopped; {kept}")

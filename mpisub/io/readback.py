@@ -1,0 +1,353 @@
+"""Reading back the files mpisub wrote, as untrusted input: the run file (read_run; the notebook
+API in analysis.py builds on it) and the checkpoint a resume continues from (read_checkpoint,
+read_checkpoint_W). Each is checked against its layout (every attr and dataset with its type and
+shape, and the relations between them) and a checkpoint against its checksums; whatever is wrong
+is one UserError naming the file and what is wrong, before anything is written. HDF5 and numpy
+only: no MPI, no numba."""
+import contextlib
+import hashlib
+import json
+import os
+
+import h5py
+import numpy as np
+
+from mpisub import config
+from mpisub._util.errors import UserError, cause
+from mpisub._util.provenance import __version__, code_hash
+from mpisub.io import integrity, schema
+from mpisub.io.run_folder import CHECKPOINT, FILENAME
+from mpisub.io.schema import CHECKPOINT_FORMAT, CHECKPOINT_FORMATS
+
+
+class CheckedFile:
+    """Checks of one open file; `bad(what)` is the UserError for it."""
+
+    def __init__(self, f, what: str):
+        self.f, self.what = f, what
+
+    def bad(self, problem: str) -> UserError:
+        return UserError(f"{self.what}: {problem}")
+
+    def attr(self, name: str, kind, required: bool = True):
+        """An attribute of type `kind` (int, float, str, "json list", "json dict"); None if absent
+        and not required."""
+        if name not in self.f.attrs:
+            if required:
+                raise self.bad(f"attr {name!r} is missing")
+            return None
+        value = self.f.attrs[name]
+        value = value.decode(errors="replace") if isinstance(value, bytes) else value
+        if isinstance(kind, str):
+            try:
+                parsed = json.loads(value) if isinstance(value, str) else None
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, list if kind == "json list" else dict):
+                raise self.bad(f"attr {name!r} is not a {kind}")
+            return parsed
+        ok = {int: np.integer, float: (np.floating, np.integer), str: str}[kind]
+        if isinstance(value, np.ndarray) or not isinstance(value, (ok, kind)) or isinstance(value, (bool, np.bool_)):
+            raise self.bad(f"attr {name!r} is not {'a string' if kind is str else f'one {kind.__name__}'}")
+        return kind(value)
+
+    def dataset(self, name: str, kind: str, rows: int | None = None):
+        """A 1-D dataset of numbers of `kind` (numpy's kind letters, e.g. "iu" or "f"), unread."""
+        data = self.f.get(name)
+        if not isinstance(data, h5py.Dataset):
+            raise self.bad(f"{name} is missing")
+        if data.ndim != 1 or data.dtype.kind not in kind:
+            raise self.bad(f"{name} is {data.dtype} of shape {data.shape}, not a column of numbers")
+        if rows is not None and len(data) != rows:
+            raise self.bad(f"{name} has {len(data)} rows where {rows} belong")
+        return data
+
+    def column(self, name: str, kind: str, rows: int | None = None) -> np.ndarray:
+        return self.dataset(name, kind, rows)[()]
+
+
+# the columns of /metrics the summaries read, in every version's run files
+RUN_COLUMNS = ("round", "sub_loss", "seconds_compute", "seconds_comm", "seconds_wall", "bytes_comm")
+
+
+def _table(group) -> dict:
+    """A table's columns cut to the rows all of them hold: a running job grows its columns one
+    after another, so a reader may catch one a batch of rows ahead of the others."""
+    rows = min((ds.shape[0] for ds in group.values()), default=0)
+    return {k: ds[:rows] for k, ds in group.items()}
+
+
+def _run_layout(f, what: str) -> dict:
+    """The run file's attrs, checked (older layouts too: 0.1 kept /metrics/loss, no /eval); its
+    config as this mpisub reads it (a key it does not have is its default) under "config"."""
+    L = CheckedFile(f, what)
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    attrs["config"] = json.dumps(_check_config(L, "config").to_dict())
+    if L.attr("status", str) not in ("running", "completed", "failed", "interrupted"):
+        raise L.bad(f"attr 'status' is {attrs['status']!r}, not running, completed, failed or interrupted")
+    for name, kind in (("ranks", int), ("mpisub_version", str), ("created", str), ("mpi_library", str),
+                       ("segments", "json list"), ("config_given", "json dict"), ("plan_reason", str),
+                       ("code_hash", str), ("init_round", int), ("init_sha256", str)):
+        L.attr(name, kind, required=False)
+    if not isinstance(f.get("metrics"), h5py.Group):
+        raise L.bad("group /metrics is missing")
+    for group in ("metrics", "eval"):
+        for name in (f[group] if group in f else ()):
+            L.dataset(f"{group}/{name}", "iuf")
+    for name in RUN_COLUMNS + (() if "eval" in f else ("loss",)):
+        L.dataset(f"metrics/{name}", "iuf")
+    return attrs
+
+
+def _read_h5(path: str, read, what: str, then: str):
+    """read(f) of the HDF5 file at path: a damaged file (whatever h5py raises) is one line, `what
+    (the cause)then`."""
+    try:
+        with h5py.File(path, "r") as f:
+            return read(f)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 (a damaged file: whatever h5py raises is one line)
+        raise UserError(f"{what} ({type(e).__name__}: {cause(e)}){then}") from None
+
+
+def read_run(path: str, arrays: bool = True) -> dict:
+    """A run file's attributes and metrics (and, with `arrays`, its data, weights and masks) as
+    plain Python and numpy values, its layout checked: a UserError names the file and what is
+    wrong with it."""
+    if os.path.isdir(path):
+        path = os.path.join(path, FILENAME)
+    return _read_h5(path, lambda f: _read_run(f, path, arrays), f"{path}: not a readable mpisub run file", "")
+
+
+def _read_run(f, path: str, arrays: bool) -> dict:
+    run = {"attrs": _run_layout(f, path)}
+    run["metrics"] = _table(f["metrics"])
+    run["metrics"].update(f["metrics"].attrs)
+    if "eval" in f:
+        run["eval"] = _table(f["eval"])
+        if "round" not in run["eval"] or "loss" not in run["eval"]:
+            raise UserError(f"{path}: /eval has no round or loss column")
+    else:  # before mpisub 0.2 every round was evaluated, into /metrics/loss
+        run["eval"] = {"round": run["metrics"]["round"], "loss": run["metrics"]["loss"]}
+    run["data"] = _data(f, path, json.loads(run["attrs"]["config"])["data"]["d"])
+    for name in ("lambda0", "lambda_max"):
+        if f"theory/{name}" in f:
+            run[name] = float(f[f"theory/{name}"][()])
+    for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W"):
+        if arrays and name in f:
+            run[name] = f[name][()]
+            if run[name].ndim != 2:
+                raise UserError(f"{path}: /{name} has shape {run[name].shape}, not a matrix")
+    if arrays and "masks" in f:
+        run["masks"] = f["masks"][:len(run["metrics"]["round"])]   # a row per metrics row
+    return run
+
+
+def _data(f, path: str, d: int) -> dict:
+    """/data's record, checked: a user's file ("source", absolute since mpisub 0.4, and "sha256")
+    and the inputs' normalization ("normalize"; "mean" and "std" of d numbers with 'standardize')."""
+    g = f.get("data")
+    if not isinstance(g, h5py.Group):
+        return {}
+    L = CheckedFile(g, f"{path}: /data")
+    out = {k: v for k in ("source", "sha256", "normalize") if (v := L.attr(k, str, required=False)) is not None}
+    if out.get("normalize", "none") not in ("none", "standardize", "unit"):
+        raise L.bad(f"attr 'normalize' is {out['normalize']!r}, not none, standardize or unit")
+    if out.get("normalize") == "standardize":
+        out["mean"], out["std"] = (L.column(name, "f", d) for name in ("mean", "std"))
+        if not (np.isfinite(out["mean"]).all() and np.isfinite(out["std"]).all() and (out["std"] > 0).all()):
+            raise L.bad("mean or std is not finite, or a std is not positive")
+    return out
+
+
+def _history(L: CheckedFile, table: str, rows: int | None, complete: bool) -> dict:
+    """A checkpoint's table by the schema's columns, each of `rows` rows (None: as many as its
+    round column). A column it lacks was written before the column existed: NaN in its rows (so
+    a new metric needs no new checkpoint format); a format without checksums must have them all."""
+    if f"{table}/round" not in L.f:
+        raise L.bad(f"{table}/round is missing")
+    rows = len(L.f[f"{table}/round"]) if rows is None else rows
+    out = {}
+    for name, dtype in schema.columns(table).items():
+        if f"{table}/{name}" not in L.f and not complete:
+            out[name] = np.full(rows, np.nan)
+            continue
+        out[name] = L.column(f"{table}/{name}", "iu" if np.dtype(dtype).kind in "iu" else "f", rows)
+    return out
+
+
+def _check_history(L: CheckedFile, ck: dict) -> None:
+    rounds, evals = ck["metrics"]["round"], ck["eval"]["round"]
+    if not np.array_equal(rounds, np.arange(1, ck["round"] + 1)):
+        raise L.bad(f"metrics/round is not the rounds 1 ... {ck['round']} its attr 'round' says")
+    if len(evals) and (np.any(np.diff(evals) <= 0) or evals[0] < 0 or evals[-1] > ck["round"]):
+        raise L.bad(f"eval/round is not increasing within rounds 0 ... {ck['round']}")
+
+
+def _check_W(L: CheckedFile, cfg: dict, fmt: int) -> None:
+    """W's shape and dtype against the config (where it names them), and in format 4 the checksums."""
+    W = L.f.get("W")
+    model, data = cfg.get("model") or {}, cfg.get("data") or {}
+    shape = (model.get("width", W.shape[0] if isinstance(W, h5py.Dataset) and W.ndim else None),
+             data.get("d", W.shape[1] if isinstance(W, h5py.Dataset) and W.ndim == 2 else None))
+    dtype = model.get("dtype", str(W.dtype) if isinstance(W, h5py.Dataset) else "float64")
+    if not isinstance(W, h5py.Dataset) or W.shape != shape or W.dtype not in (np.float32, np.float64) or \
+            str(W.dtype) != dtype:
+        got = f"{W.dtype} of shape {W.shape}" if isinstance(W, h5py.Dataset) else "missing"
+        raise L.bad(f"W is {got}, where its config says {dtype} of shape {shape}")
+    if fmt >= 4:
+        chunks = L.f.get("W_sha256")
+        rows = chunks.attrs.get("chunk_rows") if isinstance(chunks, h5py.Dataset) else None
+        if not isinstance(rows, (int, np.integer)) or rows < 1 or chunks.shape != (-(-shape[0] // rows), 32):
+            raise L.bad("W_sha256, the checksums of W's rows, is missing or of another shape")
+        if L.attr("checksum", str) != integrity.content_digest(L.f):
+            raise L.bad("its checksum does not match its contents (it was damaged or edited after it was written)")
+
+
+def _check_config(L: CheckedFile, name: str):
+    try:
+        return config.from_dict(L.attr(name, "json dict"))
+    except UserError as e:
+        raise L.bad(f"attr {name!r} is not a config this mpisub reads ({e})") from None
+
+
+def read_checkpoint(folder: str, allow_version_change: bool = False) -> dict:
+    """The checkpoint of the run in `folder`, its layout, relations and checksum checked: a
+    UserError says what is wrong and what to do, and nothing is written. Another mpisub version
+    or code (code_hash) is refused unless `allow_version_change`; then ck["version_change"] says
+    what changed. W is checked row by row by read_checkpoint_W."""
+    path = os.path.join(folder, CHECKPOINT)
+    if not os.path.isdir(folder):
+        raise UserError(f"--resume {folder!r}: no such folder; give the output.dir of the run to continue")
+    if not os.path.exists(path):
+        if os.path.exists(os.path.join(folder, FILENAME)):   # a run file without its source of truth
+            raise UserError(f"--resume {folder!r} holds a run file ({FILENAME}) but no checkpoint ({CHECKPOINT}): "
+                            f"it cannot be continued; to train further start a new run in another output.dir "
+                            f"(output.overwrite = true in this one would replace its {FILENAME})")
+        raise UserError(f"--resume {folder!r} holds no checkpoint ({CHECKPOINT}): the run stopped before "
+                        f"its first one; start it again (with output.overwrite = true in that folder)")
+    return _read_h5(path, lambda f: _read_checkpoint(f, folder, allow_version_change),
+                    f"--resume {folder!r}: {CHECKPOINT} is not a readable mpisub checkpoint",
+                    "; the run cannot continue from it")
+
+
+def _read_checkpoint(f, folder: str, allow_version_change: bool) -> dict:
+
+    L = CheckedFile(f, f"--resume {folder!r}: {CHECKPOINT} is damaged and cannot be continued")
+    fmt, version, written_by = L.attr("format", int), L.attr("mpisub_version", str), L.attr("code_hash", str)
+    written = f"mpisub {version} (code {written_by})"
+    here = f"mpisub {__version__} (code {code_hash()})"
+    if fmt not in CHECKPOINT_FORMATS:
+        raise UserError(f"--resume {folder!r}: its checkpoint was written by {written} in format {fmt}; this is "
+                        f"{here}, which reads formats {', '.join(map(str, CHECKPOINT_FORMATS))}: resume with the "
+                        f"version that wrote it, or start a new run")
+    _check_W(L, L.attr("config", "json dict"), fmt)    # format 4: the checksum, before anything else is read
+    changed = version != __version__ or written_by != code_hash()
+    if changed and not allow_version_change:
+        raise UserError(f"--resume {folder!r}: its checkpoint was written by {written}, this is {here}; a run "
+                        f"continues bit-exactly only with the code that started it: resume with that version, "
+                        f"or add --allow-version-change to continue with this one")
+    ck = {"format": fmt, "mpisub_version": version, "code_hash": written_by, "folder": folder,
+          "version_change": f"written by {written}, continued by {here}" if changed else "",
+          "config": _check_config(L, "config").to_dict(), "round": L.attr("round", int),
+          "loss_init": L.attr("loss_init", float), "data_sha256": L.attr("data_sha256", str),
+          "created": L.attr("created", str), "segments": L.attr("segments", "json list"), "shape": f["W"].shape}
+    if ck["round"] < 0 or not np.isfinite(ck["loss_init"]) or ck["loss_init"] < 0:
+        raise L.bad(f"attr 'round' ({ck['round']}) or 'loss_init' ({ck['loss_init']}) is out of range")
+    ck["metrics"] = _history(L, "metrics", ck["round"], complete=fmt < 4)
+    ck["eval"] = _history(L, "eval", None, complete=fmt < 4)
+    _check_history(L, ck)
+    given = _check_config(L, "config_given").to_dict() if "config_given" in f.attrs else None
+    # the run file says more than a checkpoint before format 4 where it is whole: how its launches ended
+    history = _run_file_json(folder, ("config_given", "segments"))
+    ck["config_given"] = given or history.get("config_given")
+    ck["segments"] = history.get("segments") or ck["segments"]
+    return ck
+
+
+def _run_file_json(folder: str, names: tuple) -> dict:
+    """The JSON attrs `names` of the run file in `folder` that it has and that parse as what they
+    should be (config_given a config, segments a list of rows); the rest is left out."""
+
+    out = {}
+    with contextlib.suppress(Exception), h5py.File(os.path.join(folder, FILENAME), "r") as f:
+        for name in names:
+            with contextlib.suppress(Exception):
+                value = json.loads(f.attrs[name])
+                if name == "config_given":
+                    value = config.from_dict(value).to_dict()
+                elif not (isinstance(value, list) and all(isinstance(row, dict) for row in value)):
+                    continue
+                out[name] = value
+    return out
+
+
+def read_checkpoint_W(folder: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Rows lo:hi of the checkpoint's W (each rank reads its own block on resume), checked: the
+    checksums of the chunks of rows they fall in (format 4), and that they are finite."""
+    path = os.path.join(folder, CHECKPOINT)
+    what = f"--resume {folder!r}: {CHECKPOINT} is damaged and cannot be continued"
+    try:
+        with h5py.File(path, "r") as f:
+            W = f["W"]
+            hi = W.shape[0] if hi is None else hi
+            rows = W[lo:hi]
+            if "W_sha256" in f:
+                _verify_chunks(f, lo, hi, rows, what)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{what} ({type(e).__name__}: {cause(e)})") from None
+    if not np.all(np.isfinite(rows)):
+        raise UserError(f"{what}: rows {lo}:{hi} of W hold values that are not finite")
+    return rows
+
+
+def _verify_chunks(f, lo: int, hi: int, rows: np.ndarray, what: str) -> None:
+    """The chunks of W's rows that overlap lo:hi against their digests (the edge chunks read whole)."""
+    size, digests, W = int(f["W_sha256"].attrs["chunk_rows"]), f["W_sha256"], f["W"]
+    for c in range(lo // size, -(-hi // size)):
+        a, b = c * size, min((c + 1) * size, W.shape[0])
+        chunk = rows[a - lo: b - lo] if lo <= a and b <= hi else W[a:b]
+        if not np.array_equal(integrity.chunk_digest(chunk), digests[c]):
+            raise UserError(f"{what}: rows {a}:{b} of W do not match their checksum")
+
+
+__all__ = ["read_run", "read_checkpoint", "read_checkpoint_W", "CHECKPOINT_FORMAT"]
+
+
+def check_init(cfg) -> dict:
+    """The finished run whose W and a start this one (model.init_from), checked as untrusted input:
+    a completed run, W (model.width x data.d) finite, a (model.width x data.outputs) of +-1. Returns
+    what the new run records of it: {"init_round", "init_sha256"} (sha256 of W's and a's bytes)."""
+    path = cfg.model.init_from
+    what = f"model.init_from {path!r}"
+    if not os.path.isfile(path):
+        raise UserError(f"{what}: no run file there; give a finished run's folder or its run.h5")
+
+    def read(f):
+        L = CheckedFile(f, what)
+        if L.attr("status", str) != "completed":
+            raise L.bad(f"the run is {f.attrs['status']!r}, not completed; finish it (mpisub-train --resume) first")
+        h = hashlib.sha256()
+        for name, cols in (("model/W", cfg.data.d), ("model/a", cfg.data.outputs)):
+            data = f.get(name)
+            if not isinstance(data, h5py.Dataset) or data.shape != (cfg.model.width, cols) or data.dtype.kind != "f":
+                have = data.shape if isinstance(data, h5py.Dataset) else "missing"
+                raise L.bad(f"{name} is {have}, not {cfg.model.width} x {cols} numbers: the new run must have the "
+                            f"same model.width, inputs and outputs")
+            for lo in range(0, cfg.model.width, 4096):
+                rows = data[lo:lo + 4096]
+                ok = np.isfinite(rows).all() if name == "model/W" else np.isin(rows, (-1.0, 1.0)).all()
+                if not ok:
+                    raise L.bad(f"{name} has {'values not finite' if name == 'model/W' else 'entries not +-1'}")
+                h.update(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
+        return {"init_round": int(f["model/W"].attrs.get("round", 0)), "init_sha256": h.hexdigest()}
+    return _read_h5(path, read, f"{what}: not a readable mpisub run file", "")
+
+
+def read_init(path: str, name: str, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of the model.init_from run's `name` (model/W or model/a), as check_init found them."""
+    return _read_h5(path, lambda f: f[name][lo:hi], f"model.init_from {path!r}: cannot read {name}",
+                    "; the file changed since the run started: restore it")
