@@ -1,12 +1,17 @@
 """The one exception type for mistakes a user can fix (config, data, paths, environment
 variables), the exit codes, the one parser of numeric environment variables, and how a command
 other than mpisub-train ends on a user error or Ctrl-C (mpisub-train's protocol is in cli.py)."""
+from __future__ import annotations
+
 import argparse
 import functools
 import math
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from collections.abc import Callable
 
 # exit codes (docs/design.md, section 4, "Exit codes"): 2 = a user error, divergence or a failed
 # write (disk full), 3 = stopped by SIGTERM/SIGUSR1 (with a checkpoint written: continue with
@@ -37,11 +42,11 @@ class Parser(argparse.ArgumentParser):
     """A command line parser whose mistakes are a UserError (one line, exit 2), not usage and an
     error on two."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
-def command(prog: str):
+def command(prog: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """The end of a console script other than mpisub-train: a UserError is one line and exit 2,
     Ctrl-C one line and exit 130, never a traceback."""
     def wrap(main):
@@ -64,7 +69,7 @@ ENV_NUMBERS = {"MPISUB_LOCK_WAIT": (float, 10.0, 0), "MPISUB_FAKE_NODE_SIZE": (i
                "SLURM_STEP_NUM_TASKS": (int, 1, 1)}
 
 
-def env_number(name: str, unset=None):
+def env_number(name: str, unset: float | None = None) -> Any:   # an int or a float, by ENV_NUMBERS
     """An environment variable of ENV_NUMBERS as its number; `unset` when it is unset or empty; a
     UserError naming it when it is not one of its kind (int("²") fails where "²".isdigit() holds),
     not finite, or below its lowest value."""

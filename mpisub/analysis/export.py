@@ -2,6 +2,8 @@
 plain arrays or a PyTorch state_dict (mpisub-export). Both read the run file (analysis.Run) and
 treat inputs as the run treated its training set (the normalization the run file stores). No MPI,
 no numba: they run wherever h5py is installed (torch only for a .pt export)."""
+from __future__ import annotations
+
 import os
 import sys
 
@@ -74,7 +76,7 @@ def torch_checkpoint(run: Run) -> dict:
 
 
 @command("mpisub-export")
-def export_main(argv=None) -> None:
+def export_main(argv: list[str] | None = None) -> None:
     p = Parser(prog="mpisub-export", description=(
         "Write a run's trained network: .npz (W, a, scale, normalize, mean, std, task) or, with PyTorch "
         "installed, .pt (a state_dict for Sequential(Linear(d, m, bias=False), ReLU(), Linear(m, c, bias=False)) "
@@ -98,7 +100,7 @@ def export_main(argv=None) -> None:
 
 
 @command("mpisub-predict")
-def predict_main(argv=None) -> None:
+def predict_main(argv: list[str] | None = None) -> None:
     p = Parser(prog="mpisub-predict", description=(
         "The outputs of a run's trained network on new inputs, normalized as its training set was. "
         "Writes OUT.npz with 'outputs' (n x c) and, for classification, 'labels' (the argmax)."))

@@ -1,7 +1,10 @@
 """`mpisub-plot`: loss curves (or any column of the run file's tables) of runs against rounds,
 seconds or compute, labelled by the config keys the user set apart. matplotlib is an extra: pip
 install 'mpisub[plot]'."""
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,8 +16,11 @@ from mpisub.io import schema
 from mpisub.nn import theory
 from mpisub.nn.losses import LOSSES
 
+if TYPE_CHECKING:  # types only: never imported at run time
+    from typing import Any
 
-def pyplot():
+
+def pyplot() -> Any:
     """matplotlib.pyplot drawing to files (no display needed on a cluster); a UserError says how to
     install it when it is missing."""
     try:
@@ -99,7 +105,8 @@ def plot_runs(runs: list[Run], out: str, x: str = "rounds", reference: bool = Fa
             ax.plot(xs, np.exp(np.mean(np.log(subs), axis=0)), "--", color=color, alpha=0.6, linewidth=1)
         if reference and run.lambda0 is not None and metric == "loss":
             tr = run.config["train"]
-            ref = theory.gd_reference(run.loss_init, config.ntk_lr(from_dict(run.config)), run.lambda0,
+            ref = theory.gd_reference(run.loss_init, config.ntk_lr(from_dict(run.config)),  # type: ignore[arg-type]
+                                      run.lambda0,
                                       run.config["data"]["n"],
                                       tr["local_steps"], run.metrics["round"])
             ax.plot(_x(run, x)[1:], ref, ":", color=color, linewidth=1)
@@ -145,7 +152,7 @@ def output_path(path: str) -> str:
 
 
 @command("mpisub-plot")
-def plot_main(argv=None) -> None:
+def plot_main(argv: list[str] | None = None) -> None:
     p = Parser(prog="mpisub-plot", description="Plot the loss curves (or any column, --metric) of mpisub runs; "
                                                "runs that differ only in train.seed become one curve with a band.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or run.h5 files")

@@ -2,6 +2,8 @@
 best values, the lazy-regime check, where the time went), a table of the keys in which several runs
 differ, spreads over seeds, the tables as CSV or JSON lines, and a view that follows running jobs.
 Reads runs through analysis.py; no MPI, no numba."""
+from __future__ import annotations
+
 import argparse
 import csv
 import json
@@ -10,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from typing import TextIO
 
 import numpy as np
 
@@ -44,14 +47,14 @@ def spread_table(runs: list[Run]) -> str | None:
     return "\n".join(lines)
 
 
-def plateau_interval(values: list) -> str:
+def plateau_interval(values: list[float | None]) -> str:
     """The seeds' plateau estimates as a mean with its 95% confidence interval (Student's t)."""
-    values = np.array([v for v in values if v is not None], dtype=np.float64)
-    if len(values) < 2:
+    x = np.array([v for v in values if v is not None], dtype=np.float64)
+    if len(x) < 2:
         return ""
     from scipy.stats import t  # lazy, for start-up time: scipy.stats takes ~0.3 s to import
-    half = t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return f"plateau {values.mean():.4g} (95% CI {values.mean() - half:.4g} to {values.mean() + half:.4g})"
+    half = t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return f"plateau {x.mean():.4g} (95% CI {x.mean() - half:.4g} to {x.mean() + half:.4g})"
 
 
 def summary(run: Run) -> dict:
@@ -253,7 +256,7 @@ def _cell(value, spec: str) -> str:
 
 
 
-def export(runs: list[Run], fmt: str, out) -> None:
+def export(runs: list[Run], fmt: str, out: TextIO) -> None:
     """Both tables of every run to `out` as CSV (one header) or JSON lines: a `table` column
     (metrics: one row per round; eval: one per evaluation of the full network), a `run` column first
     when there are several runs, then round and every column (empty where a table has none)."""
@@ -305,7 +308,7 @@ def seconds(text: str) -> float:
 
 
 @command("mpisub-inspect")
-def inspect_main(argv=None) -> None:
+def inspect_main(argv: list[str] | None = None) -> None:
     # a pipe closed by the reader (mpisub-inspect ... | head) ends the output quietly, as cat does
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 

@@ -2,9 +2,12 @@
 (report.py), mpisub-plot and the sweeps build on. No MPI, no numba: runs can be analysed anywhere
 h5py is installed.
 """
+from __future__ import annotations
+
 import glob as globbing
 import json
 import os
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -16,6 +19,9 @@ from mpisub.io.data import Inputs
 from mpisub.io.readback import read_run
 from mpisub.io.run_folder import FILENAME
 from mpisub.nn import model, theory
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from typing import Any
 
 
 class Run:
@@ -72,7 +78,7 @@ class Run:
                             f"means and stds (written before mpisub 0.4); train it again to predict with it")
         return Inputs(how, self._data.get("mean"), self._data.get("std"))
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: np.ndarray) -> np.ndarray:
         """The trained network's outputs f(W, x) (n x c, float64) for raw inputs X (n x d),
         normalized as the training set was; for classification, the class is their argmax."""
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
@@ -92,7 +98,7 @@ class Run:
         columns = self.metrics if table == "metrics" else self.eval
         return [{name: values[i].item() for name, values in columns.items()} for i in range(len(columns["round"]))]
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> Any:
         """The per-round metrics and the evaluations as one pandas DataFrame indexed by round: an
         evaluated round's row has its eval columns (NaN in the others; round 0 has only them).
         pandas is optional: pip install pandas."""
@@ -155,7 +161,7 @@ def _pandas():
 class Runs(list):
     """Several runs (open_runs), with one DataFrame of them all."""
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> Any:
         """Every run's Run.to_dataframe() in one frame: a `run` column (its folder) and one column
         per config key in which the runs differ, then round and the tables' columns."""
         pd = _pandas()

@@ -5,6 +5,8 @@ Each case runs `mpirun -n K mpisub-train` exactly as a user runs it (HDF5 writes
 included) and reads its numbers from the run file it writes. Comparisons with plain numpy and
 PyTorch, and the project's speed targets, are in benchmarks/peers.py (docs/design.md, section 9).
 """
+from __future__ import annotations
+
 import json
 import os
 import subprocess
@@ -119,7 +121,7 @@ OPTIONS = (
 
 
 @command("mpisub-bench")
-def bench_main(argv=None) -> None:
+def bench_main(argv: list[str] | None = None) -> None:
     summary = " ".join(__doc__.split("\n\n")[0].split()).replace("`", "")   # the docstring's first paragraph
     parser = Parser(prog="mpisub-bench", description=summary)
     for flags, keywords in OPTIONS:

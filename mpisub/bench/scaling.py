@@ -16,9 +16,12 @@ with the alpha-beta costs of Thakur, Rabenseifner & Gropp (MPICH's collectives) 
 link: beta = 1/25 GB/s, alpha = 1.5 us. Both add an evaluation: an Allreduce of n c + 6 float64
 and one of 1 (Rabenseifner: 2 log K alpha + 2 (K-1)/K bytes beta).
 """
+from __future__ import annotations
+
 import os
 import subprocess
 import tempfile
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,11 +31,16 @@ from mpisub.parallel import costs, resources
 from mpisub.study.launch import executables, set_args, thread_env
 from mpisub.train.resolve import settle
 
+if TYPE_CHECKING:  # types only: never imported at run time
+
+    from mpisub.config import Config
+
 MEASURED = (1, 2, 4, 8)
 PROJECTED = (16, 64, 256, 1024)
 # evaluated every round: the model counts one evaluation's Allreduce in every round's bytes
-CASE = {"model.width": 262144, "data.d": 256, "data.n": 256, "masks.kind": "partition", "masks.subnets": 8,
-        "train.local_steps": 2, "train.rounds": 3, "theory.max_n": 0, "output.checkpoint_every": 1000,
+CASE: dict[str, Any] = {"model.width": 262144, "data.d": 256, "data.n": 256, "masks.kind": "partition",
+                        "masks.subnets": 8, "train.local_steps": 2, "train.rounds": 3, "theory.max_n": 0,
+                        "output.checkpoint_every": 1000,
         "output.eval_every": 1}
 
 
@@ -49,7 +57,7 @@ def model(K: int, W_bytes: float, loss_bytes: float) -> dict:
     }
 
 
-def replicated_memory(cfg, K: int) -> float:
+def replicated_memory(cfg: Config, K: int) -> float:
     """Peak bytes per rank of the replicated design: W_k, W_{k+1} and the gathered rows (3 W), the
     rank's subnetworks' rows and a local step's workspaces, libraries and data."""
     s = np.dtype(cfg.model.dtype).itemsize
@@ -90,7 +98,7 @@ def _case(width: int, K: int):
     return settle(config.build(overrides=set_args(values)[1::2]), K)[0]
 
 
-def scaling_main(width: int, measured=MEASURED) -> list[dict]:
+def scaling_main(width: int, measured: tuple[int, ...] = MEASURED) -> list[dict]:
     from mpisub.train.evaluate import message_floats  # lazy, for start-up time: it loads numba
 
     cfg = _case(width, 1)
@@ -122,9 +130,9 @@ def scaling_main(width: int, measured=MEASURED) -> list[dict]:
           f"{'peak MiB/rank':>13} | {'estimate':>8} | {'replicated':>10} | {'comm s/round':>12} | {'replicated':>10}")
     for r in rows:
         model_total = r["rows_sent"] + r["rows_recv"]
-        measured = r["sent"] + r["recv"] if "sent" in r else None
-        ratio = _ratio(measured, model_total)
-        print(f"{r['K']:>5} | {measured / 1e6 if measured is not None else float('nan'):>27.1f} | "
+        moved = r["sent"] + r["recv"] if "sent" in r else None
+        ratio = _ratio(moved, model_total)
+        print(f"{r['K']:>5} | {moved / 1e6 if moved is not None else float('nan'):>27.1f} | "
               f"{model_total / 1e6:>8.1f} | {ratio} | {(r['replicated_sent'] + r['replicated_recv']) / 1e6:>10.1f} | "
               f"{r.get('peak_rss_mb', float('nan')):>13.0f} | {r['rows_memory'] / mib:>8.0f} | "
               f"{r['replicated_memory'] / mib:>10.0f} | {r['rows_seconds']:>12.5f} | {r['replicated_seconds']:>10.5f}")
@@ -132,10 +140,10 @@ def scaling_main(width: int, measured=MEASURED) -> list[dict]:
           f"{'K':>5} | {'sent+recv MB/round per rank':>27} | {'model':>8} | {'ratio':>5} | {'peak MiB/rank':>13} | "
           f"{'estimate':>8} | {'comm s/round':>12}")
     for r in rows:
-        measured = r["outputs_sent"] + r["outputs_recv"] if "outputs_sent" in r else None
+        moved = r["outputs_sent"] + r["outputs_recv"] if "outputs_sent" in r else None
         model_total = r["outputs_bytes"]
-        ratio = _ratio(measured, model_total)
-        print(f"{r['K']:>5} | {measured / 1e6 if measured is not None else float('nan'):>27.3f} | "
+        ratio = _ratio(moved, model_total)
+        print(f"{r['K']:>5} | {moved / 1e6 if moved is not None else float('nan'):>27.3f} | "
               f"{model_total / 1e6:>8.3f} | {ratio} | {r.get('outputs_peak_rss_mb', float('nan')):>13.0f} | "
               f"{r['outputs_memory'] / mib:>8.0f} | {r['outputs_seconds']:>12.6f}")
     print("\nsent+recv: rank 0's bytes per round (measured: run file metrics bytes_comm + bytes_recv); model: "

@@ -18,6 +18,8 @@ Two reports:
                   and its Allreduce of the flags;
   the efficiency T(1) / (K T(K)) and resources' peak memory estimate per rank.
 """
+from __future__ import annotations
+
 import json
 import os
 import subprocess
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +44,9 @@ from mpisub.study.launch import executables, set_args, thread_env
 from mpisub.train.evaluate import FLAGS
 from mpisub.train.resolve import settle
 
+if TYPE_CHECKING:  # types only: never imported at run time
+    from mpisub.config import Config
+
 CASES = {"ist": dict(d=512, n=1024, tau=5), "moonshot": dict(d=3072, n=1024, tau=5)}
 RANKS = (1, 4, 16, 64, 256, 1024)
 SUBNETS = (2, 64, 512)
@@ -54,14 +60,14 @@ class StubComm(Counted):
     def __init__(self, rank: int, size: int):
         self.rank, self.size = rank, size
 
-    def alltoall_rows(self, send, send_counts, out, recv_counts) -> None:
+    def alltoall_rows(self, send: np.ndarray, send_counts: list[int], out: np.ndarray, recv_counts: list[int]) -> None:
         self._count(time.perf_counter(), 0)
 
-    def sum(self, buf) -> None:
+    def sum(self, buf: np.ndarray) -> None:
         self._count(time.perf_counter(), 0)
 
 
-def case_config(width: int, ranks: int, d: int, n: int, tau: int):
+def case_config(width: int, ranks: int, d: int, n: int, tau: int) -> Config:
     """IST at `ranks` ranks: partition, one subnetwork per rank, plan rows."""
     values = {"model.width": width, "data.d": d, "data.n": n, "train.local_steps": tau, "masks.kind": "partition",
               "masks.subnets": ranks, "train.plan": "rows", "theory.max_n": 0}
@@ -83,7 +89,7 @@ def step_seconds(n: int, d: int, k: int, repeats: int = 2) -> float:
     return best
 
 
-def bookkeeping(cfg, K: int, move: bool) -> dict:
+def bookkeeping(cfg: Config, K: int, move: bool) -> dict:
     """One rank's round for K ranks, in process: the seconds and peak bytes of its masks and
     exchange plan, and (with `move`) the seconds of the whole round's code without the kernel
     and the collectives."""
@@ -110,7 +116,7 @@ def bookkeeping(cfg, K: int, move: bool) -> dict:
     return out
 
 
-def strong_rows(width: int, name: str, ranks=RANKS) -> list[dict]:
+def strong_rows(width: int, name: str, ranks: tuple[int, ...] = RANKS) -> list[dict]:
     """The strong-scaling table of one case (run it with one thread per process)."""
     c = CASES[name]
     s = 8
@@ -127,7 +133,7 @@ def strong_rows(width: int, name: str, ranks=RANKS) -> list[dict]:
             per_byte = (b["round_seconds"] - b["plan_seconds"]) / (W_bytes / K)
             book = b["round_seconds"]
         else:
-            book = b["plan_seconds"] + per_byte * W_bytes / K
+            book = b["plan_seconds"] + per_byte * W_bytes / K  # type: ignore[operator]  # set by a smaller block
         one_way = (K - 1) / K * W_bytes / K
         rows.append({"case": name, "K": K, "local": 4 * c["n"] * c["d"] * c["tau"] * (width / K) / rate,
                      "bookkeeping": book, "book_measured": move, "plan_seconds": b["plan_seconds"],
@@ -141,7 +147,7 @@ def strong_rows(width: int, name: str, ranks=RANKS) -> list[dict]:
     return rows
 
 
-def subnets_rows(width: int, folder: str, subnets=SUBNETS) -> list[dict]:
+def subnets_rows(width: int, folder: str, subnets: tuple[int, ...] = SUBNETS) -> list[dict]:
     """The same job at K = 2 with more, smaller subnetworks, as a user runs it."""
     mpirun, train = executables()
     out = []
@@ -153,7 +159,7 @@ def subnets_rows(width: int, folder: str, subnets=SUBNETS) -> list[dict]:
                            env=thread_env(1), timeout=1800)
         if r.returncode:
             raise RuntimeError(f"mpisub-train failed at p = {p}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-        run = read_run(values["output.dir"], arrays=False)
+        run = read_run(str(values["output.dir"]), arrays=False)
         m = run["metrics"]
         out.append({"p": p, "compute": float(np.median(m["seconds_compute"][1:])),
                     "local": float(np.median(m["seconds_local"][1:])),

@@ -12,13 +12,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mpisub._util.errors import UserError
-from mpisub.config.constraints import ANY, COUNT, POSITIVE, SEED, Interval, Options
+from mpisub.config.constraints import ANY, COUNT, POSITIVE, SEED, Anything, Interval, Options
 from mpisub.config.parse import line_of, load_toml, parse_assignment, suggest_key, tomllib  # noqa: F401 (tomllib: tests)
 from mpisub.nn.losses import LOSSES
 from mpisub.nn.masks import KINDS
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from typing import Any
 
 
 class _Section:
@@ -141,7 +146,7 @@ class Config:
         """This config as TOML. With `resolved` (this config settled for a run), a value that the
         run resolved to something else (an auto value: subnets = 0, keep = 0, plan = "auto") keeps
         its own value, so the file reproduces the run at any K, and says what it resolved to."""
-        lines = []
+        lines: list[str] = []
         theirs = resolved.to_dict() if resolved is not None else {}
         for section, values in self.to_dict().items():
             lines.append(f"\n[{section}]" if lines else f"[{section}]")
@@ -168,7 +173,7 @@ PRESETS = {
 
 # one rule per key (RULES names every key): the type of a key is the type of its default; a rule
 # says which values of that type a key takes (constraints.py)
-RULES = {
+RULES: dict[str, Interval | Options | Anything] = {
     "data.source": ANY,                      # resolve.settle: "synthetic" or a data file's suffix
     "data.n": POSITIVE,
     "data.d": POSITIVE,
@@ -253,7 +258,7 @@ def _coerce(key: str, value, typ):
     raise UserError(f"{key} must be {names[typ]}, got {value!r}")
 
 
-def set_value(cfg: Config, key: str, value) -> None:
+def set_value(cfg: Config, key: str, value: Any) -> None:
     """Set `section.key` on cfg after checking the name and type."""
     parts = key.split(".")
     if len(parts) != 2 or not hasattr(cfg, parts[0]) or not hasattr(getattr(cfg, parts[0]), parts[1]):
@@ -265,7 +270,7 @@ def set_value(cfg: Config, key: str, value) -> None:
     setattr(section, parts[1], _coerce(key, value, type(getattr(section, parts[1]))))
 
 
-def build(preset: str | None = None, file: str | None = None, overrides: list[str] = ()) -> Config:
+def build(preset: str | None = None, file: str | None = None, overrides: Sequence[str] = ()) -> Config:
     """defaults < preset < file < overrides, each key type-checked as it is set. An error in a value
     that comes from the file names the file."""
     cfg = Config()
@@ -306,7 +311,7 @@ RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "t
                "output.tensorboard", "output.eval_every", "train.watchdog_seconds", "train.budget")
 
 
-def for_resume(stored: dict, overrides: list[str] = (), given: dict | None = None, preset: str | None = None,
+def for_resume(stored: dict, overrides: Sequence[str] = (), given: dict | None = None, preset: str | None = None,
                file: str | None = None) -> Config:
     """The stored (settled) config of a run being resumed, with the resume keys the command line
     changes. The command line may be the run's own (a requeued job passes its options again): its
@@ -335,7 +340,7 @@ def for_resume(stored: dict, overrides: list[str] = (), given: dict | None = Non
     return cfg
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> list[str]:
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> list[str]:
     """Applies `--set` texts in order; returns the keys they set."""
     keys = []
     for text in overrides:
@@ -362,7 +367,7 @@ def step_size(cfg: Config) -> float:
     return cfg.train.lr * (cfg.masks.keep if cfg.train.lr_scaling == "keep" else 1.0)
 
 
-def ntk_lr(cfg) -> float:
+def ntk_lr(cfg: Config) -> float:
     """The step (step_size) in the NTK form's units, where lambda_0's rates are stated: a
     standard run's lr x m / c."""
     return step_size(cfg) * (1.0 if cfg.model.parametrization == "ntk" else cfg.model.width / cfg.data.outputs)

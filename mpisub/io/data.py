@@ -4,17 +4,23 @@ User files are data only: HDF5 datasets, npz arrays loaded with allow_pickle=Fal
 Every problem with a file (missing, unreadable, corrupt, wrong shapes, NaN/Inf, text where a
 number belongs, empty) is a UserError naming the file, what is wrong and the fix.
 """
+from __future__ import annotations
+
 import csv
 import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from mpisub._util.errors import UserError, cause
 from mpisub.nn.masks import DATA, stream
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from mpisub.config import Config
 
 TEACHER_WIDTH = 8
 
@@ -62,7 +68,7 @@ class Sets:
     inputs: Inputs = Inputs()
 
 
-def synthetic(n: int, d: int, outputs: int, noise: float, seed: int, test_n: int = 0):
+def synthetic(n: int, d: int, outputs: int, noise: float, seed: int, test_n: int = 0) -> tuple:
     """X (n x d) uniform on the unit sphere (as the theory assumes ||x_i|| = 1) and Y (n x outputs):
     a small random ReLU teacher, scaled to unit RMS, plus Gaussian noise of std `noise`. With
     `test_n`, also (X_test, Y_test): more points from the same teacher, drawn after the training
@@ -92,7 +98,7 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def files_sha256(cfg) -> str:
+def files_sha256(cfg: Config) -> str:
     """The data files' sha256 as a run records them: "" for built-in data, the test file's after a
     comma. A file that is not there is a UserError naming its key."""
     c = cfg.data
@@ -289,14 +295,14 @@ def _checked(path, X, Y=None):
     return X, Y
 
 
-def load(cfg) -> tuple[np.ndarray, np.ndarray, str]:
+def load(cfg: Config) -> tuple[np.ndarray, np.ndarray, str]:
     """X, Y for the run, in the model's dtype, C-contiguous, and the source file's sha256 ("" for
     built-in data)."""
     sets = load_sets(cfg)
     return sets.X, sets.Y, sets.sha256
 
 
-def load_sets(cfg) -> Sets:
+def load_sets(cfg: Config) -> Sets:
     """X, Y, X_test, Y_test (0 rows without a test set) in the model's dtype, C-contiguous, the
     data files' sha256 and the normalization. Classification turns integer labels into one-hot
     rows (docs/design.md, the keys `data.task` and `data.test_source`)."""
@@ -354,7 +360,7 @@ def load_sets(cfg) -> Sets:
 MAX_CLASSES = 2**16
 
 
-def one_hot(Y: np.ndarray, Yt: np.ndarray | None, what: str, test: str = ""):
+def one_hot(Y: np.ndarray, Yt: np.ndarray | None, what: str, test: str = "") -> tuple:
     """Integer class labels (one column, 0 ... classes-1) as one-hot rows; classes from both sets.
     `what`, `test`: the files the labels came from, for the message."""
     labels = [(A, name) for A, name in ((Y, what), (Yt, test or what)) if A is not None]

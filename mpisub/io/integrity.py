@@ -2,10 +2,16 @@
 rank verifies the chunks of its own rows when it resumes, no rank reads all of W), and one sha256
 of everything else, the chunks' digests included, so a checkpoint that was damaged or edited after
 it was written is refused before anything in its folder is touched. h5py and hashlib only."""
+from __future__ import annotations
+
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from typing import Any
 
 CHUNK_BYTES = 2**20     # W's rows are hashed in chunks of about this many bytes
 
@@ -18,7 +24,8 @@ class RowHasher:
     """The digests of W's chunks of `rows` rows, from its rows given in order, block by block."""
 
     def __init__(self, rows: int):
-        self.rows, self.filled, self.h, self.digests = rows, 0, hashlib.sha256(), []
+        self.rows, self.filled, self.h = rows, 0, hashlib.sha256()
+        self.digests: list[np.ndarray] = []
 
     def update(self, block: np.ndarray) -> None:
         at = 0
@@ -55,7 +62,7 @@ def _plain(value):
     return value
 
 
-def content_digest(f) -> str:
+def content_digest(f: Any) -> str:
     """sha256 of an open checkpoint's attributes (but `checksum`) and datasets (but W, which
     W_sha256 stands for): names, types, shapes and bytes, in name order."""
     h = hashlib.sha256()

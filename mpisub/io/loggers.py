@@ -6,9 +6,18 @@ the other ranks hold none. Every rank calls every method at the same point of th
 no weights lets the blocks pass. A new output writer is one Logger subclass and one line in
 start.loggers_for (docs/design.md, section 5, "Where a change goes").
 """
+from __future__ import annotations
+
 import types
+from typing import TYPE_CHECKING
 
 from mpisub._util.errors import UserError, cause
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from collections.abc import Iterable
+    from typing import Any
+
+    import numpy as np
 
 
 class Logger:
@@ -19,19 +28,20 @@ class Logger:
     def log_start(self, start: dict) -> None:
         """The run's fixed facts, once: X, Y, a, W's shape and dtype, the data's source."""
 
-    def log_theory(self, lambda0: float, H=None, lambda_max: float | None = None) -> None:
+    def log_theory(self, lambda0: float | None, H: np.ndarray | None = None, lambda_max: float | None = None) -> None:
         """The data's NTK lambda_0 and lambda_max (and H, when stored)."""
 
     def log_loss_init(self, loss: float) -> None:
         """The loss at W_init."""
 
-    def log_round(self, row: dict, masks=None) -> None:
+    def log_round(self, row: dict, masks: np.ndarray | None = None) -> None:
         """One round's metrics row (schema.METRICS), and its masks when recorded."""
 
     def log_eval(self, row: dict) -> None:
         """One evaluation of the full network (schema.EVAL)."""
 
-    def save_weights(self, blocks, rounds_done: int, *, init: bool = False, weights: bool = True,
+    def save_weights(self, blocks: Iterable[tuple[int, np.ndarray]], rounds_done: int, *, init: bool = False,
+                     weights: bool = True,
                      checkpoint: dict | None = None) -> None:
         """W, as (first row, rows) blocks in row order: into W_init (init), the latest W (weights)
         and a checkpoint of `checkpoint`'s histories. This one lets the blocks pass."""
@@ -56,8 +66,9 @@ class Loggers(Logger):
     other ranks send are still received."""
 
     def __init__(self, loggers: list):
-        self.loggers, self.error = loggers, None
-        self.last_checkpoint = None  # rounds done at the last checkpoint on disk (rank 0 knows)
+        self.loggers = loggers
+        self.error: OSError | RuntimeError | None = None
+        self.last_checkpoint: int | None = None  # rounds done at the last checkpoint on disk (rank 0 knows)
 
     def _guard(self, call) -> None:
         if self.error is not None:
@@ -70,28 +81,29 @@ class Loggers(Logger):
     def _each(self, call) -> None:
         self._guard(lambda: [call(logger) for logger in self.loggers])
 
-    def log_start(self, start):
+    def log_start(self, start: dict[str, Any]) -> None:
         self._each(lambda logger: logger.log_start(start))
 
-    def log_theory(self, lambda0, H=None, lambda_max=None):
+    def log_theory(self, lambda0: float | None, H: np.ndarray | None = None, lambda_max: float | None = None) -> None:
         self._each(lambda logger: logger.log_theory(lambda0, H, lambda_max))
 
-    def log_loss_init(self, loss):
+    def log_loss_init(self, loss: float) -> None:
         self._each(lambda logger: logger.log_loss_init(loss))
 
-    def log_round(self, row, masks=None):
+    def log_round(self, row: dict[str, Any], masks: np.ndarray | None = None) -> None:
         self._each(lambda logger: logger.log_round(row, masks))
 
-    def log_eval(self, row):
+    def log_eval(self, row: dict[str, Any]) -> None:
         self._each(lambda logger: logger.log_eval(row))
 
-    def log_facts(self, facts):
+    def log_facts(self, facts: dict[str, Any]) -> None:
         self._each(lambda logger: logger.log_facts(facts))
 
-    def publish(self):
+    def publish(self) -> None:
         self._each(lambda logger: logger.publish())
 
-    def save_weights(self, blocks, rounds_done, *, init=False, weights=True, checkpoint=None):
+    def save_weights(self, blocks: Iterable[tuple[int, np.ndarray]], rounds_done: int, *, init: bool = False,
+                     weights: bool = True, checkpoint: dict | None = None) -> None:
         keeper = next((logger for logger in self.loggers if logger.keeps_weights), None)
         try:
             if keeper is not None:
@@ -104,7 +116,7 @@ class Loggers(Logger):
                 for _ in blocks:
                     pass
 
-    def finalize(self, status):
+    def finalize(self, status: str) -> None:
         for logger in self.loggers:
             logger.finalize(status)
 

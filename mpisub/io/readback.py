@@ -4,10 +4,13 @@ read_checkpoint_W). Each is checked against its layout (every attr and dataset w
 shape, and the relations between them) and a checkpoint against its checksums; whatever is wrong
 is one UserError naming the file and what is wrong, before anything is written. HDF5 and numpy
 only: no MPI, no numba."""
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import json
 import os
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -19,17 +22,22 @@ from mpisub.io import integrity, schema
 from mpisub.io.run_folder import CHECKPOINT, FILENAME
 from mpisub.io.schema import CHECKPOINT_FORMAT, CHECKPOINT_FORMATS
 
+if TYPE_CHECKING:  # types only: never imported at run time
+    from typing import Any
+
+    from mpisub.config import Config
+
 
 class CheckedFile:
     """Checks of one open file; `bad(what)` is the UserError for it."""
 
-    def __init__(self, f, what: str):
+    def __init__(self, f: Any, what: str):
         self.f, self.what = f, what
 
     def bad(self, problem: str) -> UserError:
         return UserError(f"{self.what}: {problem}")
 
-    def attr(self, name: str, kind, required: bool = True):
+    def attr(self, name: str, kind: Any, required: bool = True) -> Any:
         """An attribute of type `kind` (int, float, str, "json list", "json dict"); None if absent
         and not required."""
         if name not in self.f.attrs:
@@ -46,12 +54,12 @@ class CheckedFile:
             if not isinstance(parsed, list if kind == "json list" else dict):
                 raise self.bad(f"attr {name!r} is not a {kind}")
             return parsed
-        ok = {int: np.integer, float: (np.floating, np.integer), str: str}[kind]
+        ok: Any = {int: np.integer, float: (np.floating, np.integer), str: str}[kind]
         if isinstance(value, np.ndarray) or not isinstance(value, (ok, kind)) or isinstance(value, (bool, np.bool_)):
             raise self.bad(f"attr {name!r} is not {'a string' if kind is str else f'one {kind.__name__}'}")
         return kind(value)
 
-    def dataset(self, name: str, kind: str, rows: int | None = None):
+    def dataset(self, name: str, kind: str, rows: int | None = None) -> Any:
         """A 1-D dataset of numbers of `kind` (numpy's kind letters, e.g. "iu" or "f"), unread."""
         data = self.f.get(name)
         if not isinstance(data, h5py.Dataset):
@@ -121,7 +129,7 @@ def read_run(path: str, arrays: bool = True) -> dict:
 
 
 def _read_run(f, path: str, arrays: bool) -> dict:
-    run = {"attrs": _run_layout(f, path)}
+    run: dict[str, Any] = {"attrs": _run_layout(f, path)}
     run["metrics"] = _table(f["metrics"])
     run["metrics"].update(f["metrics"].attrs)
     if "eval" in f:
@@ -199,7 +207,8 @@ def _check_W(L: CheckedFile, cfg: dict, fmt: int) -> None:
     if fmt >= 4:
         chunks = L.f.get("W_sha256")
         rows = chunks.attrs.get("chunk_rows") if isinstance(chunks, h5py.Dataset) else None
-        if not isinstance(rows, (int, np.integer)) or rows < 1 or chunks.shape != (-(-shape[0] // rows), 32):
+        if not isinstance(rows, (int, np.integer)) or rows < 1 or chunks is None or \
+                chunks.shape != (-(-shape[0] // rows), 32):  # type: ignore[operator]  # W matched shape
             raise L.bad("W_sha256, the checksums of W's rows, is missing or of another shape")
         if L.attr("checksum", str) != integrity.content_digest(L.f):
             raise L.bad("its checksum does not match its contents (it was damaged or edited after it was written)")
@@ -317,7 +326,7 @@ def _verify_chunks(f, lo: int, hi: int, rows: np.ndarray, what: str) -> None:
 __all__ = ["read_run", "read_checkpoint", "read_checkpoint_W", "CHECKPOINT_FORMAT"]
 
 
-def check_init(cfg) -> dict:
+def check_init(cfg: Config) -> dict:
     """The finished run whose W and a start this one (model.init_from), checked as untrusted input:
     a completed run, W (model.width x data.d) finite, a (model.width x data.outputs) of +-1. Returns
     what the new run records of it: {"init_round", "init_sha256"} (sha256 of W's and a's bytes)."""

@@ -1,5 +1,7 @@
 """The run folder: its default name, the check that it holds no other run, and the one-writer lock
 (docs/design.md, section 6, "One writer"). No HDF5 here: the files inside are the store's."""
+from __future__ import annotations
+
 import datetime
 import fcntl
 import os
@@ -7,11 +9,17 @@ import shutil
 import socket
 import stat
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mpisub._util.errors import UserError, cause
 from mpisub.io import schema
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from collections.abc import Callable
+
+    from mpisub.config import Config
 
 FILENAME = "run.h5"
 CHECKPOINT = "checkpoint.h5"
@@ -75,8 +83,9 @@ class FolderLock:
     A holder that is still shutting down (a requeued Slurm job's previous attempt) is waited for
     up to `wait` seconds."""
 
-    def __init__(self, folder: str, wait: float = 0.0, log=None):
-        self.path, self.fd = os.path.join(folder, LOCKFILE), None
+    def __init__(self, folder: str, wait: float = 0.0, log: Callable[[str], None] | None = None):
+        self.path = os.path.join(folder, LOCKFILE)
+        self.fd: int | None = None
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
@@ -141,6 +150,7 @@ class FolderLock:
     def _name_holder(self) -> None:
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+        assert self.fd is not None  # held
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"host {socket.gethostname()}, PID {os.getpid()}, since {started}"
                            f"{f', job {job}' if job else ''}\n".encode(), 0)
@@ -157,7 +167,7 @@ class FolderLock:
         self.fd = None
 
 
-def disk_needed(cfg, resuming: bool = False) -> dict:
+def disk_needed(cfg: Config, resuming: bool = False) -> dict:
     """Bytes the run folder will hold at its fullest: run.h5, and two checkpoints while one
     replaces the other (and, on resume, the old run.h5 until the new one replaces it)."""
     s, m, d, n, c = np.dtype(cfg.model.dtype).itemsize, cfg.model.width, cfg.data.d, cfg.data.n, cfg.data.outputs
@@ -171,7 +181,7 @@ def disk_needed(cfg, resuming: bool = False) -> dict:
     return {"run.h5": run * (2 if resuming else 1), "checkpoints": 2 * checkpoint}
 
 
-def check_disk(cfg, folder: str, resuming: bool = False) -> None:
+def check_disk(cfg: Config, folder: str, resuming: bool = False) -> None:
     need = disk_needed(cfg, resuming)
     total = sum(need.values())
     where = os.path.abspath(folder)

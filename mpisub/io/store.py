@@ -12,12 +12,15 @@ replaced atomically (temp file, fsync, rename), so a crash at any instant leaves
 loadable; `--resume` rebuilds run.h5 from it. Masks and minibatches need no saved random state:
 they are functions of (seed, round, subnet).
 """
+from __future__ import annotations
+
 import contextlib
 import datetime
 import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -29,6 +32,10 @@ from mpisub.io.loggers import Logger
 from mpisub.io.readback import read_checkpoint, read_checkpoint_W, read_run  # noqa: F401 (the store's readers)
 from mpisub.io.run_folder import CHECKPOINT, FILENAME, check_output_dir, fresh
 from mpisub.io.schema import CHECKPOINT_FORMAT
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from collections.abc import Iterable
+    from typing import Any
 
 WRITE_SECONDS = 1.0     # metrics rows reach run.h5 at most this late (the first at once)
 
@@ -78,11 +85,12 @@ class RunFile(Logger):
         if h.masks_shape:
             self.f.create_dataset("masks", shape=(0, *h.masks_shape), maxshape=(None, *h.masks_shape),
                                   dtype=np.uint8, chunks=(1, *h.masks_shape))
-        self.pending = {table: [] for table in schema.TABLES}
+        self.pending: dict[str, list] = {table: [] for table in schema.TABLES}
         self.rows = {table: 0 for table in schema.TABLES}
-        self.pending_masks, self.written_at = [], 0.0
+        self.pending_masks: list[np.ndarray] = []
+        self.written_at = 0.0
 
-    def log_start(self, start):
+    def log_start(self, start: dict[str, Any]) -> None:
         """The data (or the data file's path and sha256), its normalization, a, and room for W_init
         and W, which `save_weights` fills block by block (no process holds all of W)."""
         g = self.f.create_group("data")
@@ -102,17 +110,17 @@ class RunFile(Logger):
         self.f["model/W"].attrs["round"] = 0
         self.f.flush()
 
-    def log_theory(self, lambda0, H=None, lambda_max=None):
+    def log_theory(self, lambda0: float | None, H: np.ndarray | None = None, lambda_max: float | None = None) -> None:
         self.f["theory/lambda0"] = lambda0
         if lambda_max is not None:
             self.f["theory/lambda_max"] = lambda_max
         if H is not None:
             self.f["theory/H"] = H
 
-    def log_loss_init(self, loss):
+    def log_loss_init(self, loss: float) -> None:
         self.f["metrics"].attrs["loss_init"] = loss
 
-    def log_round(self, row, masks=None):
+    def log_round(self, row: dict[str, Any], masks: np.ndarray | None = None) -> None:
         """Rows reach the file at most WRITE_SECONDS late (and at every weights write, checkpoint
         and close): writing and flushing every round would cost more than a small round itself."""
         self.pending["metrics"].append(row)
@@ -121,7 +129,7 @@ class RunFile(Logger):
         if time.monotonic() - self.written_at >= WRITE_SECONDS:
             self.write_pending()
 
-    def log_eval(self, row):
+    def log_eval(self, row: dict[str, Any]) -> None:
         self.pending["eval"].append(row)   # written with the next metrics rows
 
     def write_pending(self) -> None:
@@ -140,11 +148,12 @@ class RunFile(Logger):
         self.f.flush()  # what is written stays on disk if the job is killed
         self.written_at = time.monotonic()
 
-    def log_facts(self, facts):
+    def log_facts(self, facts: dict[str, Any]) -> None:
         if "peak_rss_mb" in facts:
             self.f.attrs["peak_rss_mb"] = np.asarray(facts["peak_rss_mb"], dtype=np.float64)
 
-    def save_weights(self, blocks, rounds_done, *, init=False, weights=True, checkpoint=None):
+    def save_weights(self, blocks: Iterable[tuple[int, np.ndarray]], rounds_done: int, *, init: bool = False,
+                     weights: bool = True, checkpoint: dict | None = None) -> None:
         """One pass over W's row blocks `(lo, rows)` (rank 0 receives them one at a time): into
         /model/W_init (init), /model/W (weights) and a new checkpoint (`checkpoint`: its histories
         and loss_init), which replaces the previous one only once it is whole."""
@@ -173,14 +182,14 @@ class RunFile(Logger):
                 ck.abort()
             raise
 
-    def publish(self):
+    def publish(self) -> None:
         """run.h5.tmp becomes run.h5: from here on it holds all that the run file it replaces held."""
         self.write_pending()
         os.replace(self.tmp, self.path)  # the open handle writes on under the new name
         _fsync(self.folder)
         self.published = True
 
-    def finalize(self, status):
+    def finalize(self, status: str) -> None:
         """Never raises (it runs while another error is on its way out, e.g. a full disk). An
         unpublished file is dropped, so the run file it would have replaced stays as it was."""
         try:
@@ -274,8 +283,8 @@ class _Checkpoint:
             os.unlink(self.tmp)
 
 
-def write_checkpoint(folder: str, *, W, rounds_done: int, loss_init: float, config_json: str,
-                     data_sha256: str = "", created: str = "", **histories) -> None:
+def write_checkpoint(folder: str, *, W: np.ndarray, rounds_done: int, loss_init: float, config_json: str,
+                     data_sha256: str = "", created: str = "", **histories: dict[str, Any]) -> None:
     """A whole checkpoint from one array W (tests, tools); a run streams its blocks through
     RunFile.save_weights. `histories`: metrics= and evals= ({column: values})."""
     header = Header(config_json, data_sha256=data_sha256, created=created)

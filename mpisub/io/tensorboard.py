@@ -2,12 +2,20 @@
 <output.dir>/tensorboard: every column of the run file's /metrics and /eval rows (schema.py) as a
 scalar by round, for dashboards that read TensorBoard. TensorBoard is an optional extra:
 pip install 'mpisub[tensorboard]'."""
+from __future__ import annotations
+
 import os
 import time
+from typing import TYPE_CHECKING
 
 from mpisub._util.errors import UserError
 from mpisub.io.loggers import Logger
 from mpisub.io.run_folder import refuse_link
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from typing import Any
+
+    import numpy as np
 
 FOLDER = "tensorboard"
 FLUSH_SECONDS = 1.0   # as the run file: rows reach the disk at most this late
@@ -43,13 +51,13 @@ class TensorBoard(Logger):
             self.writer.flush()
             self.flushed = time.monotonic()
 
-    def log_round(self, row, masks=None):
+    def log_round(self, row: dict[str, Any], masks: np.ndarray | None = None) -> None:
         self._scalars(row)
 
-    def log_eval(self, row):
+    def log_eval(self, row: dict[str, Any]) -> None:
         self._scalars(row)
 
-    def finalize(self, status):
+    def finalize(self, status: str) -> None:
         try:
             self.writer.close()
         except Exception:  # noqa: BLE001 (finalize never raises: the run file has the numbers)

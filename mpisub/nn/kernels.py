@@ -8,12 +8,19 @@ One read and one write of the n x k activations is all a step adds to its produc
 (docs/design.md, section 8). `scale` is the network's output scale: 1/sqrt(m) for the full network,
 1/(keep sqrt(m)) for a subnetwork's surrogate f_l.
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
 
 from mpisub.nn.losses import LOSSES
+
+if TYPE_CHECKING:  # types only: never imported at run time
+
+    from numpy.typing import DTypeLike
 
 # the gradient G = D^T X of a subnetwork with many rows is computed in neuron blocks of at most
 # this many bytes: its workspace would otherwise be the subnetwork's k x d, at owner storage's
@@ -191,7 +198,7 @@ def _step(X, Y, W, aT, scale, lr, A, out, G, code):
     return loss / n
 
 
-def workspaces(k: int, d: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+def workspaces(k: int, d: int, n: int, dtype: DTypeLike) -> tuple[np.ndarray, np.ndarray]:
     """The activations (a flat buffer of n x k, in blocks) and the gradient block of a subnetwork
     part of k rows on n samples. numpy allocates them, not numba: it asks the kernel for huge pages
     for large arrays, so a fresh n x k buffer each round costs a few page faults, not thousands."""
@@ -199,7 +206,8 @@ def workspaces(k: int, d: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     return np.empty(n * k, dtype=dtype), np.empty((width, d), dtype=dtype)
 
 
-def local_steps(W, a, X, Y, scale, lr, batches, code=0) -> float:
+def local_steps(W: np.ndarray, a: np.ndarray, X: np.ndarray, Y: np.ndarray, scale: float, lr: float,
+                batches: np.ndarray, code: int = 0) -> float:
     """tau = batches.shape[0] gradient steps of one subnetwork, in place on its active rows W (k x d).
 
     batches: (tau x b) sample indices per step, or (tau x 0) for full-batch steps (the paper).
@@ -246,7 +254,7 @@ def part_backward(X, R, W, aT, step, A, G):
 OUTPUT_BLOCK = 512
 
 
-def partial_output(W, a, X, scale):
+def partial_output(W: np.ndarray, a: np.ndarray, X: np.ndarray, scale: float) -> np.ndarray:
     """scale * relu(X W^T) a for a block of rows: the blocks' outputs sum to the network's output."""
     return output_and_pattern(W, a, X, scale, np.empty((0, 0), dtype=np.bool_))
 
@@ -278,16 +286,16 @@ def cache_is_cold() -> bool:
     """Whether numba's on-disk cache lacks the local step (the first launch after an install, or
     after the kernels changed): then compiling them takes seconds, and the launch says so."""
     try:
-        return not os.path.exists(_step._cache._cache_file._index_path)
+        return not os.path.exists(_step._cache._cache_file._index_path)  # type: ignore[attr-defined]  # numba's
     except AttributeError:  # another numba's internals: say nothing
         return False
 
 
-def compile_for(dtype, plan: str = "", share: tuple[int, int] = (0, 1)) -> None:
+def compile_for(dtype: DTypeLike, plan: str = "", share: tuple[int, int] = (0, 1)) -> None:
     """Compile (or load from numba's on-disk cache) the kernel signatures a run of this dtype and
     train.plan uses ("": both plans'), and nothing else. share = (i, n): only the i-th of n
     shares of them (the training steps, the evaluation), so that n ranks compile side by side."""
-    one = np.dtype(dtype).type(1.0)  # the round loop passes scalars in the model's dtype
+    one = np.dtype(dtype).type(1.0)  # type: ignore[call-overload]  # the model.s float dtype
     X, Y = np.ones((3, 2), dtype), np.ones((3, 1), dtype)
     W, a = np.ones((2, 2), dtype), np.ones((2, 1), dtype)
 

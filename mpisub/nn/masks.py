@@ -9,9 +9,16 @@ whole p x m matrix (which is built only to be recorded, output.record_masks).
 The mask kinds are declared once, in KINDS (after scikit-learn's registries): a new kind is one
 class here; the config's choices, the default keep, the combine and the memory model read it.
 """
+from __future__ import annotations
+
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from mpisub.config import Config
+    from mpisub.parallel.layout import Layout
 
 # purposes, so that e.g. the data stream and the init stream never coincide
 DATA, INIT, MASK, BATCH = 0, 1, 2, 3
@@ -38,7 +45,7 @@ class MaskKind:
         """Why p subnetworks do not fit this kind, or None."""
         return None
 
-    def held_fraction(self, here: int, keep: float) -> float:
+    def held_fraction(self, here: float, keep: float) -> float:
         """The expected fraction of the neurons that `here` of the subnetworks hold together (the
         memory model of resources.memory_per_rank)."""
         return min(1.0, here * keep)
@@ -63,19 +70,19 @@ class Bernoulli(MaskKind):
     neurons of every subnetwork, and the trainer all the neurons of its own."""
     name, disjoint, keep_settable = "bernoulli", False, True
 
-    def keep(self, p):
+    def keep(self, p: int) -> float:
         return 0.5
 
-    def held_fraction(self, here, keep):
+    def held_fraction(self, here: float, keep: float) -> float:
         return 1 - (1 - keep) ** here
 
-    def draw_bytes(self, m, owned, p):
+    def draw_bytes(self, m: int, owned: int, p: int) -> int:
         return 8 * (m + owned + 2 * p)
 
-    def members(self, r, l):
+    def members(self, r: RoundMasks, l: int) -> np.ndarray:
         return np.flatnonzero(r.uniforms(l, 0, r.m) < r.keep)
 
-    def holders(self, r, lo, hi):
+    def holders(self, r: RoundMasks, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         held = [np.flatnonzero(r.uniforms(l, lo, hi) < r.keep) + lo for l in range(r.p)]
         return np.repeat(np.arange(r.p), [len(h) for h in held]), np.concatenate(held)
 
@@ -84,10 +91,10 @@ class Categorical(MaskKind):
     """Every neuron independently uniform over the p subnetworks (one stream per round)."""
     name = "categorical"
 
-    def members(self, r, l):
+    def members(self, r: RoundMasks, l: int) -> np.ndarray:
         return np.flatnonzero(r.assignment == l)
 
-    def holders(self, r, lo, hi):
+    def holders(self, r: RoundMasks, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         return by_subnet(r.assignment[lo:hi], np.arange(lo, hi), r.p)
 
 
@@ -96,14 +103,14 @@ class Partition(MaskKind):
     first m mod p parts one longer)."""
     name = "partition"
 
-    def draw_bytes(self, m, owned, p):
+    def draw_bytes(self, m: int, owned: int, p: int) -> int:
         return 8 * m + m + 16 * owned
 
-    def members(self, r, l):
+    def members(self, r: RoundMasks, l: int) -> np.ndarray:
         b = r.parts
         return np.sort(r.permutation[b[l]:b[l + 1]])
 
-    def holders(self, r, lo, hi):
+    def holders(self, r: RoundMasks, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         at = np.flatnonzero((r.permutation >= lo) & (r.permutation < hi))   # positions of the owned neurons
         subnet = np.empty(hi - lo, dtype=np.int64)                           # every neuron is in one part
         subnet[r.permutation[at] - lo] = np.searchsorted(r.parts, at, side="right") - 1
@@ -113,23 +120,23 @@ class Partition(MaskKind):
 class Full(MaskKind):
     name = "full"
 
-    def keep(self, p):
+    def keep(self, p: int) -> float:
         return 1.0
 
-    def auto_subnets(self, ranks):
+    def auto_subnets(self, ranks: int) -> int:
         return 1
 
-    def problem(self, p):
+    def problem(self, p: int) -> str | None:
         return None if p == 1 else f"masks.kind = 'full' means one subnetwork, but masks.subnets = {p}; " \
                                    f"set masks.subnets = 1"
 
-    def draw_bytes(self, m, owned, p):
+    def draw_bytes(self, m: int, owned: int, p: int) -> int:
         return 0
 
-    def members(self, r, l):
+    def members(self, r: RoundMasks, l: int) -> np.ndarray:
         return np.arange(r.m)
 
-    def holders(self, r, lo, hi):
+    def holders(self, r: RoundMasks, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(hi - lo, dtype=np.int64), np.arange(lo, hi)
 
 
@@ -158,10 +165,10 @@ class RoundMasks:
         self.disjoint = self.kind.disjoint
         self.held_subnets, self.held_neurons = self.kind.holders(self, self.lo, self.hi)
         self.counts = np.bincount(self.held_neurons - self.lo, minlength=self.hi - self.lo).astype(np.int64)
-        self._rows = {}
+        self._rows: dict[int, np.ndarray] = {}
 
     @classmethod
-    def of(cls, cfg, layout, k: int) -> "RoundMasks":
+    def of(cls, cfg: Config, layout: Layout, k: int) -> "RoundMasks":
         mk = cfg.masks
         return cls(mk.kind, mk.subnets, mk.keep, cfg.model.width, cfg.train.seed, k, layout.lo, layout.hi)
 

@@ -13,11 +13,17 @@ scale 1/(keep sqrt(m)) over its active neurons.
 Plain numpy (no MPI, no numba, no files): the kernels
 compute the same f fast (kernels.py), `forward` is its plain statement for readers of a run file.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mpisub.nn.masks import INIT, stream
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from mpisub.config import Config
 
 # W and a are drawn in chunks of this many neurons, each from its own stream
 INIT_CHUNK = 1024
@@ -27,7 +33,7 @@ def _chunk(cfg, c: int, what: int) -> np.random.Generator:
     return stream(cfg.train.seed, INIT, c, what)
 
 
-def init_rows(cfg, lo: int, hi: int) -> np.ndarray:
+def init_rows(cfg: Config, lo: int, hi: int) -> np.ndarray:
     """Rows lo:hi of W_init as drawn: w_r ~ N(0, kappa^2 I), chunk by chunk (model.init_from's
     weights are the run's start instead: train/init.py)."""
     m, d = cfg.model.width, cfg.data.d
@@ -41,7 +47,7 @@ def init_rows(cfg, lo: int, hi: int) -> np.ndarray:
     return W
 
 
-def output_weights(cfg) -> np.ndarray:
+def output_weights(cfg: Config) -> np.ndarray:
     """a (m x c): entries uniform in {+1, -1}, fixed; as int8 (m c bytes: every rank keeps all of
     its signs, drawn once, and takes the rows it uses in the model's dtype)."""
     m, c = cfg.model.width, cfg.data.outputs
@@ -50,12 +56,12 @@ def output_weights(cfg) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def init_std(cfg) -> float:
+def init_std(cfg: Config) -> float:
     """w_r's standard deviation: kappa (ntk), kappa / sqrt(m) (standard)."""
     return cfg.model.init_scale / (1.0 if cfg.model.parametrization == "ntk" else math.sqrt(cfg.model.width))
 
 
-def scale(cfg, keep: float = 1.0) -> float:
+def scale(cfg: Config, keep: float = 1.0) -> float:
     """The output scale: 1/sqrt(m) (ntk; 1/sqrt(c) standard) for the network, 1/keep times it for a
     subnetwork's surrogate f_l."""
     base = cfg.model.width if cfg.model.parametrization == "ntk" else cfg.data.outputs

@@ -7,6 +7,8 @@ is E_w[<x_i, x_j> 1{<w, x_i> > 0} 1{<w, x_j> > 0}] for w ~ N(0, I): the Gram mat
 network's gradients converge to as the width grows. Liao & Kyrillidis prove linear convergence
 (up to a neighbourhood for masked training) at a rate set by lambda_0 = lambda_min(H) > 0.
 """
+from __future__ import annotations
+
 import math
 
 import numpy as np
@@ -49,13 +51,14 @@ def step_number(lr_ntk: float, lambda_max: float, n: int, keep: float) -> float:
     return lr_ntk * lambda_max / (n * keep)
 
 
-def running_plateau(losses, points: int, floor: float = 0.0, patience: int = 1) -> tuple[int | None, float, int]:
+def running_plateau(losses: list[float], points: int, floor: float = 0.0, patience: int = 1) -> tuple[int | None,
+                    float, int]:
     """The authors' stopping rule on the full loss at rounds 0, 1, 2, ...: at each round g, the mean
     of the last `points` losses (fewer at the start); stop at the round where the means have failed
     to improve on the best so far `patience` times in all (their Fig. 2b script: 1; their width
     script: 6), or once the best is below `floor`. Returns (that round or None, the best mean: their
     plateau estimate, the misses so far)."""
-    losses = np.asarray(losses, dtype=np.float64)
+    losses = np.asarray(losses, dtype=np.float64)  # type: ignore[assignment]  # the same values, as an array
     sums = np.concatenate([[0.0], np.cumsum(losses)])
     best, misses = math.inf, 0
     for g in range(1, len(losses)):

@@ -6,10 +6,13 @@ them; the round loop reads and resets them once per round. Every collective step
 board in the node's shared memory, beside each rank's last sign of life, and the wait it is in is
 noted: the watchdog (watchdog.py) reads them to tell a rank that stopped from one that is busy.
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from mpi4py import MPI
@@ -17,6 +20,10 @@ from mpi4py.util.dtlib import from_numpy_dtype
 
 from mpisub._util.errors import UserError, env_number
 from mpisub.parallel.counters import Counted
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import Any
 
 # the most elements one collective call carries (counts are C ints); MPISUB_MAX_COUNT lowers it so
 # that tests run the chunked path with small buffers (a bad value is reported by errors.env_problem)
@@ -30,27 +37,28 @@ def _offsets(counts: list[int]) -> list[int]:
 
 
 class Comm(Counted):
-    def __init__(self, mpi_comm=None, node=None):
+    def __init__(self, mpi_comm: Any = None, node: Any = None):
         self.mpi = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         self.node = self.mpi.Split_type(MPI.COMM_TYPE_SHARED) if node is None else node  # this rank's node
         self.rank = self.mpi.Get_rank()
         self.size = self.mpi.Get_size()
         self.ranks_per_node = self.node.Get_size()
         self.nodes = self.mpi.allreduce(int(self.node.Get_rank() == 0))
-        self._windows = []  # shared-memory windows, alive as long as the arrays that map them
-        self._row_types = {}
+        self._windows: list[Any] = []  # shared-memory windows, alive as long as the arrays that map them
+        self._row_types: dict[tuple[str, int], Any] = {}
         self.node_rank, self.node_world = self.node.Get_rank(), self.node.allgather(self.rank)
         self.board = self._board()  # per rank of the node: its last sign of life, the collective steps it entered
-        self.steps, self.wait, self.slowest = 0, None, 0.0
+        self.steps, self.slowest = 0, 0.0
+        self.wait: tuple[str, float] | None = None
 
     def _board(self) -> np.ndarray:
         """The node's pulse board (an MPI-3 shared window, n x 3 float64): each rank writes its own
         row (its last sign of life, the collective steps it entered, its PID), anyone reads it
         without an MPI call, even while ranks sit in a collective."""
         n, leader = self.node.Get_size(), self.node.Get_rank() == 0
-        win = MPI.Win.Allocate_shared(n * 3 * 8 if leader else 0, 8, comm=self.node)
+        win = MPI.Win.Allocate_shared(n * 3 * 8 if leader else 0, 8, comm=self.node)  # type: ignore[arg-type]
         self._windows.append(win)
-        board = np.ndarray(buffer=win.Shared_query(0)[0], dtype=np.float64, shape=(n, 3))
+        board = np.ndarray(buffer=win.Shared_query(0)[0], dtype=np.float64, shape=(n, 3))  # type: ignore[arg-type]
         board[self.node_rank] = (time.time(), 0, os.getpid())
         self.node.Barrier()
         return board
@@ -65,7 +73,7 @@ class Comm(Counted):
         self.board[self.node_rank, 1] = self.steps
 
     @contextlib.contextmanager
-    def waiting(self, name: str, arrive: bool = True):
+    def waiting(self, name: str, arrive: bool = True) -> Iterator[None]:
         """Around the blocking part of a collective step: the watchdog sees what this rank waits
         in and since when; the slowest wait so far sets its bound."""
         if arrive:
@@ -108,7 +116,7 @@ class Comm(Counted):
         self._count(t0, (sum(send_counts) - send_counts[self.rank]) * row,
                     (sum(recv_counts) - recv_counts[self.rank]) * row)
 
-    def blocks_at_root(self, block: np.ndarray, bounds: list[int]):
+    def blocks_at_root(self, block: np.ndarray, bounds: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         """Every rank's block of rows in turn, for rank 0 to write: on rank 0 a generator of (lo, rows)
         in rank order (its own block, then one receive buffer reused for each other rank's), so it
         never holds more than two blocks; on the others, iterating it sends their block to rank 0.
@@ -140,7 +148,7 @@ class Comm(Counted):
         received = (sum(counts) - counts[self.rank]) * mine[:1].nbytes if self.rank == 0 else 0
         self._count(t0, mine.nbytes, received)
 
-    def share_on_node(self, arrays):
+    def share_on_node(self, arrays: Any) -> tuple:
         """One copy per node of read-only arrays: the node's first rank passes (*arrays, tag), the
         others None; every rank gets numpy views of one MPI-3 shared-memory window, and `tag`."""
         leader = self.node.Get_rank() == 0
@@ -149,10 +157,11 @@ class Comm(Counted):
         *shapes, tag = meta
         dtype = np.dtype(shapes[0][1])
         sizes = [int(np.prod(shape)) for shape, _ in shapes]
-        win = MPI.Win.Allocate_shared(sum(sizes) * dtype.itemsize if leader else 0, dtype.itemsize, comm=self.node)
+        win = MPI.Win.Allocate_shared(sum(sizes) * dtype.itemsize if leader else 0, dtype.itemsize,
+                                      comm=self.node)  # type: ignore[arg-type]
         self._windows.append(win)
         buffer, _ = win.Shared_query(0)
-        flat = np.ndarray(buffer=buffer, dtype=dtype, shape=(sum(sizes),))
+        flat = np.ndarray(buffer=buffer, dtype=dtype, shape=(sum(sizes),))  # type: ignore[arg-type]
         views = [flat[b:e].reshape(shape) for (shape, _), b, e in
                  zip(shapes, np.cumsum([0] + sizes[:-1]).tolist(), np.cumsum(sizes).tolist())]
         if leader:
@@ -173,13 +182,13 @@ class Comm(Counted):
                 self.mpi.Allreduce(MPI.IN_PLACE, flat[lo: lo + MAX_COUNT], op=MPI.SUM)
         self._count(t0, buf.nbytes)
 
-    def sums(self, values) -> np.ndarray:
+    def sums(self, values: Sequence[float]) -> np.ndarray:
         """The sums over ranks of a few numbers (float64)."""
         buf = np.array(values, dtype=np.float64)
         self.sum(buf)
         return buf
 
-    def maxima(self, values) -> np.ndarray:
+    def maxima(self, values: Sequence[float]) -> np.ndarray:
         """The maxima over ranks of a few numbers (float64)."""
         t0 = time.perf_counter()
         buf = np.array(values, dtype=np.float64)
@@ -196,18 +205,18 @@ class Comm(Counted):
             while not request.Test():
                 time.sleep(poll_seconds)
 
-    def from_root(self, value):
+    def from_root(self, value: Any) -> Any:
         """Rank 0's value on every rank (a small Python object, before training): lets a check that
         only rank 0 can make (the output folder) stop every rank the same way."""
         with self.waiting("broadcast from rank 0"):
             return self.mpi.bcast(value, root=0)
 
-    def gather(self, value) -> list | None:
+    def gather(self, value: Any) -> list | None:
         """Every rank's small Python value, in rank order, on rank 0 (None elsewhere)."""
         with self.waiting("gather at rank 0"):
             return self.mpi.gather(value, root=0)
 
-    def collective_check(self, check, *args, who: str = "all"):
+    def collective_check(self, check: Callable[..., Any], *args: Any, who: str = "all") -> Any:
         """check(*args) on the ranks `who` names ("all", "root": rank 0, "node": each node's first
         rank), then every rank raises the lowest rank's UserError if any of them raised one (a small
         allgather, before training), so a check that fails on some ranks stops every rank the same

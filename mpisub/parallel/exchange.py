@@ -17,7 +17,17 @@ exchange from what it knows, with no communication and without simulating the ot
 Every array here is O(m p / K) (a rank's subnetworks' rows and its neurons' holders) or K long
 (the counts of the two Alltoallv); there is no loop over ranks.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from collections.abc import Iterable
+
+    from mpisub.nn.masks import RoundMasks
+    from mpisub.parallel.layout import Layout
 
 
 def gather(A: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -55,7 +65,7 @@ class Exchange:
     subnetworks share neurons (bernoulli, several subnetworks per rank), a row shared by several
     of them is pulled once instead: the buffer is the union of their rows, by neuron."""
 
-    def __init__(self, masks, layout):
+    def __init__(self, masks: RoundMasks, layout: Layout):
         lo, owned, ranks = layout.lo, max(1, layout.owned), layout.ranks
         self.subnets = layout.my_subnets
         rows = [masks.rows(l) for l in self.subnets]
@@ -119,7 +129,8 @@ class Exchange:
         return send
 
 
-def combine(W_own: np.ndarray, pieces, disjoint: bool, counts: np.ndarray) -> None:
+def combine(W_own: np.ndarray, pieces: Iterable[tuple[np.ndarray, np.ndarray]], disjoint: bool,
+            counts: np.ndarray) -> None:
     """In place: each owned neuron becomes the mean of the trained copies of it in `pieces`, an
     iterable of (owned indices, their trained rows) in subnet order (a piece may hold several
     subnetworks' rows, in subnet order), summed in that order; a neuron held by no subnetwork keeps

@@ -5,10 +5,17 @@ Rank k owns the contiguous neurons [k m / K, (k+1) m / K): its rows of W live th
 else between rounds. Under plan rows it trains the contiguous subnetworks [k p / K, (k+1) p / K),
 so visiting the ranks in order visits the subnetworks in order, whatever K is.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from mpisub.config import Config
+    from mpisub.parallel.communicator import RowExchange
 
 
 @dataclass(frozen=True)
@@ -19,7 +26,7 @@ class Layout:
     subnets: int    # p
 
     @classmethod
-    def of(cls, cfg, comm) -> "Layout":
+    def of(cls, cfg: Config, comm: RowExchange) -> "Layout":
         return cls(cfg.model.width, comm.size, comm.rank, cfg.masks.subnets)
 
     def owned_by(self, rank: int) -> tuple[int, int]:

@@ -11,9 +11,12 @@ its owner (docs/design.md, sections 2 and 3). `train.plan` picks one from PLANS.
 
 The collectives are `comm`'s; the local steps are the kernels'; this module holds the bookkeeping.
 """
+from __future__ import annotations
+
 import time
 from dataclasses import dataclass
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +24,12 @@ from mpisub import config
 from mpisub.nn import kernels, model
 from mpisub.nn.losses import LOSSES
 from mpisub.parallel import exchange
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from collections.abc import Callable
+
+    from mpisub.nn.masks import RoundMasks
+    from mpisub.parallel.exchange import Exchange
 
 
 @dataclass
@@ -40,7 +49,7 @@ class _Plan:
 
 
 class RowsPlan(_Plan):
-    def round(self, W, masks, batches) -> RoundStats:
+    def round(self, W: np.ndarray, masks: RoundMasks, batches: Callable[[int], np.ndarray]) -> RoundStats:
         """One round in place on this rank's rows W: pull, tau local steps per subnetwork (side by
         side on `each`'s threads), push and average. `masks`: the round's (masks.RoundMasks);
         `batches(l)`: subnetwork l's minibatches."""
@@ -57,7 +66,7 @@ class RowsPlan(_Plan):
         self.push(W, trained, x, masks)
         return RoundStats(sum(sub_losses), seconds_local)  # in subnet order, however they ran
 
-    def pull(self, W_own, x) -> np.ndarray:
+    def pull(self, W_own: np.ndarray, x: Exchange) -> np.ndarray:
         """The rows this rank's subnetworks hold from their owners, in the exchange's layout."""
         if self.comm.size == 1:  # it owns them all: one copy, no exchange
             return exchange.gather(W_own, x.pull_index)
@@ -65,7 +74,7 @@ class RowsPlan(_Plan):
         self.comm.alltoall_rows(exchange.gather(W_own, x.pull_index), x.pull_send, pulled, x.pull_recv)
         return pulled
 
-    def push(self, W_own, trained: dict, x, masks) -> None:
+    def push(self, W_own: np.ndarray, trained: dict, x: Exchange, masks: RoundMasks) -> None:
         """In place on W_own: the trained rows go to their owners, which average them (exchange.combine)."""
         if self.comm.size == 1:  # its own rows: average them where they are
             pieces = ((masks.rows(l) - self.layout.lo, trained[l]) for l in x.subnets)
@@ -80,7 +89,7 @@ class RowsPlan(_Plan):
 
 
 class OutputsPlan(_Plan):
-    def round(self, W, masks, batches) -> RoundStats:
+    def round(self, W: np.ndarray, masks: RoundMasks, batches: Callable[[int], np.ndarray]) -> RoundStats:
         """One round in place on this rank's rows W: every rank steps its own rows of every
         subnetwork (one working copy per holding subnetwork); each local step sums the ranks'
         parts of the p subnetworks' outputs with one Allreduce, then each rank takes the gradient
@@ -114,4 +123,4 @@ class OutputsPlan(_Plan):
         return RoundStats(sum(sub_losses) if self.comm.rank == 0 else 0.0, seconds_local)
 
 
-PLANS = {"rows": RowsPlan, "outputs": OutputsPlan}
+PLANS: dict[str, type[RowsPlan] | type[OutputsPlan]] = {"rows": RowsPlan, "outputs": OutputsPlan}

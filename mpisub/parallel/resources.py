@@ -4,7 +4,10 @@ cannot fit stops with one line saying how much it needs and what would fit, inst
 MemoryError, an OOM kill or a half-written run file (docs/design.md, "Sizes before work").
 
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,10 +16,14 @@ from mpisub.nn.masks import KINDS
 from mpisub.parallel import costs
 from mpisub.parallel.threads import split_cores
 
+if TYPE_CHECKING:  # types only: never imported at run time
+    from mpisub.config import Config
+
 BASE = 224 * 2**20   # interpreter, numpy, scipy, numba, h5py, MPI (190 MiB measured) and OpenBLAS's buffers
 
 
-def memory_per_rank(cfg, ranks: int, workers: int = 1, resuming: bool = False, plan: str | None = None) -> dict:
+def memory_per_rank(cfg: Config, ranks: int, workers: int = 1, resuming: bool = False,
+                    plan: str | None = None) -> dict:
     """Peak bytes one rank needs, by part (rank 0, which also holds the NTK Gram matrix when it is
     computed). Follows the round of docs/design.md, section 3: a rank holds its owned rows, the
     rows its subnetworks pull, their trained copies and the push buffers, never all of W; and its
@@ -93,7 +100,7 @@ def _bookkeeping(cfg, ranks: int) -> int:
     return int(m * c + kind.draw_bytes(m, own, p) + 8 * indices + 8 * 8 * ranks)
 
 
-def plan_costs(cfg, ranks: int) -> dict:
+def plan_costs(cfg: Config, ranks: int) -> dict:
     """Per plan, the bytes one rank sends plus receives per round (as bytes_comm + bytes_recv count
     them) and the modelled seconds of those collectives (docs/design.md, section 3). rows: two
     pairwise Alltoallv, (K-1) alpha + bytes beta each; outputs: tau Allreduces of the p
@@ -120,18 +127,18 @@ class Node:
     ranks: int = 1
     cores: int = 0
 
-    def workers(self, cfg, ranks: int) -> int:
+    def workers(self, cfg: Config, ranks: int) -> int:
         """Subnetwork workers (threads) of a rank (threads.split_cores)."""
         return split_cores(self.cores, cfg.masks.subnets // ranks)[0] if self.cores else 1
 
-    def available(self, cfg) -> int | None:
+    def available(self, cfg: Config) -> int | None:
         """Bytes one rank may use: its share of the node's available memory, at most
         train.memory_limit_mb; None where it cannot be told."""
         avail, limit = memory_available(self.ranks), cfg.train.memory_limit_mb * 2**20
         return limit if limit and (avail is None or limit < avail) else avail
 
 
-def choose_plan(cfg, ranks: int, node: Node | None = None, resuming: bool = False) -> tuple[str, str]:
+def choose_plan(cfg: Config, ranks: int, node: Node | None = None, resuming: bool = False) -> tuple[str, str]:
     """The plan to run and why: the one asked for, or (auto) the one whose collectives the cost
     model says take less time (latency included: tau small Allreduces can cost more than two
     larger Alltoallv), unless only the other fits the rank's memory (`node`); rows when they tie
@@ -146,7 +153,7 @@ def choose_plan(cfg, ranks: int, node: Node | None = None, resuming: bool = Fals
     plan = "outputs" if cost["outputs"][1] < cost["rows"][1] else "rows"
     other = "rows" if plan == "outputs" else "outputs"
     avail = node.available(cfg) if node is not None else None
-    if avail is not None:
+    if node is not None and avail is not None:
         need = {p: sum(memory_per_rank(cfg, ranks, node.workers(cfg, ranks), resuming, p).values()) for p in cost}
         if need[plan] > avail >= need[other]:
             return other, (f"auto: {plan} would be faster by the model but needs {need[plan] / 2**30:.2f} GiB per "
@@ -179,7 +186,7 @@ def memory_available(ranks_on_node: int) -> int | None:
     return None if avail is None else avail // max(1, ranks_on_node)
 
 
-def check_memory(cfg, ranks: int, node: Node, resuming: bool = False) -> None:
+def check_memory(cfg: Config, ranks: int, node: Node, resuming: bool = False) -> None:
     limit_mb, ranks_on_node, workers = cfg.train.memory_limit_mb, node.ranks, node.workers(cfg, ranks)
     avail = node.available(cfg)
     if avail is None:

@@ -2,10 +2,18 @@
 ranks that may run on them, capped at SLURM_CPUS_PER_TASK, split between subnetwork workers and
 their BLAS threads. Runs before numpy loads: its BLAS reads the thread variables once, when it
 loads. No numpy here."""
+from __future__ import annotations
+
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from mpisub._util.errors import UserError, env_number
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from typing import Any
+
+    from mpisub.config import Config
 
 # the variables that set the BLAS and numba thread counts: mpisub leaves them alone when a user sets any
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -19,7 +27,7 @@ def threads_per_rank(mine: set, on_node: list) -> int:
     return max(1, len(mine) // max(1, sharing))
 
 
-def set_threads(node_comm) -> int:
+def set_threads(node_comm: Any) -> int:
     """Must run before numpy/scipy load their BLAS. Returns this rank's cores (0 when the user set
     any of the usual variables: then they decide), at most SLURM_CPUS_PER_TASK in a Slurm job."""
     try:
@@ -53,7 +61,7 @@ def split_cores(cores: int, subnets_here: int) -> tuple[int, int]:
     return workers, max(1, cores // workers)
 
 
-def subnet_workers(cfg, ranks: int, cores: int) -> tuple[int, str]:
+def subnet_workers(cfg: Config, ranks: int, cores: int) -> tuple[int, str]:
     """Threads that train this rank's subnetworks side by side, and the threads line of the banner.
     More than one only while the kernels' BLAS has not loaded: it reads its thread count once."""
     workers, blas = split_cores(cores, cfg.masks.subnets // ranks) if cores else (1, 0)

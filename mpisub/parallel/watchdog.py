@@ -8,13 +8,19 @@ naming it (exit 4). A rank that lives but has not reached this collective is bus
 writing a checkpoint), and the wait goes on. When every rank of the node lives and has arrived,
 the missing one is on another node: the job is aborted after three bounds. The last checkpoint
 stays whole (a torn temporary file never replaces it)."""
+from __future__ import annotations
+
 import atexit
 import os
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from mpisub._util.errors import EXIT_HUNG
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from mpisub.parallel.comm import Comm
 
 TICK = 0.5          # seconds between signs of life
 FACTOR = 10         # the bound: this many times the slowest wait so far, at least the floor
@@ -22,7 +28,7 @@ GRACE = 5.0         # seconds the other ranks of a node give the first of them t
 
 
 class Watchdog(threading.Thread):
-    def __init__(self, comm, floor: float = 60.0):
+    def __init__(self, comm: Comm, floor: float = 60.0):
         super().__init__(name="mpisub-watchdog", daemon=True)
         self.comm, self.floor, self.folder = comm, floor, ""
         self.halt = threading.Event()
@@ -81,7 +87,7 @@ def watch_the_end(floor: float) -> None:
     _FLOOR = floor
 
 
-_FLOOR = None
+_FLOOR: float | None = None
 
 
 def _finalize() -> None:
@@ -89,7 +95,7 @@ def _finalize() -> None:
 
     if MPI.Is_finalized():
         return
-    timer = threading.Timer(_FLOOR, _give_up, args=(MPI.COMM_WORLD.Get_rank(),))
+    timer = threading.Timer(_FLOOR or 0.0, _give_up, args=(MPI.COMM_WORLD.Get_rank(),))
     timer.daemon = True
     timer.start()
     MPI.Finalize()

@@ -9,13 +9,19 @@ auto values whose resolution weighs the machine or the data, train.plan and outp
 which compare as given when the sweep leaves them auto. How long to train (train.rounds, or
 train.budget when set) is compared by the caller: a finished run asked to train longer is continued.
 """
+from __future__ import annotations
+
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mpisub import config
 from mpisub._util.provenance import code_hash
 from mpisub.io import data
 from mpisub.train import resolve
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from mpisub.analysis.runs import Run
 
 AS_GIVEN_WHEN_AUTO = {"train.plan": "auto", "output.eval_every": 0}
 LENGTH = ("train.rounds", "train.budget")    # how long to train: compared by the caller
@@ -70,7 +76,7 @@ def of_point(given: config.Config, ranks: int) -> Identity:
     return Identity(what_counts(resolved.flat()), given.flat(), data.files_sha256(given), code_hash())
 
 
-def of_run(run) -> Identity:
+def of_run(run: Run) -> Identity:
     """The identity of a run on disk (an analysis.Run)."""
     given = json.loads(run.attrs.get("config_given") or run.attrs["config"])
     return Identity(what_counts(config.flatten(run.config)), config.flatten(given), run.data_sha256,

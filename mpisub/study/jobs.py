@@ -5,6 +5,8 @@ submits. Each script's header says what it does and what to edit.
 Their one source is the checkout's top-level jobs/; a wheel carries them as mpisub/jobs/
 (pyproject.toml maps the package mpisub.jobs to jobs/). FOLDER is the installed copy where there
 is one, else the checkout's (an editable install, or bin/ run from a checkout)."""
+from __future__ import annotations
+
 import os
 import sys
 
@@ -27,7 +29,7 @@ def path(name: str) -> str:
 
 
 @command("mpisub-jobs")
-def jobs_main(argv=None) -> None:
+def jobs_main(argv: list[str] | None = None) -> None:
     p = Parser(prog="mpisub-jobs", description="Print a batch job script that ships with mpisub, to save and edit: "
                "mpisub-jobs slurm > job.sbatch (slurm: one run, checkpointed and requeued before its time "
                "limit; pbs: the same for PBS Pro/OpenPBS; slurm-sweep: what mpisub-sweep --slurm submits).")

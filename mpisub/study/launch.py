@@ -1,15 +1,21 @@
 """Starting `mpirun -n K mpisub-train` from Python (the sweeps, the benchmark, the scaling report,
 the tests): the one place that knows how a config value goes on the command line, where mpirun
 is, and which environment variables set the threads a rank's BLAS and numba use."""
+from __future__ import annotations
+
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from mpisub._util.errors import UserError
 from mpisub.parallel.threads import THREAD_VARS
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from typing import Any
 
 # read by OpenMP, OpenBLAS, MKL and numba when they load (docs/design.md, section 3, "Threads")
 
@@ -54,7 +60,7 @@ class StopSignals:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
-    def note(self, signum, frame) -> None:
+    def note(self, signum: int, frame: Any) -> None:
         self.received.append(signum)
         self.pass_on()
 

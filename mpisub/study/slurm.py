@@ -24,7 +24,8 @@ STARTUP_MINUTES = 2      # a task's share for starting Python and MPI, and the U
 
 def tasks(points: list[Point], task_minutes: float) -> list[list[Point]]:
     """The points in order, packed into tasks of at most task_minutes (by their `minutes`)."""
-    packed, total = [], 0.0
+    packed: list[list] = []
+    total = 0.0
     for point in points:
         if packed and total + point.minutes <= task_minutes:
             packed[-1].append(point)

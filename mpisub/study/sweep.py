@@ -25,11 +25,14 @@ overrides the case's, which overrides [set]. `--slurm` prints the sbatch command
 whose tasks each run several points (slurm.py); a stop signal (USR1, TERM) is passed on to the
 running point, which checkpoints, and the sweep ends with exit 3.
 """
+from __future__ import annotations
+
 import itertools
 import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from mpisub._util.errors import EXIT_INTERRUPTED, Parser, UserError, command
 from mpisub.analysis.runs import Run
@@ -39,7 +42,8 @@ from mpisub.study.launch import STOPS
 from mpisub.study.sweep_point import Point, RunFailed, RunStopped
 
 # the sweep file's entries: (types, what it must be)
-ENTRIES = {"out": ((str,), "a folder name"), "ranks": ((int,), "a whole number of at least 1"),
+ENTRIES: dict[str, tuple[tuple[Any, ...], str]] = {
+    "out": ((str,), "a folder name"), "ranks": ((int,), "a whole number of at least 1"),
            "seeds": ((int,), "a whole number of at least 1"), "config": ((str,), "a config file's path"),
            "preset": ((str,), "a preset's name"), "minutes": ((int, float), "a number of minutes above 0"),
            "task_minutes": ((int, float), "a number of minutes above 0"),
@@ -63,7 +67,8 @@ def _entries(path: str, spec: dict) -> None:
     if unknown:
         raise UserError(f"sweep file {path!r}: unknown entr{'ies' if len(unknown) > 1 else 'y'} "
                         f"{', '.join(sorted(unknown))}; it takes {', '.join(ENTRIES)}")
-    for name, value in spec.items():
+    for name in spec:
+        value: Any = spec[name]
         kinds, what = ENTRIES[name]
         if not isinstance(value, kinds) or isinstance(value, bool) or (int in kinds and value <= 0) or \
                 (str in kinds and not value.strip()):
@@ -173,7 +178,7 @@ def run_sweep(sweep: Sweep) -> list[Run]:
 
 
 @command("mpisub-sweep")
-def sweep_main(argv=None) -> None:
+def sweep_main(argv: list[str] | None = None) -> None:
     p = Parser(prog="mpisub-sweep", description="Run a grid of configs times seeds (SWEEP.toml; "
                                 "see the module's docstring or the README), reusing finished runs.")
     p.add_argument("sweep", metavar="SWEEP.toml")

@@ -83,7 +83,7 @@ class Point:
         want, had = given.flat()[key], config.flatten(run.config)[key]
         if run.status == "completed" and want == had:
             return "reused", [], ""
-        if run.status != "failed" and want >= had and os.path.exists(os.path.join(self.folder, CHECKPOINT)):
+        if run.status != "failed" and want >= had and os.path.exists(os.path.join(self.folder, CHECKPOINT)):  # type: ignore[operator]
             more = set_args({key: want}) if want != had else []
             return "resumed", ["--resume", self.folder, *more], f" from round {len(run.metrics['round'])}"
         why = "the run there had failed" if run.status == "failed" else f"the run there had {key} = {had}, not {want}"

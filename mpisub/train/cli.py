@@ -7,6 +7,8 @@ on any rank aborts the whole job (MPI_Abort) instead of leaving the other ranks 
 Nothing at import time loads numpy: its BLAS reads the thread variables (threads.set_threads) once,
 when it loads.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import signal
@@ -41,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see mpisub-train --help)")
 
 
-def train_parser() -> argparse.ArgumentParser:
+def train_parser() -> _Parser:
     # lazy: numpy (and its BLAS) loads only after set_threads has set the thread variables (module docstring)
     from mpisub import config
 
@@ -84,7 +86,7 @@ def _train(argv, comm, cores: int, stop: list, dog) -> None:
         args = parser.parse_args(argv)  # --help, --version: the same on every rank
     except SystemExit as e:
         raise _Exit(e.code) from None
-    held = []  # rank 0's lock on the run folder, released however the job ends (the OS drops it on a kill)
+    held: list = []  # rank 0's lock on the run folder, released however the job ends (the OS drops it on a kill)
     try:
         if args.resume and not args.print_config:
             start.lock_for_resume(comm, args.resume, held)
@@ -180,7 +182,7 @@ def _node_comm(world, MPI):
     return world.Split_type(MPI.COMM_TYPE_SHARED), env_problem()
 
 
-def train_main(argv=None) -> None:
+def train_main(argv: list[str] | None = None) -> None:
     stop = catch_stop_signals()  # first thing: a signal during imports or data loading is not fatal
     argv = sys.argv[1:] if argv is None else argv
     # lazy: MPI initialises here, and numpy (and its BLAS) loads only after set_threads (module docstring)

@@ -1,7 +1,13 @@
 """What is due after a round (an evaluation, the weights, a checkpoint, a progress line) and how
 the progress line reads (docs/design.md, "Evaluation cadence")."""
+from __future__ import annotations
+
 import math
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from mpisub.config import Config
 
 
 class Due:
@@ -10,7 +16,7 @@ class Due:
     rounds show the loss); a checkpoint every output.checkpoint_every; all after the last round,
     and all but the evaluation at a stop."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: Config):
         self.rounds, self.first, self.t0 = cfg.train.rounds, 0, time.perf_counter()
         self.eval_every = cfg.output.eval_every or 1
         # by default about 20 lines a run, at evaluated rounds (a multiple of eval_every)

@@ -5,9 +5,12 @@ Each rank evaluates its own rows; one Allreduce sums the ranks' parts of the out
 round's flags (FLAGS) and the diagnostics' sums riding along. The collectives are the `comm`
 object's; this module knows no MPI.
 """
+from __future__ import annotations
+
 import math
 import time
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +19,15 @@ from mpisub._util.errors import UserError
 from mpisub.nn import kernels, masks, model, theory
 from mpisub.nn.losses import LOSSES
 from mpisub.train import init
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+    from mpisub.config import Config
+    from mpisub.io.data import Sets
+    from mpisub.parallel.communicator import Communicator
+    from mpisub.parallel.layout import Layout
 
 # the numbers every round sums over the ranks, evaluated or not: the subnetworks' loss sum, any
 # rank's stop request, rank 0's failed write
@@ -30,7 +42,8 @@ def message_floats(n: int, c: int, n_test: int = 0, gram: bool = False) -> int:
     return (n + n_test) * c + FLAGS + LAZY_SUMS + (n * n if gram else 0)
 
 
-def rank_outputs(W_own, a_own, X, scale: float, each=map, parts: int = 1, pattern=None) -> np.ndarray:
+def rank_outputs(W_own: np.ndarray, a_own: np.ndarray, X: np.ndarray, scale: float, each: Callable[...,
+                 Iterator[Any]] = map, parts: int = 1, pattern: np.ndarray | None = None) -> np.ndarray:
     """This rank's part of the network's outputs on X (n x c): its own block of neurons, in `parts`
     pieces mapped by `each` (e.g. over threads); the ranks' parts add up. With `pattern` (n x rows,
     bool), also the activation patterns of its rows."""
@@ -54,7 +67,8 @@ class Evaluator:
     """The full network's scores at this rank's rows W_own, with the round's flags summed over the
     ranks in the same Allreduce: `evaluator(W_own, flags) -> (scores, flag sums)`."""
 
-    def __init__(self, cfg, layout, comm, sets, a_own, each=map, parts: int = 1):
+    def __init__(self, cfg: Config, layout: Layout, comm: Communicator, sets: Sets, a_own: np.ndarray,
+                 each: Callable[..., Iterator[Any]] = map, parts: int = 1):
         self.cfg, self.layout = cfg, layout
         self.comm, self.sets, self.a_own, self.each, self.parts = comm, sets, a_own, each, parts
         self.m, self.code, self.scale = layout.width, LOSSES[cfg.train.loss].code, model.scale(cfg)
@@ -116,7 +130,7 @@ class LazyRegime:
     (keeping them, or drawing them at once, would cost a copy of the rank's W), its activation
     patterns are kept as bits (n x rows / 8 bytes)."""
 
-    def __init__(self, cfg, X, lo: int, hi: int, a_own):
+    def __init__(self, cfg: Config, X: np.ndarray, lo: int, hi: int, a_own: np.ndarray):
         self.cfg, self.lo, self.hi = cfg, lo, hi
         pattern = np.empty((X.shape[0], hi - lo), dtype=np.bool_)
         self.w0_sq = 0.0
@@ -136,9 +150,10 @@ class LazyRegime:
             e = min(j + model.INIT_CHUNK, self.hi - self.lo)
             yield j, e, init.initial_rows(self.cfg, self.lo + j, self.lo + e)
 
-    def local(self, W_own, active) -> tuple[np.ndarray, float]:
+    def local(self, W_own: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, float]:
         """This rank's sums (||W - W0||^2, ||W0||^2, flips, and the n x n sum over its rows for H)
         and its largest ||w_r - w_r(0)||, from its rows and their activation patterns `active`."""
+        flips: Any       # a numpy integer once counted
         moved, flips, dw_max = 0.0, 0, 0.0
         for j, e, W0 in self._init_chunks():
             with np.errstate(all="ignore"):  # non-finite weights are reported as divergence
@@ -148,7 +163,7 @@ class LazyRegime:
             dw_max = np.maximum(dw_max, np.sqrt(rows.max(initial=0.0)))   # NaN stays NaN
             was = np.unpackbits(self.pattern0[:, j // 8:], axis=1, count=e - j).astype(bool)
             flips += np.count_nonzero(was != active[:, j:e])
-        sums = [moved, self.w0_sq, float(flips)]
+        sums: Any = [moved, self.w0_sq, float(flips)]
         if self.gram:
             D = active.astype(np.float64)
             sums = np.concatenate([sums, (D @ D.T).ravel()])
@@ -163,7 +178,8 @@ class LazyRegime:
                 "flips": sums[2] / (n * m), "lambda_min": lam}
 
 
-def ntk_lambda0(X, comm, store_H: bool) -> tuple[float | None, np.ndarray | None, float | None]:
+def ntk_lambda0(X: np.ndarray, comm: Communicator, store_H: bool) -> tuple[float | None, np.ndarray | None,
+                float | None]:
     """lambda_0 of the data's NTK Gram matrix, on rank 0 (None elsewhere), H when asked for, and
     lambda_max. The n^2 d entries are computed in row blocks over the ranks; the eigenvalues on
     rank 0."""
@@ -172,13 +188,14 @@ def ntk_lambda0(X, comm, store_H: bool) -> tuple[float | None, np.ndarray | None
     mine = theory.gram_rows(X, bounds[comm.rank], bounds[comm.rank + 1])
     H = np.empty((n, n)) if comm.rank == 0 else None
     comm.gather_rows(mine, [hi - lo for lo, hi in zip(bounds, bounds[1:])], H)
-    lambda0 = theory.smallest_eigenvalue(H) if comm.rank == 0 else None
-    lambda_max = theory.largest_eigenvalue(H) if comm.rank == 0 else None
+    lambda0 = theory.smallest_eigenvalue(H) if H is not None else None          # rank 0
+    lambda_max = theory.largest_eigenvalue(H) if H is not None else None
     comm.barrier()  # the others sleep while rank 0 runs the eigensolver
     return lambda0, (H if store_H else None), lambda_max
 
 
-def lambda0_of(cfg, comm, X, say) -> tuple[float | None, np.ndarray | None, float | None]:
+def lambda0_of(cfg: Config, comm: Communicator, X: np.ndarray, say: Callable[[str], None]) -> tuple[float | None,
+               np.ndarray | None, float | None]:
     """ntk_lambda0, with what it does told to the user (`say`: rank 0's printer), and the local
     steps' step-stability number (theory.step_number), with a warning above theory.STABLE_STEP."""
     n, t = X.shape[0], time.perf_counter()
@@ -186,7 +203,7 @@ def lambda0_of(cfg, comm, X, say) -> tuple[float | None, np.ndarray | None, floa
         say(f"computing the NTK Gram matrix of the data and its lambda_0 (n = {n}; a few seconds; "
             f"theory.max_n = 0 skips it) ...")
     lambda0, H, lambda_max = ntk_lambda0(X, comm, n <= cfg.theory.store_H_max_n)
-    if comm.rank == 0:
+    if comm.rank == 0 and lambda_max is not None:
         step = theory.step_number(config.ntk_lr(cfg), lambda_max, n, cfg.masks.keep)
         say(f"NTK Gram matrix of the data: lambda_0 = {lambda0:.4e}, lambda_max = {lambda_max:.4e} (n = {n}, "
             f"{time.perf_counter() - t:.2f} s); step number lr lambda_max / (n keep) = {step:.3g}")
@@ -198,7 +215,7 @@ def lambda0_of(cfg, comm, X, say) -> tuple[float | None, np.ndarray | None, floa
     return lambda0, H, lambda_max
 
 
-def check_start(loss: float, sets, cfg) -> None:
+def check_start(loss: float, sets: Sets, cfg: Config) -> None:
     """A loss that is not finite before any step is the data or the initialisation, not the lr."""
     if math.isfinite(loss):
         return

@@ -12,12 +12,15 @@
 Steps 1 and 2 are the plan's (plans.py: which rank steps which rows, and how they meet); rank k
 owns the neurons layout.lo:layout.hi for the whole run (its rows of W live nowhere else).
 """
+from __future__ import annotations
+
 import contextlib
 import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +33,17 @@ from mpisub.parallel.plans import PLANS
 from mpisub.train import init
 from mpisub.train.due import Due
 from mpisub.train.evaluate import Evaluator, check_start, lambda0_of
+
+if TYPE_CHECKING:  # types only: never imported at run time
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+    from mpisub.config import Config
+    from mpisub.io.data import Sets
+    from mpisub.io.loggers import Loggers
+    from mpisub.nn.masks import RoundMasks
+    from mpisub.parallel.communicator import Communicator
+    from mpisub.parallel.plans import RoundStats
 
 # a loss this many times the initial one means the steps are too large: stop rather than burn the
 # allocation on overflowing weights
@@ -47,8 +61,9 @@ class Start:
     evals: dict
 
 
-def run(cfg, comm, sets, log, start: Start | None = None, stop_requested=lambda: False, workers: int = 1,
-        say=print) -> dict:
+def run(cfg: Config, comm: Communicator, sets: Sets, log: Loggers, start: Start | None = None,
+        stop_requested: Callable[[], bool] = lambda: False, workers: int = 1,
+        say: Callable[[str], None] = print) -> dict:
     """Train with a settled config on `sets` (data.Sets: X, Y and held-out data). Every rank calls
     this; `log` (loggers.Loggers) holds rank 0's run file and TensorBoard, nothing elsewhere.
     `stop_requested`: polled once a round; when it is true on any rank, every rank stops after the
@@ -71,7 +86,7 @@ def run(cfg, comm, sets, log, start: Start | None = None, stop_requested=lambda:
             # 1. tau local steps of every subnetwork from W_k, on its active rows only, and
             # 2. the mean per neuron over the subnetworks that hold it, on its owner (a neuron none
             #    holds keeps its row, or is zeroed, as the authors' code does: masks.uncovered)
-            stats = plan.round(W, M, lambda l, k=k: masks.minibatches(
+            stats = plan.round(W, M, lambda l, k=k: masks.minibatches(  # type: ignore[misc]  # one of PLANS
                 cfg.data.n, cfg.train.batch_size, cfg.train.local_steps, cfg.train.seed, k, l))
             if cfg.masks.uncovered == "zero":
                 W[M.counts == 0] = 0.0
@@ -98,14 +113,17 @@ class Recorder:
     """What the loop records: each round's row and evaluation, kept (the checkpoint's histories) and
     logged; a checkpoint, the weights and a progress line when due; the stop and divergence checks."""
 
-    def __init__(self, cfg, comm, log, stop_requested, say):
+    def __init__(self, cfg: Config, comm: Communicator, log: Loggers, stop_requested: Callable[[], bool],
+                 say: Callable[[str], None]):
         self.cfg, self.comm, self.log, self.stop_requested, self.say = cfg, comm, log, stop_requested, say
         self.bounds = Layout.of(cfg, comm).bounds.tolist()
         self.due = Due(cfg)
-        self.metrics, self.evals, self.loss_init = {}, {}, None
-        self.plateau = None           # train.plateau_window: [the best running mean so far, the misses]
+        self.metrics: dict[str, list] = {}
+        self.evals: dict[str, list] = {}
+        self.loss_init: float | None = None
+        self.plateau: list[float] | None = None    # train.plateau_window: [the best running mean so far, the misses]
 
-    def restore(self, start: Start, layout) -> np.ndarray:
+    def restore(self, start: Start, layout: Layout) -> np.ndarray:
         """A checkpoint's state: W and round are all there is (masks and minibatches are functions
         of (seed, round, subnet), so the rounds ahead are those an unbroken run takes). Rank 0
         rebuilds the run file's rows; the checkpoint written before round 1 has none."""
@@ -123,7 +141,7 @@ class Recorder:
         self.log.last_checkpoint = start.round
         return W
 
-    def begin(self, W, evaluate, start: Start | None) -> int:
+    def begin(self, W: np.ndarray, evaluate: Evaluator, start: Start | None) -> int:
         """The loss at the starting weights; its Allreduce also carries any rank's stop request (a
         signal during start-up) and a failed write on rank 0, so every rank acts on them together.
         Returns the first round to train."""
@@ -141,7 +159,7 @@ class Recorder:
         how = "(initial weights)" if start is None else "(resumed from the checkpoint)"
         self.say(f"round {first:>{self.due.digits}}/{self.cfg.train.rounds}  loss {scores['loss']:.4e}  {how}")
         self.comm.take_counters()
-        self.log.log_loss_init(self.loss_init)
+        self.log.log_loss_init(self.loss_init)  # type: ignore[arg-type]  # set above
         if start is None:  # --resume works from the first second on
             self.save(W, 0, weights=False, checkpoint=True)
         self.log.publish()
@@ -149,7 +167,8 @@ class Recorder:
         self.t_mark = time.perf_counter()   # seconds_wall: from one round's row to the next, store writes included
         return first
 
-    def end(self, k: int, W, stats, evaluate, t_start: float, M) -> bool:
+    def end(self, k: int, W: np.ndarray, stats: RoundStats, evaluate: Evaluator, t_start: float,
+            M: RoundMasks) -> bool:
         """After round k's steps 1 and 2: its losses, any rank's stop request and a failed write in
         one Allreduce (with the full network's outputs when this round is evaluated), then its row.
         True when the run ends here, at its plateau (every rank sees the same losses)."""
@@ -165,7 +184,7 @@ class Recorder:
         if failed:
             raise self.log.failure(k, self.cfg.output.dir)
         p = self.cfg.masks.subnets
-        check_diverged(scores and scores["loss"], sub_loss_sum / p, self.loss_init, k + 1, self.cfg,
+        check_diverged(scores and scores["loss"], sub_loss_sum / p, self.loss_init, k + 1, self.cfg,  # type: ignore[arg-type]
                        evaluate.sets.X, self.log.last_checkpoint)
         now = time.perf_counter()
         if scores is not None:
@@ -216,7 +235,7 @@ class Recorder:
                 raise self.log.failure(done, self.cfg.output.dir)
             raise Interrupted(done)
 
-    def save(self, W, rounds_done: int, *, weights: bool = True, checkpoint: bool = False) -> None:
+    def save(self, W: np.ndarray, rounds_done: int, *, weights: bool = True, checkpoint: bool = False) -> None:
         """Every rank's rows stream to rank 0, one block at a time, into the run file and (with
         `checkpoint`) a new checkpoint of the histories. Every rank calls it."""
         state = {"metrics": self.metrics, "evals": self.evals, "loss_init": self.loss_init} if checkpoint else None
@@ -228,13 +247,13 @@ class Recorder:
         for name, value in row.items():
             history.setdefault(name, []).append(value)
 
-    def result(self, W) -> dict:
+    def result(self, W: np.ndarray) -> dict:
         return {"W": W, "loss_init": self.loss_init, "metrics": {k: np.array(v) for k, v in self.metrics.items()},
                 "eval": {k: np.array(v) for k, v in self.evals.items()}}
 
 
-def check_diverged(loss: float | None, sub_loss: float, loss_init: float, done: int, cfg, X,
-                   last_checkpoint) -> None:
+def check_diverged(loss: float | None, sub_loss: float, loss_init: float, done: int, cfg: Config, X: np.ndarray,
+                   last_checkpoint: int | None) -> None:
     """The steps are too large when the full network's loss (at an evaluation) passes DIVERGED x its
     initial loss, or the subnetworks' loss (every round) DIVERGED x that / keep (a subnetwork's
     surrogate has 1/keep times the variance at the start), or either is not finite. Every round is
@@ -271,7 +290,7 @@ class Interrupted(Exception):
 
 
 @contextlib.contextmanager
-def side_by_side(workers: int):
+def side_by_side(workers: int) -> Iterator[Callable[..., Iterator[Any]]]:
     """A map that runs a rank's subnetworks on `workers` threads (the kernels release the GIL), or
     the plain map for one."""
     if workers == 1:

@@ -2,11 +2,14 @@
 resumes, the data (once per node), the settled config and the sizes it needs, the run folder and
 its loggers, the banner and the closing report. A check that can fail on some ranks runs through
 comm.collective_check, so that every rank stops the same way (docs/design.md, section 3)."""
+from __future__ import annotations
+
 import datetime
 import os
 import resource
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from mpisub import config
 from mpisub._util.errors import UserError, env_number
@@ -18,11 +21,19 @@ from mpisub.io.store import Header, RunFile
 from mpisub.nn import theory
 from mpisub.parallel import resources
 from mpisub.parallel.layout import Layout
-from mpisub.train.loop import Start
+from mpisub.train.loop import Interrupted, Start
 from mpisub.train.resolve import settle
 
+if TYPE_CHECKING:  # types only: never imported at run time
+    from collections.abc import Callable
+    from typing import Any
 
-def say(comm):
+    from mpisub.config import Config
+    from mpisub.io.data import Sets
+    from mpisub.parallel.comm import Comm
+
+
+def say(comm: Comm) -> Callable[[str], None]:
     """Rank 0's printer (the others print nothing)."""
     return lambda text: print(text, flush=True) if comm.rank == 0 else None
 
@@ -33,7 +44,7 @@ def lock_wait() -> float:
     return env_number("MPISUB_LOCK_WAIT", 10.0)
 
 
-def lock_for_resume(comm, folder: str, held: list) -> None:
+def lock_for_resume(comm: Comm, folder: str, held: list) -> None:
     """Rank 0 locks the folder of the run to resume before any rank reads its checkpoint: a job
     still writing it is waited for, or refused. The lock goes to `held`."""
     def take():
@@ -46,7 +57,7 @@ class Job:
     """One launch of a run: the command line, the config as given (a resumed run's first one), the
     config before and after it is settled, why its plan, and the checkpoint it resumes (or None)."""
 
-    def __init__(self, args, comm, cores: int):
+    def __init__(self, args: Any, comm: Comm, cores: int):
         """The checks of the config and the checkpoint to resume from, local to this rank (no
         collective: run it through comm.collective_check)."""
         step_tasks = env_number("SLURM_STEP_NUM_TASKS", 1)
@@ -54,7 +65,8 @@ class Job:
             raise UserError(f"srun started {step_tasks} tasks but MPI sees 1 rank in each: every task would "
                             f"train alone. Give srun the MPI plugin of your MPI library (srun --mpi=pmi2 for "
                             f"MPICH, --mpi=pmix for Open MPI; srun --mpi=list shows them) or use mpirun")
-        self.args, self.ranks, self.checkpoint, self.init = args, comm.size, None, {}
+        self.args, self.ranks, self.checkpoint = args, comm.size, None
+        self.init: dict = {}
         self.node = resources.Node(comm.ranks_per_node, cores)
         if args.resume:
             ck = self.checkpoint = readback.read_checkpoint(args.resume, args.allow_version_change)
@@ -74,7 +86,7 @@ class Job:
     def resuming(self) -> bool:
         return self.checkpoint is not None
 
-    def settle_with_data(self, sets) -> None:
+    def settle_with_data(self, sets: Sets) -> None:
         """The checks that need the data (local, like __init__): the config settled with the data's
         shape (a data file decides n, d and c), the plan, the memory, the resumed data's hash."""
         shape = (sets.X.shape[0], sets.X.shape[1], sets.Y.shape[1])
@@ -100,7 +112,7 @@ class Job:
         of it goes to self.init."""
         self.init = readback.check_init(self.cfg) if self.cfg.model.init_from else {}
 
-    def start(self, comm):
+    def start(self, comm: Comm) -> Start | None:
         """The checkpoint as this rank continues from it (train.Start: its own rows of W), or None."""
 
         ck = self.checkpoint
@@ -110,7 +122,7 @@ class Job:
         W = readback.read_checkpoint_W(ck["folder"], layout.lo, layout.hi)
         return Start(ck["round"], ck["loss_init"], W, ck["metrics"], ck["eval"])
 
-    def segment(self, comm) -> dict:
+    def segment(self, comm: Comm) -> dict:
         """This launch, as a row of the run file's segments table."""
         return {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 "ranks": comm.size, "nodes": comm.nodes, "host": socket.gethostname(), "mpisub_version": __version__,
@@ -118,23 +130,23 @@ class Job:
                 "first_round": self.checkpoint["round"] if self.checkpoint else 0}
 
 
-def shared_data(cfg, comm) -> data.Sets:
+def shared_data(cfg: Config, comm: Comm) -> data.Sets:
     """One rank per node reads (or draws) the data, the others map its copy (an MPI-3 shared-memory
     window): one copy of the data per node (docs/design.md, section 3)."""
     loaded = comm.collective_check(data.load_sets, cfg, who="node")
     arrays = None if loaded is None else \
         (loaded.X, loaded.Y, loaded.X_test, loaded.Y_test, (loaded.sha256, loaded.inputs))
     *shared, (sha256, inputs) = comm.share_on_node(arrays)
-    return data.Sets(*shared, sha256, inputs)
+    return data.Sets(*shared, sha256, inputs)  # type: ignore[call-arg]  # the four arrays, shared
 
 
-def open_outputs(job: Job, comm, sets, held: list) -> Loggers:
+def open_outputs(job: Job, comm: Comm, sets: Sets, held: list) -> Loggers:
     """Rank 0 checks the folder and the disk space the run needs, takes the folder's lock (a new
     run's goes to `held`) and opens the run file (and TensorBoard's) as the run's loggers; the
     other ranks get none. Only rank 0 touches the output folder, and its verdict is shared, so a
     bad folder stops every rank the same way. A resumed run's file is rebuilt from its checkpoint
     (rows after it are redone exactly). Sets job.cfg's output.dir to the folder."""
-    loggers = []
+    loggers: list = []
     folder = comm.from_root(comm.collective_check(_open_on_root, job, comm, sets, held, loggers, who="root"))
     job.cfg = job.cfg.replace({"output.dir": folder})
     return Loggers(loggers)
@@ -165,7 +177,7 @@ def _open_on_root(job: Job, comm, sets, held: list, loggers: list) -> str:
     return folder
 
 
-def banner(job: Job, comm, threads: str) -> None:
+def banner(job: Job, comm: Comm, threads: str) -> None:
     cfg, ck = job.cfg, job.checkpoint
     print("# mpisub-train: resolved config\n" + cfg.to_toml(), flush=True)
     resumed = f"; resuming after round {ck['round']}" if ck else ""
@@ -177,7 +189,7 @@ def banner(job: Job, comm, threads: str) -> None:
           f"BLAS threads per rank: {threads}; writing {os.path.join(cfg.output.dir, FILENAME)}{resumed}", flush=True)
 
 
-def report_stop(job: Job, comm, signal_name: str, e) -> None:
+def report_stop(job: Job, comm: Comm, signal_name: str, e: Interrupted) -> None:
     then = (f", checkpoint written; continue with: mpirun -n {comm.size} mpisub-train --resume "
             f"{job.cfg.output.dir}") if e.checkpointed else ""
     print(f"mpisub-train: {signal_name}: {e}{then}", file=sys.stderr, flush=True)
@@ -196,7 +208,7 @@ def report_done(job: Job, result: dict, seconds: float) -> None:
     print(f"look at it: mpisub-inspect {cfg.output.dir}   (or: h5dump -A {path})")
 
 
-def record_peak_memory(comm, log) -> None:
+def record_peak_memory(comm: Comm, log: Loggers) -> None:
 
     peaks = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
     log.log_facts({"peak_rss_mb": peaks})

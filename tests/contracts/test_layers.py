@@ -9,9 +9,19 @@ PACKAGE = pathlib.Path(mpisub.__file__).parent
 LAYERS = {"_util": 0, "nn": 1, "config": 2, "io": 3, "parallel": 3, "train": 4, "analysis": 4, "study": 5, "bench": 6}
 
 
+def _type_only(tree: ast.Module) -> set[ast.AST]:
+    """The imports under `if TYPE_CHECKING:`: never run, they name the types a signature takes
+    (a Config for nn's functions), so they may come from any layer."""
+    blocks = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]
+    return {i for b in blocks for i in ast.walk(b)}
+
+
 def _imports(tree: ast.Module):
-    """(line, the mpisub subpackage imported) for every import of mpisub in the module."""
+    """(line, the mpisub subpackage imported) for every import of mpisub the module runs."""
+    skip = _type_only(tree)
     for node in ast.walk(tree):
+        if node in skip:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mpisub":
             parts = node.module.split(".")
             for sub in ([parts[1]] if len(parts) > 1 else [a.name for a in node.names]):
