@@ -3,6 +3,7 @@ exit codes and environment variables; its run-file and checkpoint sections name 
 hold; every `module.name` it (or the README) cites exists."""
 import glob
 import importlib
+import importlib.util
 import inspect
 import os
 import pkgutil
@@ -61,6 +62,9 @@ def test_every_environment_variable_the_code_reads_is_in_the_table():
 
 
 def _has(module, attr: str) -> bool:
+    """A name of the module, a method of one of its classes, or (a subpackage) one of its modules."""
+    if hasattr(module, "__path__") and importlib.util.find_spec(f"{module.__name__}.{attr}") is not None:
+        return True
     return hasattr(module, attr) or any(hasattr(c, attr) for _, c in inspect.getmembers(module, inspect.isclass)
                                         if c.__module__ == module.__name__)
 

@@ -81,7 +81,7 @@ def test_kernels_cache_in_the_user_dir_when_the_package_is_read_only(tmp_path):
         subprocess.run(["umount", str(mnt)], capture_output=True)
         pytest.skip("cannot bind-mount read-only here (needs root in a mount namespace)")
     try:
-        code = ("import numpy as np, mpisub; from mpisub import kernels; kernels.compile_for(np.float64); "
+        code = ("import numpy as np, mpisub; from mpisub.nn import kernels; kernels.compile_for(np.float64); "
                 "print(mpisub.__file__)")
         env = {**os.environ, "PYTHONPATH": str(mnt), "HOME": str(home)}
         env.pop("NUMBA_CACHE_DIR", None)
@@ -100,7 +100,7 @@ def test_kernels_cache_in_the_user_dir_when_the_package_is_read_only(tmp_path):
 def test_a_launch_compiles_only_the_kernels_its_plan_uses_and_knows_a_cold_cache(tmp_path):
     """With an empty numba cache, cache_is_cold() says so; compile_for(dtype, "rows") caches the
     local step and the evaluation but not plan outputs' kernels; then the cache is warm."""
-    code = ("import numpy as np; from mpisub import kernels; print(kernels.cache_is_cold()); "
+    code = ("import numpy as np; from mpisub.nn import kernels; print(kernels.cache_is_cold()); "
             "kernels.compile_for(np.float64, 'rows'); print(kernels.cache_is_cold())")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
