@@ -26,7 +26,7 @@ def test_the_checkpoint_section_names_what_a_checkpoint_holds(trained):
     text = section("### The checkpoint")
     assert f"(format {schema.CHECKPOINT_FORMAT})" in text
     with h5py.File(trained(1, **JOB) / "checkpoint.h5", "r") as f:
-        assert set(f.attrs) == set(re.findall(r"`([a-z_0-9]+)`", section.split(";")[0]))
+        assert set(f.attrs) == set(re.findall(r"`([a-z_0-9]+)`", text.split(";")[0]))
         names = []
         f.visit(lambda name: names.append(name) if isinstance(f[name], h5py.Dataset) else None)
     cited = {"W", "W_sha256"} | {f"{table}/{name}" for table in schema.TABLES for name in schema.columns(table)}
