@@ -26,7 +26,14 @@ if TYPE_CHECKING:  # types only: never imported at run time
 
 class Run:
     """One run file. Attributes, config and tables are read at once (they are small); the arrays
-    (W, W_init, a, X, Y, H, masks) are read when first asked for."""
+    (W, W_init, a, X, Y, H, masks) are read when first asked for.
+
+    Args:
+        path: a run folder or its run.h5.
+
+    Raises:
+        UserError: the file is damaged or not a run file (io.readback checks it as untrusted input).
+    """
 
     def __init__(self, path: str):
         if os.path.isdir(path):
@@ -69,9 +76,15 @@ class Run:
 
     @property
     def inputs(self) -> Inputs:
-        """How the run normalized its inputs (data.Inputs), from the run file: new inputs go through
-        it as the training set did. A UserError for a 'standardize' run from before mpisub 0.4,
-        which did not store the statistics."""
+        """How the run normalized its inputs, from the run file: new inputs go through it as the
+        training set did.
+
+        Returns:
+            The data.Inputs of the run's data.normalize, with the training set's statistics.
+
+        Raises:
+            UserError: a 'standardize' run from before mpisub 0.4, which did not store them.
+        """
         how = self._data.get("normalize", self.config["data"]["normalize"])
         if how == "standardize" and "mean" not in self._data:
             raise UserError(f"{self.path}: the run standardized its inputs but does not store the training set's "
@@ -79,8 +92,17 @@ class Run:
         return Inputs(how, self._data.get("mean"), self._data.get("std"))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """The trained network's outputs f(W, x) (n x c, float64) for raw inputs X (n x d),
-        normalized as the training set was; for classification, the class is their argmax."""
+        """The trained network's outputs f(W, x) for raw inputs, normalized as the training set was.
+
+        Args:
+            X: n x d inputs (one sample: a vector of d).
+
+        Returns:
+            The n x c outputs in float64; for classification, the class is their argmax.
+
+        Raises:
+            UserError: X does not have the run's d inputs per sample.
+        """
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         d = self.config["data"]["d"]
         if X.ndim != 2 or X.shape[1] != d:
@@ -89,27 +111,45 @@ class Run:
 
     @property
     def given(self) -> dict:
-        """The config as given, {"section.key": value} (auto values auto; before mpisub 0.3 the
-        resolved config)."""
+        """The config as given, auto values still auto (before mpisub 0.3: the resolved config).
+
+        Returns:
+            {"section.key": value}.
+        """
         return flatten(json.loads(self.attrs.get("config_given") or self.attrs["config"]))
 
     def rows(self, table: str = "metrics") -> list[dict]:
-        """A table ("metrics": one row per round; "eval": one per evaluation) as one dict per row."""
+        """One of the run's two tables as one dict per row.
+
+        Args:
+            table: "metrics" (one row per round) or "eval" (one per evaluation of the full network).
+
+        Returns:
+            The rows in order, each {column: value} (schema.COLUMNS).
+        """
         columns = self.metrics if table == "metrics" else self.eval
         return [{name: values[i].item() for name, values in columns.items()} for i in range(len(columns["round"]))]
 
     def to_dataframe(self) -> Any:
-        """The per-round metrics and the evaluations as one pandas DataFrame indexed by round: an
-        evaluated round's row has its eval columns (NaN in the others; round 0 has only them).
-        pandas is optional: pip install pandas."""
+        """The per-round metrics and the evaluations as one pandas DataFrame (pandas is optional:
+        pip install pandas).
+
+        Returns:
+            A DataFrame indexed by round: an evaluated round's row has its eval columns (NaN in the
+            others; round 0 has only them).
+        """
         pd = _pandas()
         metrics = pd.DataFrame(self.metrics).set_index("round")
         evals = pd.DataFrame(self.eval).set_index("round")
         return metrics.join(evals, how="outer").rename_axis("round")
 
     def scores(self) -> dict:
-        """{name: {"final", "best", "best_round"}} of every score (schema.SCORES) the run has: the
-        full network's after training (round 0 aside) and the subnetworks' per round."""
+        """Every score (schema.SCORES) the run has: the full network's after training (round 0
+        aside) and the subnetworks' per round.
+
+        Returns:
+            {name: {"final": value, "best": value, "best_round": round}}.
+        """
         out = {}
         for name, better in schema.SCORES.items():
             table = self.metrics if name in self.metrics else self.eval
@@ -128,7 +168,11 @@ class Run:
         """The loss level the run settles at: with train.plateau_window N, the authors' estimate
         (the best N-point running mean of the full loss, theory.running_plateau) and the round the
         rule stopped it; else the geometric mean over the last quarter of the rounds
-        (theory.curve_summary). {"plateau", "how", "stopped_at"}."""
+        (theory.curve_summary).
+
+        Returns:
+            {"plateau": level or None, "how": which estimate, "stopped_at": round or None}.
+        """
         tr = self.config["train"]
         window = tr.get("plateau_window", 0)
         if window:
@@ -140,7 +184,11 @@ class Run:
                 "how": "geometric mean of the last quarter", "stopped_at": None}
 
     def rate(self) -> float | None:
-        """Empirical per-round linear rate of the full-network loss (fit of log loss over rounds)."""
+        """The empirical linear rate of the full network's loss.
+
+        Returns:
+            The per-round factor from a fit of log loss over rounds (None with too few evaluations).
+        """
         done = self.eval["round"] > 0
         return theory.linear_rate(self.eval["loss"][done], self.eval["round"][done])
 
@@ -162,8 +210,12 @@ class Runs(list):
     """Several runs (open_runs), with one DataFrame of them all."""
 
     def to_dataframe(self) -> Any:
-        """Every run's Run.to_dataframe() in one frame: a `run` column (its folder) and one column
-        per config key in which the runs differ, then round and the tables' columns."""
+        """Every run's Run.to_dataframe() in one frame (pandas is optional: pip install pandas).
+
+        Returns:
+            A DataFrame: a `run` column (its folder) and one column per config key in which the
+            runs differ, then round and the tables' columns.
+        """
         pd = _pandas()
         keys = differing_keys(self)
         frames = []
@@ -177,13 +229,31 @@ class Runs(list):
 
 
 def open_run(path: str) -> Run:
-    """A run folder or its run.h5."""
+    """Open one run.
+
+    Args:
+        path: a run folder or its run.h5.
+
+    Returns:
+        The Run (its tables read; its arrays read when first asked for).
+
+    Raises:
+        UserError: the file is damaged or not a run file.
+    """
     return Run(path)
 
 
 def open_runs(pattern: str) -> Runs:
-    """Every run matching a glob of folders or run.h5 files (e.g. "runs/sweep-*"), sorted by path:
-    the folders that hold a run.h5 and the .h5 files (a sweep's folder also holds logs and data)."""
+    """Open every run that a glob matches.
+
+    Args:
+        pattern: a glob of run folders or run.h5 files (e.g. "runs/sweep-*"); of what it matches,
+            the folders that hold a run.h5 and the .h5 files count (a sweep's folder also holds logs
+            and data).
+
+    Returns:
+        The Runs, sorted by path (empty when nothing matches).
+    """
     paths = []
     for p in sorted(globbing.glob(pattern)):
         if (os.path.isfile(p) and p.lower().endswith((".h5", ".hdf5"))) or os.path.isfile(os.path.join(p, FILENAME)):

@@ -47,7 +47,11 @@ class Communicator(RowExchange, Protocol):
     seconds: float
 
     def library(self) -> str:
-        """The MPI library's one-line name, for the run file."""
+        """The MPI library, for the run file.
+
+        Returns:
+            Its one-line name.
+        """
 
     def sums(self, values: Sequence[float]) -> np.ndarray:
         """The sums over the ranks of a few numbers.
@@ -113,4 +117,8 @@ class Communicator(RowExchange, Protocol):
         """Wait until every rank is here."""
 
     def take_counters(self) -> tuple[float, int, int]:
-        """The collectives' seconds, bytes sent and bytes received since the last call (counters.Counted)."""
+        """The collectives' counters since the last call (counters.Counted), which it resets.
+
+        Returns:
+            (seconds, bytes sent, bytes received).
+        """
