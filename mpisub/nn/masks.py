@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # types only: never imported at run time
 
 # purposes, so that e.g. the data stream and the init stream never coincide
 DATA, INIT, MASK, BATCH = 0, 1, 2, 3
+SIZES = 0     # under (MASK, round): categorical's part sizes
 
 
 def stream(seed: int, *key: int) -> np.random.Generator:
@@ -87,34 +88,38 @@ class Bernoulli(MaskKind):
         return np.repeat(np.arange(r.p), [len(h) for h in held]), np.concatenate(held)
 
 
-class Categorical(MaskKind):
-    """Every neuron independently uniform over the p subnetworks (one stream per round)."""
-    name = "categorical"
-
-    def members(self, r: RoundMasks, l: int) -> np.ndarray:
-        return np.flatnonzero(r.assignment == l)
-
-    def holders(self, r: RoundMasks, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        return by_subnet(r.assignment[lo:hi], np.arange(lo, hi), r.p)
-
-
 class Partition(MaskKind):
-    """IST: one random permutation of the m neurons per round, cut into p near-equal parts (the
-    first m mod p parts one longer)."""
+    """IST: a random permutation of the m neurons per round, cut into p near-equal parts (the
+    first m mod p parts one longer). The permutation is keyed and random-access (Permutation), so a
+    rank computes the positions of its subnetworks' parts and the inverse at its own neurons, O(m/K)
+    work, never all m."""
     name = "partition"
 
     def draw_bytes(self, m: int, owned: int, p: int) -> int:
-        return 8 * m + m + 16 * owned
+        return 8 * (-(-m // p) + 6 * owned)
+
+    def sizes(self, r: RoundMasks) -> np.ndarray:
+        """The parts' sizes: as numpy's array_split cuts m into p."""
+        return np.full(r.p, r.m // r.p) + (np.arange(r.p) < r.m % r.p)
 
     def members(self, r: RoundMasks, l: int) -> np.ndarray:
         b = r.parts
-        return np.sort(r.permutation[b[l]:b[l + 1]])
+        return np.sort(r.permutation(np.arange(b[l], b[l + 1])))
 
     def holders(self, r: RoundMasks, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        at = np.flatnonzero((r.permutation >= lo) & (r.permutation < hi))   # positions of the owned neurons
-        subnet = np.empty(hi - lo, dtype=np.int64)                           # every neuron is in one part
-        subnet[r.permutation[at] - lo] = np.searchsorted(r.parts, at, side="right") - 1
-        return by_subnet(subnet, np.arange(lo, hi), r.p)
+        at = r.permutation.inverse(np.arange(lo, hi))      # the owned neurons' positions
+        return by_subnet(np.searchsorted(r.parts, at, side="right") - 1, np.arange(lo, hi), r.p)
+
+
+class Categorical(Partition):
+    """Every neuron independently uniform over the p subnetworks: drawn as the parts' sizes,
+    multinomial (m; 1/p, ..., 1/p), and the round's random permutation cut into parts of those
+    sizes, which is the same distribution (given the sizes, every assignment with them is equally
+    likely) and leaves a rank O(m/K + p) work."""
+    name = "categorical"
+
+    def sizes(self, r: RoundMasks) -> np.ndarray:
+        return stream(r.seed, MASK, r.k, SIZES).multinomial(r.m, np.full(r.p, 1.0 / r.p))
 
 
 class Full(MaskKind):
@@ -141,6 +146,53 @@ class Full(MaskKind):
 
 
 KINDS = {kind.name: kind for kind in (Bernoulli(), Categorical(), Partition(), Full())}
+
+
+class Permutation:
+    """A random permutation of [0, m) that maps any position without drawing the others (a keyed
+    pseudorandom permutation): a balanced Feistel network of ROUNDS rounds over the smallest even
+    power of two >= m, walked back into [0, m) (cycle walking, Black & Rogaway 2002: apply it again
+    while the image is >= m, at most 4 times on average). The round function is splitmix64 of the
+    right half xor the round's key. perm(i) is the neuron at position i; inverse(r) the position
+    of neuron r. numpy only, uint64 arithmetic modulo 2^64."""
+    ROUNDS = 8
+
+    def __init__(self, m: int, keys: np.ndarray):
+        self.m, self.keys = m, np.asarray(keys, dtype=np.uint64)
+        half = (max(2, (m - 1).bit_length()) + 1) // 2
+        self.half, self.low = np.uint64(half), np.uint64((1 << half) - 1)
+
+    def _f(self, x: np.ndarray, key: np.uint64) -> np.ndarray:
+        z = (x ^ key) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return (z ^ (z >> np.uint64(31))) & self.low
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> self.half, x & self.low
+        for key in self.keys:
+            left, right = right, left ^ self._f(right, key)
+        return (left << self.half) | right
+
+    def _backward(self, y: np.ndarray) -> np.ndarray:
+        left, right = y >> self.half, y & self.low
+        for key in self.keys[::-1]:
+            left, right = right ^ self._f(left, key), left
+        return (left << self.half) | right
+
+    def _walk(self, step, x: np.ndarray) -> np.ndarray:
+        out = step(np.asarray(x, dtype=np.uint64))
+        outside = np.flatnonzero(out >= self.m)
+        while len(outside):
+            out[outside] = step(out[outside])
+            outside = outside[out[outside] >= self.m]
+        return out.astype(np.int64)
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        return self._walk(self._forward, positions)
+
+    def inverse(self, neurons: np.ndarray) -> np.ndarray:
+        return self._walk(self._backward, neurons)
 
 
 def by_subnet(subnets: np.ndarray, neurons: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,18 +243,15 @@ class RoundMasks:
 
     # the streams, drawn once per round when a kind first asks
     @cached_property
-    def permutation(self) -> np.ndarray:
-        return stream(self.seed, MASK, self.k).permutation(self.m)
+    def permutation(self) -> Permutation:
+        """The round's permutation, keyed by the SeedSequence (seed, MASK, round)'s first words."""
+        keys = np.random.SeedSequence(self.seed, spawn_key=(MASK, self.k)).generate_state(Permutation.ROUNDS, np.uint64)
+        return Permutation(self.m, keys)
 
     @cached_property
     def parts(self) -> np.ndarray:
-        """Where each of the p parts of the permutation starts (as numpy's array_split cuts), and m."""
-        l = np.arange(self.p + 1)
-        return l * (self.m // self.p) + np.minimum(l, self.m % self.p)
-
-    @cached_property
-    def assignment(self) -> np.ndarray:
-        return stream(self.seed, MASK, self.k).integers(self.p, size=self.m)
+        """Where each of the p parts of the permutation starts (the kind's sizes), and m."""
+        return np.concatenate([[0], np.cumsum(self.kind.sizes(self))]).astype(np.int64)  # type: ignore[union-attr]
 
     @cached_property
     def _keys(self) -> np.ndarray:
