@@ -5,7 +5,7 @@ import functools
 import hashlib
 import os
 
-__version__ = "0.5.0"   # the one place it is written (pyproject.toml and mpisub.__version__ read it); CHANGELOG.md
+__version__ = "0.6.0"   # the one place it is written (pyproject.toml and mpisub.__version__ read it); CHANGELOG.md
 
 # the modules whose code decides a run's numbers (paths under mpisub/): a checkpoint written by other
 # code of these may not continue bit for bit, even under the same version number

@@ -135,6 +135,7 @@ def bench_main(argv: list[str] | None = None) -> None:
 
 def _scaling(args) -> dict:
     # lazy, for start-up time: the scaling tables load MPI and numba, which the other benchmarks do not
+    from mpisub.bench.cluster import cluster_main
     from mpisub.bench.scaling import CASE, MEASURED, scaling_main
     from mpisub.bench.strong import strong_main
 
@@ -143,7 +144,8 @@ def _scaling(args) -> dict:
     if odd:
         raise UserError(f"--ranks {odd[0]}: the scaling case trains masks.subnets = {p} under plan rows "
                         f"at every K; give ranks that divide {p} (e.g. --ranks 1 2 4 8)")
-    return {"traffic": scaling_main(args.width, tuple(args.ranks or MEASURED)), **strong_main(args.strong_width)}
+    numbers = {**scaling_main(args.width, tuple(args.ranks or MEASURED)), **strong_main(args.strong_width)}
+    return {**numbers, **cluster_main(numbers["strong"], args.strong_width)}
 
 
 def _cases(args) -> dict:

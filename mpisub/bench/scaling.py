@@ -13,7 +13,7 @@ Modelled, for partition masks (p subnetworks, a multiple of K), W_bytes = m d it
     trained rows by a ring Allgatherv: sent W_bytes/K, received (K-1)/K * W_bytes,
     (K-1) alpha + (K-1)/K * W_bytes * beta
 with the alpha-beta costs of Thakur, Rabenseifner & Gropp (MPICH's collectives) for a 200 Gb/s
-link: beta = 1/25 GB/s, alpha = 1.5 us. Both add an evaluation: an Allreduce of n c + 6 float64
+link: beta = 1/25 GB/s, alpha = 1.5 us. Both add an evaluation: an Allreduce of n c + 8 float64
 and one of 1 (Rabenseifner: 2 log K alpha + 2 (K-1)/K bytes beta).
 """
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _case(width: int, K: int):
     return settle(config.build(overrides=set_args(values)[1::2]), K)[0]
 
 
-def scaling_main(width: int, measured: tuple[int, ...] = MEASURED) -> list[dict]:
+def scaling_main(width: int, measured: tuple[int, ...] = MEASURED) -> dict:
     from mpisub.train.evaluate import message_floats  # lazy, for start-up time: it loads numba
 
     cfg = _case(width, 1)
@@ -146,7 +146,37 @@ def scaling_main(width: int, measured: tuple[int, ...] = MEASURED) -> list[dict]
         print(f"{r['K']:>5} | {moved / 1e6 if moved is not None else float('nan'):>27.3f} | "
               f"{model_total / 1e6:>8.3f} | {ratio} | {r.get('outputs_peak_rss_mb', float('nan')):>13.0f} | "
               f"{r['outputs_memory'] / mib:>8.0f} | {r['outputs_seconds']:>12.6f}")
+    writes = checkpoint_writes(width, W_bytes)
     print("\nsent+recv: rank 0's bytes per round (measured: run file metrics bytes_comm + bytes_recv); model: "
           "owner storage; replicated: every rank holding all of W (before owner storage). peak: the largest "
           "rank's peak RSS (measured), the resources estimate, and the replicated design's estimate.")
-    return rows
+    return {"traffic": rows, "writes": writes}
+
+
+def checkpoint_writes(width: int, W_bytes: float, ranks: tuple[int, ...] = (1, 4)) -> list[dict]:
+    """What each rank writes in a run with a checkpoint every round, measured (the run file's
+    written_mb): at K ranks a rank should write W/K per checkpoint plus small metadata, rank 0
+    too. Prints the table and returns its rows."""
+    mpirun, train = executables()
+    rounds, out = 3, []
+    with tempfile.TemporaryDirectory(prefix="mpisub-writes-") as tmp:
+        for K in ranks:
+            folder = os.path.join(tmp, f"K{K}")
+            values = {**CASE, "model.width": width, "output.dir": folder, "train.plan": "rows",
+                      "train.rounds": rounds, "output.checkpoint_every": 1}
+            job = subprocess.run([mpirun, "-n", str(K), train, *set_args(values)], capture_output=True, text=True,
+                                 env=thread_env(1), timeout=1800)
+            if job.returncode:
+                raise RuntimeError(f"mpisub-train failed at K = {K}:\n{job.stdout[-2000:]}\n{job.stderr[-2000:]}")
+            written = np.asarray(read_run(folder, arrays=False)["attrs"]["written_mb"], dtype=float) * 2**20
+            out.append({"K": K, "rank0": float(written[0]), "others": float(written[1:].max()) if K > 1 else 0.0,
+                        "shares": (rounds + 2) * W_bytes / K})   # W_init and rounds + 1 checkpoints of its rows
+    mib, base = 2**20, out[0]["rank0"]
+    print(f"\nbytes written per rank, {rounds} rounds with a checkpoint every round (and one before round 1; "
+          f"W = {W_bytes / mib:.0f} MiB; measured: run file attr written_mb):\n"
+          f"{'K':>5} | {'rank 0 MiB':>10} | {'vs K = 1':>8} | {'largest other MiB':>17} | "
+          f"{'its rows: (rounds + 2) W/K MiB':>30} | {'rank 0 beyond its rows, MiB per checkpoint':>42}")
+    for r in out:
+        print(f"{r['K']:>5} | {r['rank0'] / mib:>10.1f} | {r['rank0'] / base:>8.2f} | {r['others'] / mib:>17.1f} | "
+              f"{r['shares'] / mib:>30.1f} | {(r['rank0'] - r['shares']) / (rounds + 1) / mib:>42.2f}")
+    return out

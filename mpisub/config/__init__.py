@@ -94,6 +94,7 @@ class OutputConfig(_Section):
     dir: str = ""               # "" = runs/<timestamp>
     log_every: int = 0          # 0 = about 20 progress lines per run
     checkpoint_every: int = 10  # rounds between checkpoints (and one at the end, or on SIGTERM/SIGUSR1)
+    checkpoint_seconds: float = 0.0  # > 0: also one once this many seconds have passed since the last
     eval_every: int = 0         # rounds between evaluations of the full network (0 = about 5% of the time)
     record_masks: bool = False
     overwrite: bool = False
@@ -192,7 +193,7 @@ RULES: dict[str, Interval | Options | Anything] = {
     "model.init_scale": Interval(0.0, open_low=True),
     "model.dtype": Options(("float64", "float32")),
     "model.parametrization": Options(("ntk", "standard")),
-    "model.init_from": ANY,                  # resolve.settle: absolute; readback.check_init: the run's W and a
+    "model.init_from": ANY,                  # resolve.settle: absolute; parent.check_init: the run's W and a
     "masks.kind": Options(tuple(KINDS)),
     "masks.subnets": COUNT,                  # 0: the kind's own
     "masks.keep": Interval(0.0, 1.0),
@@ -214,6 +215,7 @@ RULES: dict[str, Interval | Options | Anything] = {
     "output.dir": ANY,
     "output.log_every": COUNT,               # 0: about 20 lines a run
     "output.checkpoint_every": POSITIVE,
+    "output.checkpoint_seconds": Interval(0.0),   # 0: by rounds only
     "output.eval_every": COUNT,              # 0: resolve.EVAL_SHARE of the training time
     "output.record_masks": ANY,
     "output.overwrite": ANY,
@@ -304,10 +306,11 @@ def _one_length(cfg: Config, chosen: set) -> None:
 
 
 # keys that change how a run goes, not what it computes or records (a sweep does not compare them)
-HOW_KEYS = ("output.dir", "output.overwrite", "output.checkpoint_every", "output.log_every", "output.tensorboard",
-            "train.memory_limit_mb", "train.watchdog_seconds")
+HOW_KEYS = ("output.dir", "output.overwrite", "output.checkpoint_every", "output.checkpoint_seconds",
+            "output.log_every", "output.tensorboard", "train.memory_limit_mb", "train.watchdog_seconds")
 # a resumed run continues the stored config; these may change without changing its results
-RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.log_every", "train.memory_limit_mb",
+RESUME_KEYS = ("train.rounds", "output.checkpoint_every", "output.checkpoint_seconds", "output.log_every",
+               "train.memory_limit_mb",
                "output.tensorboard", "output.eval_every", "train.watchdog_seconds", "train.budget")
 
 

@@ -14,10 +14,52 @@ if TYPE_CHECKING:  # types only: never imported at run time
     from typing import Any
 
 CHUNK_BYTES = 2**20     # W's rows are hashed in chunks of about this many bytes
+USERBLOCK = 512         # the seal's room at the start of a file mpisub writes (HDF5 skips a user block)
+SEAL = b"mpisub sealed sha256 "
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def seal(path: str) -> None:
+    """Writes into the user block of the closed HDF5 file at `path` (made with userblock_size =
+    USERBLOCK) the sha256 of everything after it, so a reader can check the file's bytes before
+    HDF5 parses them (HDF5 can loop for ever on a damaged file)."""
+    h = hashlib.sha256()
+    with open(path, "r+b") as f:
+        f.seek(USERBLOCK)
+        for block in iter(lambda: f.read(2**22), b""):
+            h.update(block)
+        f.seek(0)
+        f.write(SEAL + h.hexdigest().encode())
+
+
+def sealed(path: str) -> bool | None:
+    """True when the file's seal matches its bytes, False when it does not (damaged: a seal, or an
+    HDF5 file behind a user block, that does not match), None when it has no seal: an HDF5 file
+    from before seals (format 4 and older), or no HDF5 file at all (HDF5 then says so)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        head = f.read(USERBLOCK)
+        if head.startswith(HDF5_SIGNATURE):
+            return None
+        body = f.read(len(HDF5_SIGNATURE))
+        if not head.startswith(SEAL) and body != HDF5_SIGNATURE:
+            return None
+        h.update(body)
+        for block in iter(lambda: f.read(2**22), b""):
+            h.update(block)
+    return head.startswith(SEAL) and head[len(SEAL): len(SEAL) + 64] == h.hexdigest().encode()
 
 
 def chunk_rows(d: int, itemsize: int) -> int:
     return max(1, CHUNK_BYTES // max(1, d * itemsize))
+
+
+def chunk_bounds(shard_bounds: list[int], rows: int) -> list[tuple[int, int]]:
+    """The rows [a, b) of each digest of a matrix stored in shards that start at shard_bounds[:-1]
+    (the last bound is its row count): chunks of `rows` rows counted from each shard's first row,
+    each shard's last one shorter. One shard, [0, m]: format 4's chunks."""
+    return [(a, min(a + rows, hi)) for lo, hi in zip(shard_bounds[:-1], shard_bounds[1:])
+            for a in range(lo, hi, rows)]
 
 
 class RowHasher:

@@ -1,28 +1,28 @@
 """What a run reports, through one narrow interface (after PyTorch Lightning's loggers).
 
 Rank 0 holds the real loggers, the run file (store.RunFile) and TensorBoard (tboard.TensorBoard);
-the other ranks hold none. Every rank calls every method at the same point of the run, because
-`save_weights` streams each rank's block of W to rank 0 (comm.blocks_at_root): a logger that keeps
-no weights lets the blocks pass. A new output writer is one Logger subclass and one line in
+the other ranks hold none. W's rows never pass through a logger: every rank writes its own shard
+(shards.py), and `log_weights` and `log_checkpoint` get the shards' names, bounds and digests,
+which the keeper of the weights points its files at. A new output writer is one Logger subclass and one line in
 start.loggers_for (docs/design.md, section 5, "Where a change goes").
 """
 from __future__ import annotations
 
-import types
 from typing import TYPE_CHECKING
 
 from mpisub._util.errors import UserError, cause
 
 if TYPE_CHECKING:  # types only: never imported at run time
-    from collections.abc import Iterable
     from typing import Any
 
     import numpy as np
 
+    from mpisub.io.shards import Shard
+
 
 class Logger:
-    """The interface, and the logger that records nothing. `keeps_weights`: it stores W (and the
-    checkpoint) from save_weights' blocks; at most one logger of a run does."""
+    """The interface, and the logger that records nothing. `keeps_weights`: it points its files at
+    W's shards and writes the checkpoints' manifests; at most one logger of a run does."""
     keeps_weights = False
 
     def log_start(self, start: dict) -> None:
@@ -40,16 +40,15 @@ class Logger:
     def log_eval(self, row: dict) -> None:
         """One evaluation of the full network (schema.EVAL)."""
 
-    def save_weights(self, blocks: Iterable[tuple[int, np.ndarray]], rounds_done: int, *, init: bool = False,
-                     weights: bool = True,
-                     checkpoint: dict | None = None) -> None:
-        """W, as (first row, rows) blocks in row order: into W_init (init), the latest W (weights)
-        and a checkpoint of `checkpoint`'s histories. This one lets the blocks pass."""
-        for _ in blocks:
-            pass
+    def log_weights(self, parts: list[Shard], rounds_done: int, *, init: bool = False) -> None:
+        """W_init (init) or the latest W is now the ranks' shards `parts` (rank order)."""
+
+    def log_checkpoint(self, parts: list[Shard], state: dict) -> None:
+        """A checkpoint of the shards `parts` (all on disk) and `state`: round, loss_init, the
+        histories ("metrics", "evals": {column: values})."""
 
     def log_facts(self, facts: dict) -> None:
-        """Facts known at the end: {"peak_rss_mb": per rank}."""
+        """Facts known at the end: {"peak_rss_mb": per rank, "written_mb": per rank}."""
 
     def publish(self) -> None:
         """Everything a resumed run's predecessor held is in: the outputs may replace it."""
@@ -65,7 +64,7 @@ class Loggers(Logger):
     leave the others waiting in a collective). Writes after a failure are skipped, but the blocks
     other ranks send are still received."""
 
-    def __init__(self, loggers: list):
+    def __init__(self, loggers: list[Logger]):
         self.loggers = loggers
         self.error: OSError | RuntimeError | None = None
         self.last_checkpoint: int | None = None  # rounds done at the last checkpoint on disk (rank 0 knows)
@@ -102,19 +101,23 @@ class Loggers(Logger):
     def publish(self) -> None:
         self._each(lambda logger: logger.publish())
 
-    def save_weights(self, blocks: Iterable[tuple[int, np.ndarray]], rounds_done: int, *, init: bool = False,
-                     weights: bool = True, checkpoint: dict | None = None) -> None:
-        keeper = next((logger for logger in self.loggers if logger.keeps_weights), None)
-        try:
-            if keeper is not None:
-                self._guard(lambda: keeper.save_weights(blocks, rounds_done, init=init, weights=weights,
-                                                        checkpoint=checkpoint))
-                if checkpoint and self.error is None:
-                    self.last_checkpoint = rounds_done
-        finally:
-            if isinstance(blocks, types.GeneratorType):   # the other ranks' blocks, received to the end
-                for _ in blocks:
-                    pass
+    def _keeper(self) -> Logger | None:
+        return next((logger for logger in self.loggers if logger.keeps_weights), None)
+
+    def log_weights(self, parts: list[Shard], rounds_done: int, *, init: bool = False) -> None:
+        if (keeper := self._keeper()) is not None:
+            self._guard(lambda: keeper.log_weights(parts, rounds_done, init=init))
+
+    def log_checkpoint(self, parts: list[Shard], state: dict) -> None:
+        if (keeper := self._keeper()) is not None:
+            self._guard(lambda: keeper.log_checkpoint(parts, state))
+            if self.error is None:
+                self.last_checkpoint = int(state["round"])
+
+    def hold(self, error: OSError | RuntimeError) -> None:
+        """Another rank's failed write (its shard), held as one of rank 0's own."""
+        if self.error is None:
+            self.error = error
 
     def finalize(self, status: str) -> None:
         for logger in self.loggers:

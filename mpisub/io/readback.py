@@ -7,7 +7,6 @@ only: no MPI, no numba."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from typing import TYPE_CHECKING
@@ -18,14 +17,14 @@ import numpy as np
 from mpisub import config
 from mpisub._util.errors import UserError, cause
 from mpisub._util.provenance import __version__, code_hash
-from mpisub.io import integrity, schema
+from mpisub.io import integrity, schema, shards
 from mpisub.io.run_folder import CHECKPOINT, FILENAME
 from mpisub.io.schema import CHECKPOINT_FORMAT, CHECKPOINT_FORMATS
+from mpisub.io.shards import Shard
 
 if TYPE_CHECKING:  # types only: never imported at run time
     from typing import Any
 
-    from mpisub.config import Config
 
 
 class CheckedFile:
@@ -107,7 +106,7 @@ def _run_layout(f, what: str) -> dict:
     return attrs
 
 
-def _read_h5(path: str, read, what: str, then: str):
+def read_h5(path: str, read: Any, what: str, then: str) -> Any:
     """read(f) of the HDF5 file at path: a damaged file (whatever h5py raises) is one line, `what
     (the cause)then`."""
     try:
@@ -125,13 +124,15 @@ def read_run(path: str, arrays: bool = True) -> dict:
     wrong with it."""
     if os.path.isdir(path):
         path = os.path.join(path, FILENAME)
-    return _read_h5(path, lambda f: _read_run(f, path, arrays), f"{path}: not a readable mpisub run file", "")
+    return read_h5(path, lambda f: _read_run(f, path, arrays), f"{path}: not a readable mpisub run file", "")
 
 
 def _read_run(f, path: str, arrays: bool) -> dict:
     run: dict[str, Any] = {"attrs": _run_layout(f, path)}
     run["metrics"] = _table(f["metrics"])
-    run["metrics"].update(f["metrics"].attrs)
+    loss_init = CheckedFile(f["metrics"], f"{path}: /metrics").attr("loss_init", float, required=False)
+    if loss_init is not None:   # its one attribute (another, e.g. a damaged name, is not a column)
+        run["metrics"]["loss_init"] = loss_init
     if "eval" in f:
         run["eval"] = _table(f["eval"])
         if "round" not in run["eval"] or "loss" not in run["eval"]:
@@ -144,12 +145,25 @@ def _read_run(f, path: str, arrays: bool) -> dict:
             run[name] = float(f[f"theory/{name}"][()])
     for name in ("data/X", "data/Y", "model/a", "model/W_init", "model/W"):
         if arrays and name in f:
-            run[name] = f[name][()]
+            run[name] = matrix(f, name, path)[()]
             if run[name].ndim != 2:
                 raise UserError(f"{path}: /{name} has shape {run[name].shape}, not a matrix")
     if arrays and "masks" in f:
         run["masks"] = f["masks"][:len(run["metrics"]["round"])]   # a row per metrics row
     return run
+
+
+def matrix(f: h5py.File, name: str, what: str) -> h5py.Dataset:
+    """The dataset `name` of a run file, whose rows (W, W_init: a virtual dataset) may live in the
+    run folder's shards: a missing shard is a UserError (HDF5 would read its rows as NaN)."""
+    ds = f[name]
+    folder = os.path.dirname(os.path.abspath(f.filename))
+    missing = [n for n in shards.sources(ds) if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise UserError(f"{what}: /{name}'s rows live in the run folder's {shards.FOLDER}/, and {len(missing)} of its "
+                        f"{len(shards.sources(ds))} shards are not there ({missing[0]}): read the run in its own "
+                        f"folder, or copy the whole folder, {shards.FOLDER}/ included")
+    return ds
 
 
 def _data(f, path: str, d: int) -> dict:
@@ -207,11 +221,47 @@ def _check_W(L: CheckedFile, cfg: dict, fmt: int) -> None:
     if fmt >= 4:
         chunks = L.f.get("W_sha256")
         rows = chunks.attrs.get("chunk_rows") if isinstance(chunks, h5py.Dataset) else None
-        if not isinstance(rows, (int, np.integer)) or rows < 1 or chunks is None or \
-                chunks.shape != (-(-shape[0] // rows), 32):  # type: ignore[operator]  # W matched shape
+        if not isinstance(rows, (int, np.integer)) or rows < 1 or chunks is None or chunks.dtype != np.uint8 or \
+                chunks.shape != (chunks.shape[0] if fmt >= 5 else -(-shape[0] // rows), 32):  # type: ignore[operator]
             raise L.bad("W_sha256, the checksums of W's rows, is missing or of another shape")
         if L.attr("checksum", str) != integrity.content_digest(L.f):
             raise L.bad("its checksum does not match its contents (it was damaged or edited after it was written)")
+    if fmt >= 5:
+        _check_shards(L, shape)
+
+
+def _check_shards(L: CheckedFile, shape: tuple) -> None:
+    """Format 5: W a virtual dataset over shards named as mpisub names them, in the run folder,
+    covering W's rows in order, each there; the digests one per chunk of each shard."""
+    bounds, names = L.f.get("W_shards"), L.f.get("W_shard_names")
+    if not isinstance(bounds, h5py.Dataset) or not isinstance(names, h5py.Dataset) or bounds.dtype.kind != "i" or \
+            bounds.shape != (len(names) + 1,) or names.dtype.kind != "S":
+        raise L.bad("W_shards or W_shard_names, where W's rows are, is missing or of another shape")
+    bounds, names = bounds[()].tolist(), [n.decode(errors="replace") for n in names[()]]
+    if bounds[0] != 0 or bounds[-1] != shape[0] or any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise L.bad(f"W_shards {bounds} does not cut rows 0 ... {shape[0]} in order")
+    if not all(shards.NAME.fullmatch(n) for n in names) or shards.sources(L.f["W"]) != names:
+        raise L.bad("W is not the virtual dataset over the shards W_shard_names names")
+    folder = os.path.dirname(os.path.abspath(L.f.filename))
+    missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise L.bad(f"{len(missing)} of its {len(names)} shards of W are missing ({missing[0]}): copy or restore "
+                    f"the whole run folder, shards/ included")
+    if len(integrity.chunk_bounds(bounds, int(L.f["W_sha256"].attrs["chunk_rows"]))) != len(L.f["W_sha256"]):
+        raise L.bad("W_sha256 does not hold one digest per chunk of each shard")
+
+
+def _shards(f: h5py.File) -> list[Shard]:
+    """A format 5 checkpoint's shards, as checked by _check_shards (none before format 5)."""
+    if "W_shards" not in f:
+        return []
+    bounds, names = f["W_shards"][()].tolist(), [n.decode() for n in f["W_shard_names"][()]]
+    chunks = integrity.chunk_bounds(bounds, int(f["W_sha256"].attrs["chunk_rows"]))
+    digests, out = f["W_sha256"][()], []
+    for name, lo, hi in zip(names, bounds, bounds[1:]):
+        mine = [i for i, (a, _) in enumerate(chunks) if lo <= a < hi]
+        out.append(Shard(name, lo, hi, digests[mine[0]: mine[-1] + 1]))
+    return out
 
 
 def _check_config(L: CheckedFile, name: str):
@@ -236,12 +286,26 @@ def read_checkpoint(folder: str, allow_version_change: bool = False) -> dict:
                             f"(output.overwrite = true in this one would replace its {FILENAME})")
         raise UserError(f"--resume {folder!r} holds no checkpoint ({CHECKPOINT}): the run stopped before "
                         f"its first one; start it again (with output.overwrite = true in that folder)")
-    return _read_h5(path, lambda f: _read_checkpoint(f, folder, allow_version_change),
+    seal = _seal(path, f"--resume {folder!r}: {CHECKPOINT} is damaged and cannot be continued")
+    return read_h5(path, lambda f: _read_checkpoint(f, folder, allow_version_change, seal),
                     f"--resume {folder!r}: {CHECKPOINT} is not a readable mpisub checkpoint",
                     "; the run cannot continue from it")
 
 
-def _read_checkpoint(f, folder: str, allow_version_change: bool) -> dict:
+def _seal(path: str, what: str) -> bool | None:
+    """integrity.sealed(path), checked before HDF5 parses the file: a seal that does not match its
+    bytes is a UserError (True: sealed and whole; None: a file from before seals)."""
+    try:
+        seal = integrity.sealed(path)
+    except OSError as e:
+        raise UserError(f"{what} ({cause(e)})") from None
+    if seal is False:
+        raise UserError(f"{what}: its bytes do not match the sha256 sealed in it (it was damaged, truncated or edited "
+                        f"after it was written)")
+    return seal
+
+
+def _read_checkpoint(f, folder: str, allow_version_change: bool, seal: bool | None = True) -> dict:
 
     L = CheckedFile(f, f"--resume {folder!r}: {CHECKPOINT} is damaged and cannot be continued")
     fmt, version, written_by = L.attr("format", int), L.attr("mpisub_version", str), L.attr("code_hash", str)
@@ -251,6 +315,8 @@ def _read_checkpoint(f, folder: str, allow_version_change: bool) -> dict:
         raise UserError(f"--resume {folder!r}: its checkpoint was written by {written} in format {fmt}; this is "
                         f"{here}, which reads formats {', '.join(map(str, CHECKPOINT_FORMATS))}: resume with the "
                         f"version that wrote it, or start a new run")
+    if fmt >= 5 and not seal:
+        raise L.bad("a format 5 checkpoint without its seal (the sha256 of its bytes)")
     _check_W(L, L.attr("config", "json dict"), fmt)    # format 4: the checksum, before anything else is read
     changed = version != __version__ or written_by != code_hash()
     if changed and not allow_version_change:
@@ -261,7 +327,8 @@ def _read_checkpoint(f, folder: str, allow_version_change: bool) -> dict:
           "version_change": f"written by {written}, continued by {here}" if changed else "",
           "config": _check_config(L, "config").to_dict(), "round": L.attr("round", int),
           "loss_init": L.attr("loss_init", float), "data_sha256": L.attr("data_sha256", str),
-          "created": L.attr("created", str), "segments": L.attr("segments", "json list"), "shape": f["W"].shape}
+          "created": L.attr("created", str), "segments": L.attr("segments", "json list"), "shape": f["W"].shape,
+          "shards": _shards(f)}
     if ck["round"] < 0 or not np.isfinite(ck["loss_init"]) or ck["loss_init"] < 0:
         raise L.bad(f"attr 'round' ({ck['round']}) or 'loss_init' ({ck['loss_init']}) is out of range")
     ck["metrics"] = _history(L, "metrics", ck["round"], complete=fmt < 4)
@@ -301,6 +368,10 @@ def read_checkpoint_W(folder: str, lo: int = 0, hi: int | None = None) -> np.nda
         with h5py.File(path, "r") as f:
             W = f["W"]
             hi = W.shape[0] if hi is None else hi
+            for part in _shards(f):     # the shards it reads from: their bytes before HDF5 parses them
+                if part.lo < hi and part.hi > lo and \
+                        _seal(os.path.join(folder, part.name), f"{what}: its shard {part.name}") is not True:
+                    raise UserError(f"{what}: its shard {part.name} has no seal (the sha256 of its bytes)")
             rows = W[lo:hi]
             if "W_sha256" in f:
                 _verify_chunks(f, lo, hi, rows, what)
@@ -314,49 +385,16 @@ def read_checkpoint_W(folder: str, lo: int = 0, hi: int | None = None) -> np.nda
 
 
 def _verify_chunks(f, lo: int, hi: int, rows: np.ndarray, what: str) -> None:
-    """The chunks of W's rows that overlap lo:hi against their digests (the edge chunks read whole)."""
+    """The chunks of W's rows that overlap lo:hi against their digests (the edge chunks read whole):
+    chunks of each shard (format 5), or of W from row 0 (format 4)."""
     size, digests, W = int(f["W_sha256"].attrs["chunk_rows"]), f["W_sha256"], f["W"]
-    for c in range(lo // size, -(-hi // size)):
-        a, b = c * size, min((c + 1) * size, W.shape[0])
+    bounds = f["W_shards"][()].tolist() if "W_shards" in f else [0, W.shape[0]]
+    for c, (a, b) in enumerate(integrity.chunk_bounds(bounds, size)):
+        if b <= lo or a >= hi:
+            continue
         chunk = rows[a - lo: b - lo] if lo <= a and b <= hi else W[a:b]
         if not np.array_equal(integrity.chunk_digest(chunk), digests[c]):
             raise UserError(f"{what}: rows {a}:{b} of W do not match their checksum")
 
 
 __all__ = ["read_run", "read_checkpoint", "read_checkpoint_W", "CHECKPOINT_FORMAT"]
-
-
-def check_init(cfg: Config) -> dict:
-    """The finished run whose W and a start this one (model.init_from), checked as untrusted input:
-    a completed run, W (model.width x data.d) finite, a (model.width x data.outputs) of +-1. Returns
-    what the new run records of it: {"init_round", "init_sha256"} (sha256 of W's and a's bytes)."""
-    path = cfg.model.init_from
-    what = f"model.init_from {path!r}"
-    if not os.path.isfile(path):
-        raise UserError(f"{what}: no run file there; give a finished run's folder or its run.h5")
-
-    def read(f):
-        L = CheckedFile(f, what)
-        if L.attr("status", str) != "completed":
-            raise L.bad(f"the run is {f.attrs['status']!r}, not completed; finish it (mpisub-train --resume) first")
-        h = hashlib.sha256()
-        for name, cols in (("model/W", cfg.data.d), ("model/a", cfg.data.outputs)):
-            data = f.get(name)
-            if not isinstance(data, h5py.Dataset) or data.shape != (cfg.model.width, cols) or data.dtype.kind != "f":
-                have = data.shape if isinstance(data, h5py.Dataset) else "missing"
-                raise L.bad(f"{name} is {have}, not {cfg.model.width} x {cols} numbers: the new run must have the "
-                            f"same model.width, inputs and outputs")
-            for lo in range(0, cfg.model.width, 4096):
-                rows = data[lo:lo + 4096]
-                ok = np.isfinite(rows).all() if name == "model/W" else np.isin(rows, (-1.0, 1.0)).all()
-                if not ok:
-                    raise L.bad(f"{name} has {'values not finite' if name == 'model/W' else 'entries not +-1'}")
-                h.update(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
-        return {"init_round": int(f["model/W"].attrs.get("round", 0)), "init_sha256": h.hexdigest()}
-    return _read_h5(path, read, f"{what}: not a readable mpisub run file", "")
-
-
-def read_init(path: str, name: str, lo: int, hi: int) -> np.ndarray:
-    """Rows lo:hi of the model.init_from run's `name` (model/W or model/a), as check_init found them."""
-    return _read_h5(path, lambda f: f[name][lo:hi], f"model.init_from {path!r}: cannot read {name}",
-                    "; the file changed since the run started: restore it")

@@ -168,12 +168,13 @@ class FolderLock:
 
 
 def disk_needed(cfg: Config, resuming: bool = False) -> dict:
-    """Bytes the run folder will hold at its fullest: run.h5, and two checkpoints while one
-    replaces the other (and, on resume, the old run.h5 until the new one replaces it)."""
+    """Bytes the run folder will hold at its fullest: run.h5 with W_init's shards (its W is the
+    checkpoint's), and two checkpoints with their shards while one replaces the other (and, on
+    resume, the old run.h5 until the new one replaces it)."""
     s, m, d, n, c = np.dtype(cfg.model.dtype).itemsize, cfg.model.width, cfg.data.d, cfg.data.n, cfg.data.outputs
     rounds, p = cfg.train.rounds, cfg.masks.subnets
     row_bytes = sum(np.dtype(c.dtype).itemsize for c in schema.COLUMNS)   # a round's row, and at most one eval row
-    run = (2 * m * d * s + m * c * s + rounds * row_bytes + SLACK
+    run = (m * d * s + m * c * s + rounds * row_bytes + SLACK
            + (n * (d + c) * s if cfg.data.source == "synthetic" else 0)
            + (rounds * p * m if cfg.output.record_masks else 0)
            + (n * n * 8 if n <= min(cfg.theory.max_n, cfg.theory.store_H_max_n) else 0))

@@ -48,9 +48,10 @@ COLUMNS = (
 )
 TABLES = ("metrics", "eval")
 # bump when the checkpoint's layout changes (2: metrics bytes_recv; 3: eval rows; 4: checksums and
-# config_given); a new column needs no bump (readback fills an older checkpoint's rows of it with NaN)
-CHECKPOINT_FORMAT = 4
-CHECKPOINT_FORMATS = (3, 4)   # the formats a resume reads
+# config_given; 5: W in the ranks' shards, a virtual dataset); a new column needs no bump (readback
+# fills an older checkpoint's rows of it with NaN)
+CHECKPOINT_FORMAT = 5
+CHECKPOINT_FORMATS = (3, 4, 5)   # the formats a resume reads
 
 
 def columns(table: str) -> dict[str, str]:

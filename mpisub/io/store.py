@@ -1,16 +1,18 @@
-"""The run file `<output.dir>/run.h5` and the checkpoint `<output.dir>/checkpoint.h5`, written by
-rank 0 alone; the only HDF5 writes (docs/design.md, section 4, holds their layout: attrs config,
+"""The run file `<output.dir>/run.h5` and the checkpoint's manifest `<output.dir>/checkpoint.h5`,
+written by rank 0 alone (docs/design.md, section 4, holds their layout: attrs config,
 config_given, segments, provenance, status; /data, /model/{a, W_init, W}, /metrics and /eval
-(schema.py), /masks, /theory).
+(schema.py), /masks, /theory). W's rows are not here: every rank writes its own into a shard
+(shards.py), and both files' W are virtual datasets over the shards.
 
 The run file gets new rows at least every WRITE_SECONDS and is held without an HDF5 file lock, so
 other processes (h5py, h5dump) can read it while training runs. It is built as run.h5.tmp and
 renamed to run.h5 only once it holds everything the run had (its start, or a resumed run's rows):
 a resume or restart that fails early never destroys the run file it would have replaced. The
-checkpoint is the run's source of truth: W, rounds done, the histories so far and the config,
-replaced atomically (temp file, fsync, rename), so a crash at any instant leaves the previous one
-loadable; `--resume` rebuilds run.h5 from it. Masks and minibatches need no saved random state:
-they are functions of (seed, round, subnet).
+checkpoint is the run's source of truth: W's shards and their digests, rounds done, the histories
+so far and the config, replaced atomically (temp file, fsync, rename) once every shard is on disk,
+so a crash at any instant leaves the previous one loadable (its shards go only after);
+`--resume` rebuilds run.h5 from it. Masks and minibatches need no saved random state: they are
+functions of (seed, round, subnet).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import contextlib
 import datetime
 import json
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,14 +30,14 @@ import numpy as np
 
 from mpisub._util.errors import UserError, cause
 from mpisub._util.provenance import __version__, code_hash
-from mpisub.io import integrity, schema
+from mpisub.io import integrity, schema, shards
 from mpisub.io.loggers import Logger
 from mpisub.io.readback import read_checkpoint, read_checkpoint_W, read_run  # noqa: F401 (the store's readers)
 from mpisub.io.run_folder import CHECKPOINT, FILENAME, check_output_dir, fresh
 from mpisub.io.schema import CHECKPOINT_FORMAT
+from mpisub.io.shards import Shard
 
 if TYPE_CHECKING:  # types only: never imported at run time
-    from collections.abc import Iterable
     from typing import Any
 
 WRITE_SECONDS = 1.0     # metrics rows reach run.h5 at most this late (the first at once)
@@ -88,11 +91,13 @@ class RunFile(Logger):
         self.pending: dict[str, list] = {table: [] for table in schema.TABLES}
         self.rows = {table: 0 for table in schema.TABLES}
         self.pending_masks: list[np.ndarray] = []
+        self.names: dict[str, set[str]] = {}   # the shards this file and its checkpoint read, by dataset
+        self.done = 0                          # rounds done at the newest checkpoint on disk
         self.written_at = 0.0
 
     def log_start(self, start: dict[str, Any]) -> None:
-        """The data (or the data file's path and sha256), its normalization, a, and room for W_init
-        and W, which `save_weights` fills block by block (no process holds all of W)."""
+        """The data (or the data file's path and sha256), its normalization, a, and W's shape and
+        dtype (log_weights points /model/W_init and /model/W at the ranks' shards)."""
         g = self.f.create_group("data")
         if self.header.data_sha256:  # a user's file: say which one (absolute), rather than copy it
             g.attrs["source"], g.attrs["sha256"] = start["source"], self.header.data_sha256
@@ -105,9 +110,7 @@ class RunFile(Logger):
         a = self.f.create_dataset("model/a", shape=start["a"].shape, dtype=start["dtype"])
         for lo in range(0, len(a), 2**16):   # a's signs (int8) in the model's dtype, a block at a time
             a[lo:lo + 2**16] = start["a"][lo:lo + 2**16]
-        for name in ("model/W_init", "model/W"):
-            self.f.create_dataset(name, shape=start["shape"], dtype=start["dtype"])
-        self.f["model/W"].attrs["round"] = 0
+        self.shape, self.dtype = tuple(start["shape"]), np.dtype(start["dtype"])   # W's: log_weights makes it
         self.f.flush()
 
     def log_theory(self, lambda0: float | None, H: np.ndarray | None = None, lambda_max: float | None = None) -> None:
@@ -149,38 +152,41 @@ class RunFile(Logger):
         self.written_at = time.monotonic()
 
     def log_facts(self, facts: dict[str, Any]) -> None:
-        if "peak_rss_mb" in facts:
-            self.f.attrs["peak_rss_mb"] = np.asarray(facts["peak_rss_mb"], dtype=np.float64)
+        for name in ("peak_rss_mb", "written_mb"):
+            if name in facts:
+                self.f.attrs[name] = np.asarray(facts[name], dtype=np.float64)
 
-    def save_weights(self, blocks: Iterable[tuple[int, np.ndarray]], rounds_done: int, *, init: bool = False,
-                     weights: bool = True, checkpoint: dict | None = None) -> None:
-        """One pass over W's row blocks `(lo, rows)` (rank 0 receives them one at a time): into
-        /model/W_init (init), /model/W (weights) and a new checkpoint (`checkpoint`: its histories
-        and loss_init), which replaces the previous one only once it is whole."""
+    def log_weights(self, parts: list[Shard], rounds_done: int, *, init: bool = False) -> None:
+        """/model/W (or /model/W_init) becomes a virtual dataset over the ranks' shards `parts`."""
         self.write_pending()
+        what = "W_init" if init else "W"
+        ds = shards.virtual(self.f, f"model/{what}", parts, self.shape, self.dtype)
+        self.names[what] = {s.name for s in parts}
+        if not init:
+            ds.attrs["round"] = rounds_done
+            self.done = rounds_done
+        self.f.flush()
+
+    def log_checkpoint(self, parts: list[Shard], state: dict) -> None:
+        """The manifest that makes the ranks' shards `parts` one checkpoint, with `state`'s round,
+        loss_init and histories; then /model/W points at it, and the previous checkpoint's shards
+        go (once this file has replaced any run file of the launch before)."""
+        self.write_pending()
+        rounds_done = int(state["round"])
         if self.header.segments:
             self.header.segments[-1]["last_round"] = rounds_done
             self.f.attrs["segments"] = json.dumps(self.header.segments)
-        W = self.f["model/W"]
-        ck = _Checkpoint(self.folder, self.header, W, dict(checkpoint, round=rounds_done)) if checkpoint else None
-        try:
-            for lo, block in blocks:
-                for at, rows in _slices(lo, block):   # h5py holds the GIL while it writes: a slice at a time
-                    if init:
-                        self.f["model/W_init"][at:at + len(rows)] = rows
-                    if weights:
-                        W[at:at + len(rows)] = rows
-                    if ck:
-                        ck.add_rows(at, rows)
-            if weights:
-                W.attrs["round"] = rounds_done
-            self.f.flush()
-            if ck:
-                ck.commit()
-        except BaseException:
-            if ck:
-                ck.abort()
-            raise
+        write_manifest(self.folder, self.header, parts, state, (self.shape, self.dtype))
+        self.names["checkpoint"] = {s.name for s in parts}
+        self.log_weights(parts, rounds_done)
+        self.done = rounds_done
+        if self.published:
+            self._collect()
+
+    def _collect(self) -> None:
+        """The shards no file of this run reads any more (shards.collect) go."""
+        launch = shards.launch_of(min(self.names.get("W_init", {""})))
+        shards.collect(self.folder, set().union(*self.names.values()), launch, self.done)
 
     def publish(self) -> None:
         """run.h5.tmp becomes run.h5: from here on it holds all that the run file it replaces held."""
@@ -188,6 +194,7 @@ class RunFile(Logger):
         os.replace(self.tmp, self.path)  # the open handle writes on under the new name
         _fsync(self.folder)
         self.published = True
+        self._collect()   # the launch before's, no longer read
 
     def finalize(self, status: str) -> None:
         """Never raises (it runs while another error is on its way out, e.g. a full disk). An
@@ -206,93 +213,66 @@ class RunFile(Logger):
         if not self.published:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp)
-
-
-SLICE_BYTES = 2**26   # W's rows go to HDF5 this many bytes at a time, so the watchdog's thread runs between
-
-
-def _slices(lo: int, block: np.ndarray):
-    """(first row, rows) of a block in slices of about SLICE_BYTES."""
-    step = max(1, SLICE_BYTES // max(1, block[:1].nbytes))
-    for a in range(0, len(block), step):
-        yield lo + a, block[a:a + step]
+            if "W_init" in getattr(self, "names", {}):   # this launch's shards: no file reads them
+                shards.discard(self.folder, shards.launch_of(min(self.names["W_init"])))
 
 
 def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    shards.fsync(path)
+
+
+_replace = os.replace   # the checkpoint's rename (a test kills the writer here)
+
+
+def write_manifest(folder: str, header: Header, parts: list[Shard], state: dict, like: tuple) -> None:
+    """`<folder>/checkpoint.h5`, replaced whole: its attrs, W as a virtual dataset over the shards
+    `parts` (in row order) with their bounds, names and chunks' digests, and the histories (state:
+    round, loss_init, and "metrics", "evals": {column: values}); `like`: W's shape and dtype.
+    Written to checkpoint.h5.tmp, fsynced and renamed, so a crash at any instant leaves the old or
+    the new one whole; a failed write (a full disk) removes the torn temporary file."""
+    path = os.path.join(folder, CHECKPOINT)
+    tmp = path + ".tmp"
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Checkpoint:
-    """A checkpoint being written: `<folder>/checkpoint.h5.tmp`, renamed over checkpoint.h5 by
-    commit() after an fsync (a crash at any instant leaves the old or the new one, whole);
-    abort() removes the torn temporary file (a full disk, a quota). `state`: round, loss_init and
-    the histories ("metrics", "evals": {column: values}); `like`: W's shape and dtype."""
-
-    def __init__(self, folder: str, header: Header, like, state: dict):
-
-        self.folder = folder
-        self.path = os.path.join(folder, CHECKPOINT)
-        self.tmp = self.path + ".tmp"
-        try:
-            self.f = h5py.File(fresh(self.tmp), "w-", locking=False)   # exclusive: never through a link
-            self.f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__,
-                                 "code_hash": code_hash(), "config": header.config_json,
-                                 "config_given": header.given_json or header.config_json,
-                                 "round": int(state["round"]), "loss_init": float(state["loss_init"]),
-                                 "data_sha256": header.data_sha256, "created": header.created,
-                                 "segments": json.dumps(header.segments)})
-            self.f.create_dataset("W", shape=like.shape, dtype=like.dtype)
-            self.hasher = integrity.RowHasher(integrity.chunk_rows(like.shape[1], np.dtype(like.dtype).itemsize))
-            for table, key in (("metrics", "metrics"), ("eval", "evals")):
-                given = state.get(key) or {}
-                rows = len(given.get("round", []))
-                for name, dtype in schema.columns(table).items():   # a column not given: NaN (0) in every row
-                    empty = np.zeros(rows) if np.dtype(dtype).kind in "iu" else np.full(rows, np.nan)
-                    self.f[f"{table}/{name}"] = np.asarray(given.get(name, empty), dtype=dtype)
-        except BaseException:
-            self.abort()
-            raise
-
-    def add_rows(self, lo: int, rows: np.ndarray) -> None:
-        """W's rows lo:lo + len(rows), given in row order."""
-        self.f["W"][lo:lo + len(rows)] = rows
-        self.hasher.update(rows)
-
-    def commit(self) -> None:
-        try:
-            chunks = self.hasher.finish()
-            self.f["W_sha256"] = chunks
-            self.f["W_sha256"].attrs["chunk_rows"] = self.hasher.rows
-            self.f.attrs["checksum"] = integrity.content_digest(self.f)
-            self.f.close()
-            _fsync(self.tmp)
-        except BaseException:
-            self.abort()
-            raise
-        os.replace(self.tmp, self.path)
-        _fsync(self.folder)  # the rename itself reaches the disk
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.f.close()
+        with h5py.File(fresh(tmp), "w-", locking=False, userblock_size=integrity.USERBLOCK) as f:  # exclusive
+            f.attrs.update({"format": CHECKPOINT_FORMAT, "mpisub_version": __version__, "code_hash": code_hash(),
+                            "config": header.config_json, "config_given": header.given_json or header.config_json,
+                            "round": int(state["round"]), "loss_init": float(state["loss_init"]),
+                            "data_sha256": header.data_sha256, "created": header.created,
+                            "segments": json.dumps(header.segments)})
+            shards.virtual(f, "W", parts, *like)
+            f["W_shards"] = np.array([parts[0].lo] + [s.hi for s in parts], dtype=np.int64)
+            f["W_shard_names"] = np.array([s.name.encode() for s in parts])
+            f["W_sha256"] = np.concatenate([s.digests for s in parts]).reshape(-1, 32)
+            f["W_sha256"].attrs["chunk_rows"] = integrity.chunk_rows(like[0][1], np.dtype(like[1]).itemsize)
+            _histories(f, state)
+            f.attrs["checksum"] = integrity.content_digest(f)
+        integrity.seal(tmp)   # its bytes are checked before HDF5 parses them on resume
+        _fsync(tmp)
+        _replace(tmp, path)
+    except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+            os.unlink(tmp)
+        raise
+    _fsync(folder)  # the rename itself reaches the disk
+
+
+def _histories(f: h5py.File, state: dict) -> None:
+    """The checkpoint's metrics and eval tables, by the schema; a column not given is NaN (0)."""
+    for table, key in (("metrics", "metrics"), ("eval", "evals")):
+        given = state.get(key) or {}
+        rows = len(given.get("round", []))
+        for name, dtype in schema.columns(table).items():
+            empty = np.zeros(rows) if np.dtype(dtype).kind in "iu" else np.full(rows, np.nan)
+            f[f"{table}/{name}"] = np.asarray(given.get(name, empty), dtype=dtype)
 
 
 def write_checkpoint(folder: str, *, W: np.ndarray, rounds_done: int, loss_init: float, config_json: str,
                      data_sha256: str = "", created: str = "", **histories: dict[str, Any]) -> None:
-    """A whole checkpoint from one array W (tests, tools); a run streams its blocks through
-    RunFile.save_weights. `histories`: metrics= and evals= ({column: values})."""
+    """A whole checkpoint of one shard from one array W (tests, tools; a run's ranks write a shard
+    each), and the shards of the checkpoint it replaced removed. `histories`: metrics= and evals=
+    ({column: values})."""
     header = Header(config_json, data_sha256=data_sha256, created=created)
-    ck = _Checkpoint(folder, header, W, dict(histories, round=rounds_done, loss_init=loss_init))
-    try:
-        for at, rows in _slices(0, W):
-            ck.add_rows(at, rows)
-    except BaseException:
-        ck.abort()
-        raise
-    ck.commit()
+    part = shards.write(folder, shards.name("W", secrets.token_hex(4), 0, 1, rounds_done), W, 0)
+    write_manifest(folder, header, [part], dict(histories, round=rounds_done, loss_init=loss_init),
+                   (W.shape, W.dtype))
+    shards.collect(folder, {part.name}, shards.launch_of(part.name), rounds_done + 1)

@@ -116,27 +116,6 @@ class Comm(Counted):
         self._count(t0, (sum(send_counts) - send_counts[self.rank]) * row,
                     (sum(recv_counts) - recv_counts[self.rank]) * row)
 
-    def blocks_at_root(self, block: np.ndarray, bounds: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        """Every rank's block of rows in turn, for rank 0 to write: on rank 0 a generator of (lo, rows)
-        in rank order (its own block, then one receive buffer reused for each other rank's), so it
-        never holds more than two blocks; on the others, iterating it sends their block to rank 0.
-        Not counted in the round's seconds and bytes: it is the store's traffic."""
-        self.arrive()
-        if self.rank != 0:
-            if len(block):
-                with self.waiting("sending W's rows to rank 0", arrive=False):
-                    self.mpi.Send([block, len(block), self._rows(block)], dest=0, tag=7)
-            return
-        yield bounds[0], block
-        sizes = np.diff(bounds)
-        buffer = np.empty((int(sizes.max()), block.shape[1]), dtype=block.dtype)
-        for k in range(1, self.size):
-            rows = buffer[: sizes[k]]
-            if len(rows):
-                with self.waiting(f"receiving rank {k}'s rows of W", arrive=False):
-                    self.mpi.Recv([rows, len(rows), self._rows(rows)], source=k, tag=7)
-            yield bounds[k], rows
-
     def gather_rows(self, mine: np.ndarray, counts: list[int], out: np.ndarray | None) -> None:
         """Rank k contributes `counts[k]` rows; rank 0 receives all of them in rank order into `out`
         (ignored elsewhere)."""

@@ -6,7 +6,7 @@ simulated ranks (tests/helpers/simcomm.py) and, for RowExchange, the benchmarks'
 (the node's shared memory, the cross-rank error protocol, MPI_Abort)."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -71,17 +71,6 @@ class Communicator(RowExchange, Protocol):
 
         Returns:
             Their maxima (float64), the same on every rank.
-        """
-
-    def blocks_at_root(self, block: np.ndarray, bounds: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        """Every rank's block of rows, one at a time, on rank 0 (nothing elsewhere).
-
-        Args:
-            block: this rank's rows.
-            bounds: the first row of each rank's block (layout.Layout.bounds).
-
-        Returns:
-            On rank 0, (first row, block) for each rank in order; elsewhere nothing.
         """
 
     def gather_rows(self, mine: np.ndarray, counts: list[int], out: np.ndarray | None) -> None:

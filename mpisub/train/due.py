@@ -11,10 +11,11 @@ if TYPE_CHECKING:  # types only: never imported at run time
 
 
 class Due:
-    """An evaluation of the full network every output.eval_every rounds; weights into the run file
-    and a log line every output.log_every rounds (by default a multiple of eval_every, so logged
-    rounds show the loss); a checkpoint every output.checkpoint_every; all after the last round,
-    and all but the evaluation at a stop."""
+    """An evaluation of the full network every output.eval_every rounds; a log line every
+    output.log_every rounds (by default a multiple of eval_every, so logged rounds show the loss);
+    a checkpoint (and with it the run file's W) every output.checkpoint_every rounds and, with
+    output.checkpoint_seconds, once that many seconds have passed since the last; all after the
+    last round, and all but the evaluation at a stop."""
 
     def __init__(self, cfg: Config):
         self.rounds, self.first, self.t0 = cfg.train.rounds, 0, time.perf_counter()
@@ -22,6 +23,7 @@ class Due:
         # by default about 20 lines a run, at evaluated rounds (a multiple of eval_every)
         self.log_every = cfg.output.log_every or -(-max(1, self.rounds // 20) // self.eval_every) * self.eval_every
         self.checkpoint_every = cfg.output.checkpoint_every
+        self.checkpoint_seconds, self.checkpointed_at = cfg.output.checkpoint_seconds, time.monotonic()
         self.digits = len(str(self.rounds))
         self.logged = False
 
@@ -29,15 +31,22 @@ class Due:
         """The same rounds in a resumed run as in an unbroken one (the launch's first is not special)."""
         return done == self.rounds or done % self.eval_every == 0
 
-    def weights(self, done: int, stop: bool) -> bool:
-        return stop or done == self.rounds or done % self.log_every == 0
+    def checkpoint(self, done: int, stop: bool, timed: bool = False) -> bool:
+        """`timed`: output.checkpoint_seconds have passed since the last one (rank 0's clock, which
+        every rank hears in the round's Allreduce)."""
+        return stop or timed or done == self.rounds or done % self.checkpoint_every == 0
 
-    def checkpoint(self, done: int, stop: bool) -> bool:
-        return stop or done == self.rounds or done % self.checkpoint_every == 0
+    def clock(self, rank: int) -> float:
+        """1.0 on rank 0 when output.checkpoint_seconds have passed since the last checkpoint began."""
+        late = self.checkpoint_seconds > 0 and time.monotonic() - self.checkpointed_at >= self.checkpoint_seconds
+        return float(rank == 0 and late)
+
+    def checkpointed(self) -> None:
+        self.checkpointed_at = time.monotonic()
 
     def log(self, done: int, stop: bool) -> bool:
         first, self.logged = not self.logged, True  # the first round of a launch is always shown
-        return first or self.weights(done, stop)
+        return first or stop or done == self.rounds or done % self.log_every == 0
 
     def begin(self, first: int) -> None:
         """The launch trains from round `first`: progress counts from here and now."""

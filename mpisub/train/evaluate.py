@@ -30,8 +30,9 @@ if TYPE_CHECKING:  # types only: never imported at run time
     from mpisub.parallel.layout import Layout
 
 # the numbers every round sums over the ranks, evaluated or not: the subnetworks' loss sum, any
-# rank's stop request, rank 0's failed write
-FLAGS = 3
+# rank's stop request, rank 0's failed write, the ranks still writing a shard, rank 0's clock
+# saying output.checkpoint_seconds have passed
+FLAGS = 5
 # the lazy-regime sums of an evaluation: ||W - W0||^2, ||W0||^2, flips (+ n^2 for H(W_k))
 LAZY_SUMS = 3
 

@@ -3,7 +3,7 @@ model.init_from, a finished run's (its rows read from its run file by io.readbac
 import numpy as np
 
 from mpisub import config
-from mpisub.io.readback import read_init
+from mpisub.io.parent import read_init
 from mpisub.nn import model
 
 

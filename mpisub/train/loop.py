@@ -15,11 +15,12 @@ owns the neurons layout.lo:layout.hi for the whole run (its rows of W live nowhe
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +32,7 @@ from mpisub.nn.theory import running_plateau
 from mpisub.parallel.layout import Layout
 from mpisub.parallel.plans import PLANS
 from mpisub.train import init
+from mpisub.train.checkpoints import Checkpoints
 from mpisub.train.due import Due
 from mpisub.train.evaluate import Evaluator, check_start, lambda0_of
 
@@ -59,6 +61,7 @@ class Start:
     W: np.ndarray
     metrics: dict
     evals: dict
+    shards: list = field(default_factory=list)   # the checkpoint's shards (none in format 4)
 
 
 def run(cfg: Config, comm: Communicator, sets: Sets, log: Loggers, start: Start | None = None,
@@ -72,11 +75,12 @@ def run(cfg: Config, comm: Communicator, sets: Sets, log: Loggers, start: Start 
     layout = Layout.of(cfg, comm)
     a = init.output_weights(cfg)
     W = init.initial_rows(cfg, layout.lo, layout.hi)       # this rank's rows of W_init: all it ever holds
-    _log_start(cfg, comm, sets, log, a, W, say)
+    checkpoints = Checkpoints(cfg, comm, layout, log)
+    _log_start(cfg, comm, sets, log, a, W, checkpoints, say)
     with side_by_side(workers) as each:
         evaluate = Evaluator(cfg, layout, comm, sets, a[layout.lo:layout.hi].astype(W.dtype), each, workers)
         plan = PLANS[cfg.train.plan](cfg, layout, comm, sets, a, each)
-        rounds = Recorder(cfg, comm, log, stop_requested, say)
+        rounds = Recorder(cfg, comm, log, checkpoints, stop_requested, say)
         if start is not None:
             W = rounds.restore(start, layout)
         first = rounds.begin(W, evaluate, start)
@@ -98,12 +102,12 @@ def run(cfg: Config, comm: Communicator, sets: Sets, log: Loggers, start: Start 
     return rounds.result(W)
 
 
-def _log_start(cfg, comm, sets, log, a, W, say) -> None:
-    """The run file's start: the data, a, W_init (every rank's rows stream to rank 0), lambda_0."""
+def _log_start(cfg, comm, sets, log, a, W, checkpoints, say) -> None:
+    """The run file's start: the data, a, W_init (every rank writes its rows' shard), lambda_0."""
     source = "" if cfg.data.source == "synthetic" else os.path.abspath(cfg.data.source)
     log.log_start({"X": sets.X, "Y": sets.Y, "a": a, "shape": (cfg.model.width, cfg.data.d), "dtype": W.dtype,
                    "source": source, "inputs": sets.inputs})
-    log.save_weights(comm.blocks_at_root(W, Layout.of(cfg, comm).bounds.tolist()), 0, init=True)
+    checkpoints.write_init(W)
     if sets.X.shape[0] <= cfg.theory.max_n:
         lambda0, H, lambda_max = lambda0_of(cfg, comm, sets.X, say)
         log.log_theory(lambda0, H, lambda_max)
@@ -111,12 +115,12 @@ def _log_start(cfg, comm, sets, log, a, W, say) -> None:
 
 class Recorder:
     """What the loop records: each round's row and evaluation, kept (the checkpoint's histories) and
-    logged; a checkpoint, the weights and a progress line when due; the stop and divergence checks."""
+    logged; a checkpoint and a progress line when due; the stop and divergence checks."""
 
-    def __init__(self, cfg: Config, comm: Communicator, log: Loggers, stop_requested: Callable[[], bool],
-                 say: Callable[[str], None]):
+    def __init__(self, cfg: Config, comm: Communicator, log: Loggers, checkpoints: Checkpoints,
+                 stop_requested: Callable[[], bool], say: Callable[[str], None]):
         self.cfg, self.comm, self.log, self.stop_requested, self.say = cfg, comm, log, stop_requested, say
-        self.bounds = Layout.of(cfg, comm).bounds.tolist()
+        self.checkpoints = checkpoints
         self.due = Due(cfg)
         self.metrics: dict[str, list] = {}
         self.evals: dict[str, list] = {}
@@ -126,7 +130,8 @@ class Recorder:
     def restore(self, start: Start, layout: Layout) -> np.ndarray:
         """A checkpoint's state: W and round are all there is (masks and minibatches are functions
         of (seed, round, subnet), so the rounds ahead are those an unbroken run takes). Rank 0
-        rebuilds the run file's rows; the checkpoint written before round 1 has none."""
+        rebuilds the run file's rows (the checkpoint written before round 1 has none) and points
+        its W at the checkpoint's shards (a checkpoint without shards, format 4, is written anew)."""
         self.metrics = {name: list(values) for name, values in start.metrics.items()}
         self.evals = {name: list(values) for name, values in start.evals.items()}
         self.loss_init = start.loss_init
@@ -137,7 +142,10 @@ class Recorder:
             for i in range(len(self.evals.get("round", []))):
                 self.log.log_eval({name: values[i] for name, values in self.evals.items()})
         W = start.W.astype(self.cfg.model.dtype)
-        self.save(W, start.round)
+        if start.shards:
+            self.log.log_weights(start.shards, start.round)
+        else:
+            self.checkpoints.start(W, self.state(start.round), wait=True)
         self.log.last_checkpoint = start.round
         return W
 
@@ -161,7 +169,7 @@ class Recorder:
         self.comm.take_counters()
         self.log.log_loss_init(self.loss_init)  # type: ignore[arg-type]  # set above
         if start is None:  # --resume works from the first second on
-            self.save(W, 0, weights=False, checkpoint=True)
+            self.checkpoints.start(W, self.state(0), wait=True)
         self.log.publish()
         self.due.begin(first)
         self.t_mark = time.perf_counter()   # seconds_wall: from one round's row to the next, store writes included
@@ -173,19 +181,26 @@ class Recorder:
         one Allreduce (with the full network's outputs when this round is evaluated), then its row.
         True when the run ends here, at its plateau (every rank sees the same losses)."""
         t, comm_before = time.perf_counter(), self.comm.seconds
-        flags = (stats.sub_loss_sum, float(self.stop_requested()), self.log.failed)
+        flags = (stats.sub_loss_sum, float(self.stop_requested()), self.log.failed, self.checkpoints.busy,
+                 self.due.clock(self.comm.rank))
         scores = None
         if self.due.evaluate(k + 1):
-            scores, (sub_loss_sum, stops, failed) = evaluate(W, flags, k + 1)
+            scores, (sub_loss_sum, stops, failed, writing, timed) = evaluate(W, flags, k + 1)
         else:
-            sub_loss_sum, stops, failed = self.comm.sums(flags)
+            sub_loss_sum, stops, failed, writing, timed = self.comm.sums(flags)
         seconds_loss = time.perf_counter() - t - (self.comm.seconds - comm_before)   # its collectives count as comm
         seconds_comm, bytes_comm, bytes_recv = self.comm.take_counters()
         if failed:
             raise self.log.failure(k, self.cfg.output.dir)
+        self.checkpoints.poll(writing)
         p = self.cfg.masks.subnets
-        check_diverged(scores and scores["loss"], sub_loss_sum / p, self.loss_init, k + 1, self.cfg,  # type: ignore[arg-type]
-                       evaluate.sets.X, self.log.last_checkpoint)
+        diverged = functools.partial(check_diverged, scores and scores["loss"], sub_loss_sum / p,  # type: ignore[arg-type]
+                                     self.loss_init, k + 1, self.cfg, evaluate.sets.X)  # type: ignore[arg-type]
+        try:
+            diverged(self.log.last_checkpoint)
+        except UserError:
+            self.checkpoints.finish()   # the checkpoint in flight is of a round within the bounds: it lands first
+            diverged(self.log.last_checkpoint)
         now = time.perf_counter()
         if scores is not None:
             self._keep(self.evals, {"round": k + 1, **scores})
@@ -198,7 +213,7 @@ class Recorder:
         self.t_mark = now
         self._keep(self.metrics, row)
         plateau = scores is not None and self.at_plateau()
-        self._due(row, scores, M, W, stops > 0, plateau)
+        self._due(row, scores, M, W, stops > 0, plateau, timed > 0)
         return plateau
 
     def at_plateau(self) -> bool:
@@ -218,15 +233,16 @@ class Recorder:
             self.plateau[1] += 1
         return self.plateau[1] >= tr.plateau_patience or self.plateau[0] < tr.plateau_floor
 
-    def _due(self, row: dict, scores, M, W, stop: bool, last: bool = False) -> None:
-        """The round's row into the logs; the weights, a checkpoint and a progress line when due (all
-        three at the `last` round of a run that stops at its plateau); at a stop, Interrupted once
-        its checkpoint is known to be on disk."""
+    def _due(self, row: dict, scores, M, W, stop: bool, last: bool = False, timed: bool = False) -> None:
+        """The round's row into the logs; a checkpoint and a progress line when due (both at the
+        `last` round of a run that stops at its plateau); at a stop, Interrupted once its
+        checkpoint is known to be on disk. A checkpoint trains on while its shards are written,
+        but not the run's last one or a stop's."""
         done, due = row["round"], self.due
         self.log.log_round(row, M.matrix() if self.cfg.output.record_masks else None)
-        weights, checkpoint = due.weights(done, stop or last), due.checkpoint(done, stop or last)
-        if weights or checkpoint:
-            self.save(W, done, weights=weights, checkpoint=checkpoint)
+        if due.checkpoint(done, stop or last, timed):
+            self.checkpoints.start(W, self.state(done), wait=stop or last or done == due.rounds)
+            due.checkpointed()
         if due.log(done, stop or last):
             self.say(due.line(row, scores) + (f"  (at its plateau: train.plateau_window = "
                                               f"{self.cfg.train.plateau_window})" if last else ""))
@@ -235,12 +251,11 @@ class Recorder:
                 raise self.log.failure(done, self.cfg.output.dir)
             raise Interrupted(done)
 
-    def save(self, W: np.ndarray, rounds_done: int, *, weights: bool = True, checkpoint: bool = False) -> None:
-        """Every rank's rows stream to rank 0, one block at a time, into the run file and (with
-        `checkpoint`) a new checkpoint of the histories. Every rank calls it."""
-        state = {"metrics": self.metrics, "evals": self.evals, "loss_init": self.loss_init} if checkpoint else None
-        self.log.save_weights(self.comm.blocks_at_root(W, self.bounds), rounds_done, weights=weights,
-                              checkpoint=state)
+    def state(self, rounds_done: int) -> dict:
+        """A checkpoint's state after `rounds_done` rounds: copies of the histories as they are now."""
+        return {"round": rounds_done, "loss_init": self.loss_init,
+                "metrics": {k: list(v) for k, v in self.metrics.items()},
+                "evals": {k: list(v) for k, v in self.evals.items()}}
 
     @staticmethod
     def _keep(history: dict, row: dict) -> None:

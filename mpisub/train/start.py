@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from mpisub import config
 from mpisub._util.errors import UserError, env_number
 from mpisub._util.provenance import __version__, code_hash
-from mpisub.io import data, readback
+from mpisub.io import data, parent, readback
 from mpisub.io.loggers import Loggers
 from mpisub.io.run_folder import FILENAME, FolderLock, check_disk, check_output_dir, new_run_dir
 from mpisub.io.store import Header, RunFile
@@ -108,9 +108,9 @@ class Job:
                                 f"train on (e.g. mpisub-train --init-from {self.args.resume})")
 
     def check_init(self) -> None:
-        """Rank 0's check of the model.init_from run (readback.check_init); what the run file records
+        """Rank 0's check of the model.init_from run (parent.check_init); what the run file records
         of it goes to self.init."""
-        self.init = readback.check_init(self.cfg) if self.cfg.model.init_from else {}
+        self.init = parent.check_init(self.cfg) if self.cfg.model.init_from else {}
 
     def start(self, comm: Comm) -> Start | None:
         """The checkpoint as this rank continues from it (train.Start: its own rows of W), or None."""
@@ -120,7 +120,7 @@ class Job:
             return None
         layout = Layout.of(self.cfg, comm)
         W = readback.read_checkpoint_W(ck["folder"], layout.lo, layout.hi)
-        return Start(ck["round"], ck["loss_init"], W, ck["metrics"], ck["eval"])
+        return Start(ck["round"], ck["loss_init"], W, ck["metrics"], ck["eval"], ck["shards"])
 
     def segment(self, comm: Comm) -> dict:
         """This launch, as a row of the run file's segments table."""
@@ -209,6 +209,18 @@ def report_done(job: Job, result: dict, seconds: float) -> None:
 
 
 def record_peak_memory(comm: Comm, log: Loggers) -> None:
+    """Every rank's peak memory and bytes written, into the run file."""
 
     peaks = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
-    log.log_facts({"peak_rss_mb": peaks})
+    written = comm.gather(_written_bytes() / 2**20)
+    log.log_facts({"peak_rss_mb": peaks, "written_mb": written})
+
+
+def _written_bytes() -> float:
+    """Bytes this process has passed to write() so far (Linux's /proc/self/io wchar; NaN elsewhere):
+    its shards, and on rank 0 the run file, the manifests and its output."""
+    try:
+        with open("/proc/self/io") as f:
+            return float(next(line.split()[1] for line in f if line.startswith("wchar:")))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return float("nan")

@@ -64,12 +64,6 @@ class SimComm(Counted):
         self._count(t0, buf.nbytes)
         return buf
 
-    def blocks_at_root(self, block, bounds):
-        every = self.world.allgather(self.rank, block.copy())
-        if self.rank == 0:
-            for k in range(self.size):
-                yield bounds[k], every[k]
-
     def gather_rows(self, mine, counts, out) -> None:
         every = self.world.allgather(self.rank, mine.copy())
         if self.rank == 0:

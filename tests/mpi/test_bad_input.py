@@ -44,6 +44,7 @@ def _checkpoint(folder, version=None, config_json="{}"):
         with h5py.File(os.path.join(folder, store.CHECKPOINT), "r+") as f:
             f.attrs["mpisub_version"] = version
             f.attrs["checksum"] = integrity.content_digest(f)
+        integrity.seal(os.path.join(folder, store.CHECKPOINT))
 
 
 def _finished_run(folder):

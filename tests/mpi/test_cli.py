@@ -67,7 +67,7 @@ def test_run_file_layout(default_job):
         M = masks.sample("partition", 4, 0.25, m, cfg["train"]["seed"], 0)
         evaluated = 1 in f["eval/round"][()]
         np.testing.assert_array_equal(f["metrics/bytes_comm"][()][0],
-                                      rows_sent_by_rank0(M, 4) * d * 8 + (8 * (n + 6) + 8 if evaluated else 8 * 3))
+                                      rows_sent_by_rank0(M, 4) * d * 8 + (8 * (n + 8) + 8 if evaluated else 8 * 5))
         assert np.all(f["metrics/seconds_wall"][()] >= f["metrics/seconds_compute"][()])
         assert "masks" not in f
 
@@ -200,6 +200,7 @@ def test_resume_with_other_code_needs_allow_version_change(tmp_path):
         assert f.attrs["code_hash"] == store.code_hash()
         f.attrs["code_hash"] = "0123456789abcdef"        # as if written by other code
         f.attrs["checksum"] = integrity.content_digest(f)
+    integrity.seal(str(tmp_path / "out" / "checkpoint.h5"))
     args = ["--resume", "out", "--set", "train.rounds=6"]
     r = mpirun(2, *args, cwd=tmp_path)
     assert r.returncode == 2 and "(code 0123456789abcdef)" in r.stderr and "--allow-version-change" in r.stderr

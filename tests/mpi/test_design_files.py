@@ -29,6 +29,7 @@ def test_the_checkpoint_section_names_what_a_checkpoint_holds(trained):
         assert set(f.attrs) == set(re.findall(r"`([a-z_0-9]+)`", text.split(";")[0]))
         names = []
         f.visit(lambda name: names.append(name) if isinstance(f[name], h5py.Dataset) else None)
-    cited = {"W", "W_sha256"} | {f"{table}/{name}" for table in schema.TABLES for name in schema.columns(table)}
-    assert set(names) == cited and "`W_sha256`" in text
+    cited = {"W", "W_sha256", "W_shards", "W_shard_names"} | \
+        {f"{table}/{name}" for table in schema.TABLES for name in schema.columns(table)}
+    assert set(names) == cited and all(f"`{name}`" in text for name in ("W_sha256", "W_shards", "W_shard_names"))
     assert all(f"`{table}/<name>`" in text for table in schema.TABLES)

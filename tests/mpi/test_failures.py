@@ -13,9 +13,9 @@ from helpers.jobs import MPIRUN, sets
 @pytest.mark.parametrize("how,cause", [("raise", "RuntimeError: injected failure"), ("exit", "SystemExit: 5")])
 def test_exception_or_exit_on_one_rank_aborts_every_rank(tmp_path, how, cause):
     script = os.path.join(ROOT, "tests", "helpers", "fail_on_one_rank.py")
-    # rows reach the file at every logged round: log each, so rounds 1-2 are on disk before the failure
+    # rows reach the file at every checkpoint: one each round, so rounds 1-2 are on disk before the failure
     args = sets(output__dir="out", train__rounds=50, masks__subnets=4, model__width=256, data__n=64,
-                output__log_every=1)
+                output__log_every=1, output__checkpoint_every=1)
     t0 = time.monotonic()
     r = subprocess.run([MPIRUN, "-n", "4", sys.executable, script, "2", "3", how, *args], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)

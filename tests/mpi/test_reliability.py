@@ -93,6 +93,36 @@ def test_sigkill_of_a_random_rank_at_a_random_moment_then_resume(tmp_path, unbro
     _check_resumed_equals_unbroken(tmp_path / marker, unbroken, 2)
 
 
+# a checkpoint every round, of shards large enough that a rank is writing one most of the time
+SHARDED = dict(masks__subnets=4, train__rounds=30, output__checkpoint_every=1, model__width=2**16, data__n=32,
+               train__plan="rows", theory__max_n=0, output__eval_every=10)
+
+
+def test_sigkill_while_shards_are_written_in_the_background_loses_nothing(tmp_path):
+    """kill -9 of a rank while shards of an asynchronous checkpoint are on their way to disk (a
+    shard's temporary file is there): the checkpoint on disk is the last whole one, and the run
+    resumes to the unbroken run's bits."""
+    r = mpirun(2, *sets(output__dir="unbroken", **SHARDED), cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    unbroken = readback.read_run(str(tmp_path / "unbroken"))["model/W"]
+    marker = "asyncshards"
+    proc = start_job(2, tmp_path, *sets(output__dir=marker, **SHARDED))
+    shards = tmp_path / marker / "shards"
+    in_flight = lambda: [n for n in os.listdir(shards) if n.endswith(".tmp") and ".r00000000." not in n]  # noqa: E731
+    while not ((tmp_path / marker / "checkpoint.h5").exists() and in_flight()):
+        assert proc.poll() is None, "the run ended before a shard was seen in flight: " + job_log(proc)
+        time.sleep(0.001)
+    os.kill(random.choice(rank_pids(marker)), signal.SIGKILL)
+    assert wait_job(proc, 60) != 0
+    ck = readback.read_checkpoint(str(tmp_path / marker))
+    assert 0 <= ck["round"] < SHARDED["train__rounds"]
+    r = mpirun(2, "--resume", marker, cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stdout + r.stderr
+    np.testing.assert_array_equal(readback.read_run(str(tmp_path / marker))["model/W"], unbroken)
+    left = sorted(os.listdir(shards))   # the old launch's shards went once the new run file replaced it
+    assert len(left) == 4 and all(".r00000030." in n or n.startswith("W_init.") for n in left), left
+
+
 WRITER = """
 import os, signal, sys, numpy as np
 from mpisub.io import store
@@ -104,7 +134,7 @@ for k in range(1, 10**6):
         if step == "fsync":
             store._fsync = kill           # the data is in checkpoint.h5.tmp, not yet on disk
         else:
-            store.os.replace = kill       # the whole file is on disk, not yet renamed
+            store._replace = kill         # the whole file is on disk, not yet renamed
     W.fill(k)
     store.write_checkpoint(folder, W=W, rounds_done=k, metrics={"round": np.arange(1, k + 1)}, loss_init=1.0,
                            config_json="{}", data_sha256="", created="now")

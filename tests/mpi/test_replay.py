@@ -117,7 +117,7 @@ def test_bytes_are_the_rows_rank_0_sends_to_their_owners_and_holders(runs, kind,
     subnetwork loss sum, the stop flag and rank 0's failed-write flag (docs/design.md, section 8)."""
     run = runs(kind, K)
     n, c, d = 40, 2, 5
-    metrics = (n * c + 6) * 8 + 8   # outputs, 2 flags, the sub-loss sum, 3 diagnostics; the largest row distance
+    metrics = (n * c + 8) * 8 + 8   # outputs, 4 flags, the sub-loss sum, 3 diagnostics; the largest row distance
     expected = [0 if K == 1 else rows_sent_by_rank0(M, K) * d * 8 + metrics for M in run["masks"]]
     np.testing.assert_array_equal(run["metrics"]["bytes_comm"], expected)
     expected = [0 if K == 1 else rows_received_by_rank0(M, K) * d * 8 + metrics for M in run["masks"]]
@@ -127,8 +127,9 @@ def test_bytes_are_the_rows_rank_0_sends_to_their_owners_and_holders(runs, kind,
 def test_evaluation_cadence_rows_and_bytes(tmp_path):
     """output.eval_every = 3 over 10 rounds: the full network is evaluated at round 0, every third
     round and at the last (docs/design.md, evaluation cadence),
-    with the replay's losses there; rounds between move only the subnetworks' losses and the two
-    flags (3 float64) besides the plan's rows; evaluations add the n x c outputs, 3 lazy-regime
+    with the replay's losses there; rounds between move only the subnetworks' losses and the four
+    flags (5 float64: stop, failed write, writing a shard, checkpoint clock) besides the plan's
+    rows; evaluations add the n x c outputs, 3 lazy-regime
     sums and the largest row distance (a max)."""
     job = dict(SMALL, train__rounds=10, output__eval_every=3, output__log_every=1000)
     r = mpirun(2, *sets(**job, **KINDS["partition"], output__dir="out"), cwd=tmp_path, env=ONE_THREAD)
@@ -141,7 +142,7 @@ def test_evaluation_cadence_rows_and_bytes(tmp_path):
     assert rel_diff(run["eval"]["loss"][1:], losses[run["eval"]["round"][1:] - 1]) <= 1e-10
     n, c, d = 40, 2, 5
     evaluated = np.isin(run["metrics"]["round"], run["eval"]["round"])
-    expected = [rows_sent_by_rank0(M, 2) * d * 8 + ((n * c + 6) * 8 + 8 if e else 3 * 8)
+    expected = [rows_sent_by_rank0(M, 2) * d * 8 + ((n * c + 8) * 8 + 8 if e else 5 * 8)
                 for M, e in zip(run["masks"], evaluated)]
     np.testing.assert_array_equal(run["metrics"]["bytes_comm"], expected)
 

@@ -56,19 +56,49 @@ EDITS += [_replace("W", np.zeros((64, 5))), _replace("W", np.zeros((64, 4), np.i
           _replace("W_sha256", np.zeros((1, 32), np.uint8)), _replace("metrics/round", np.array(["a", "b", "c"], "S"))]
 
 
+def _shard(f, i: int = 0) -> str:
+    """The path of the checkpoint's i-th shard of W."""
+    return os.path.join(os.path.dirname(f.filename), f["W_shard_names"][i].decode())
+
+
 def _nan_in_W(f):
-    W = f["W"]
-    W[5, 1] = np.nan
+    with h5py.File(_shard(f), "r+") as shard:
+        shard["W"][5, 1] = np.nan
 
 
-EDITS.append(_nan_in_W)
+def _flip_in_W(f):
+    with h5py.File(_shard(f, 1), "r+") as shard:
+        shard["W"][0, 0] += 1.0
+
+
+def _remove_shard(f):
+    os.unlink(_shard(f, 1))
+
+
+def _truncate_shard(f):
+    with open(_shard(f), "r+b") as shard:
+        shard.truncate(100)
+
+
+def _swap_shard_names(f):
+    names = f["W_shard_names"][()][::-1].copy()
+    del f["W_shard_names"]
+    f["W_shard_names"] = names
+
+
+EDITS += [_nan_in_W, _flip_in_W, _remove_shard, _truncate_shard, _swap_shard_names,
+          _delete("W_shards"), _delete("W_shard_names"), _replace("W_shards", np.array([0, 40, 64])),
+          _replace("W_shards", np.array([0, 64], np.int64)),
+          _replace("W_shard_names", np.array([b"/etc/passwd", b"x"]))]
 
 
 def _snapshot(folder) -> dict:
     out = {}
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), "rb") as f:
-            out[name] = hashlib.sha256(f.read()).hexdigest()
+    for where, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(where, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
     return out
 
 
@@ -100,6 +130,8 @@ def _checkpoint_mutants(base, root) -> list:
                 edit(f)
                 if anew:
                     f.attrs["checksum"] = integrity.content_digest(f)
+            if anew:   # sealed anew too: the layout checks, not the seal, must catch it
+                integrity.seal(str(folder / "checkpoint.h5"))
             cases.append(folder)
     return cases
 

@@ -36,7 +36,7 @@ def test_a_run_killed_before_its_second_checkpoint_resumes_bit_for_bit(tmp_path,
     r = mpirun(2, "--resume", "cut", cwd=tmp_path, env=ONE_THREAD)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "waiting" not in r.stdout                                     # the killed job left no lock
-    assert _files(tmp_path / "cut") == ["checkpoint.h5", "run.h5"]
+    assert _files(tmp_path / "cut") == ["checkpoint.h5", "run.h5", "shards"]
     cut, ref = readback.read_run(str(tmp_path / "cut")), readback.read_run(str(tmp_path / "ref"))
     np.testing.assert_array_equal(cut["model/W"], ref["model/W"])
     np.testing.assert_array_equal(cut["metrics"]["round"], np.arange(1, 31))
@@ -78,7 +78,7 @@ def test_one_writer_per_folder_and_a_requeued_job_waits_for_the_last_one(tmp_pat
     assert len(rounds) > stopped
     np.testing.assert_array_equal(rounds, np.arange(1, len(rounds) + 1))
     assert run["attrs"]["status"] == "interrupted"
-    assert _files(tmp_path / "out") == ["checkpoint.h5", "run.h5"]       # no lock file left behind
+    assert _files(tmp_path / "out") == ["checkpoint.h5", "run.h5", "shards"]       # no lock file left behind
 
 
 def test_a_stop_signal_before_training_exits_3_and_leaves_nothing_that_blocks_a_restart(tmp_path):
@@ -138,7 +138,7 @@ def test_a_full_or_read_only_disk_stops_in_one_line_and_keeps_the_last_checkpoin
         kept = readback.read_checkpoint(str(disk / "out"))["round"]
         assert line.startswith("mpisub-train: error: output.dir 'out': writing the run file or checkpoint failed")
         assert "No space left on device" in line and f"the last good checkpoint (round {kept}) is kept" in line
-        assert _files(disk / "out") == ["checkpoint.h5", "run.h5"]       # no .tmp left
+        assert _files(disk / "out") == ["checkpoint.h5", "run.h5", "shards"]       # no .tmp left
         with h5py.File(disk / "out" / "run.h5", "r") as f:    # whole and readable; its status says failed
             # unless even that attr found no room (the status is a courtesy, the checkpoint the truth)
             assert f.attrs["status"] in ("failed", "running") and f["metrics/round"].shape[0] >= 200
