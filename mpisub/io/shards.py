@@ -81,12 +81,13 @@ class Writer:
         self.thread: threading.Thread | None = None
         self.result: Shard | Exception | None = None
 
-    def start(self, folder: str, shard_name: str, rows: np.ndarray, lo: int) -> None:
-        copy = np.array(rows)   # the rows as they are now
+    def start(self, folder: str, shard_name: str, rows: np.ndarray, lo: int, copy: bool = True) -> None:
+        """Starts writing; `copy` False when the caller waits for it (the rows do not change meanwhile)."""
+        rows_now = np.array(rows) if copy else rows   # the rows as they are now
 
         def work() -> None:
             try:
-                self.result = write(folder, shard_name, copy, lo)
+                self.result = write(folder, shard_name, rows_now, lo)
             except (OSError, RuntimeError) as e:   # a full disk, a quota: reported, not raised here
                 self.result = e
         self.wait()

@@ -33,7 +33,7 @@ def memory_per_rank(cfg: Config, ranks: int, workers: int = 1, resuming: bool = 
     plan = plan or cfg.train.plan
     weights = _round_rows(cfg, ranks, workers) if plan != "outputs" else _outputs_rows(cfg, ranks, workers)
     train = {"weights": int(weights * row + (own * row if resuming else 0)),
-             "checkpoint copy": own * row,                 # its rows as its background shard write holds them
+             "checkpoint copy": own * row,                 # its rows as a background shard write holds them
              "masks": _bookkeeping(cfg, ranks),
              "data": n * (d + c) * s}                      # the node's shared window, as this rank maps it
     if n <= cfg.theory.max_n:

@@ -56,7 +56,7 @@ class Checkpoints:
             return
         self.finish()
         shard_name = shards.name("W", self.launch, self.comm.rank, self.comm.size, int(state["round"]))
-        self.writer.start(self.folder, shard_name, W, self.layout.lo)
+        self.writer.start(self.folder, shard_name, W, self.layout.lo, copy=not wait)
         self.pending = state
         if wait:
             self.finish()
