@@ -178,8 +178,7 @@ class RunFile(Logger):
             self.f.attrs["segments"] = json.dumps(self.header.segments)
         write_manifest(self.folder, self.header, parts, state, (self.shape, self.dtype))
         self.names["checkpoint"] = {s.name for s in parts}
-        self.log_weights(parts, rounds_done)
-        self.done = rounds_done
+        self.log_weights(parts, rounds_done)   # also records the round as the newest on disk
         if self.published:
             self._collect()
 
